@@ -1,0 +1,49 @@
+"""The error types of labelq. The API maps each to one HTTP status in exactly one place."""
+
+from __future__ import annotations
+
+
+class LabelqError(Exception):
+    """Base of every error labelq raises on purpose.
+
+    `field` names the offending field (dotted path, e.g. ``labels.positive``) and `line` the
+    1-based input line, when known, so a user can find what to fix.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, line: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.line = line
+
+    def __str__(self) -> str:
+        where = []
+        if self.line is not None:
+            where.append(f"line {self.line}")
+        if self.field is not None:
+            where.append(f"field '{self.field}'")
+        return f"{', '.join(where)}: {self.message}" if where else self.message
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"error": self.message}
+        if self.field is not None:
+            out["field"] = self.field
+        if self.line is not None:
+            out["line"] = self.line
+        return out
+
+
+class SpecError(LabelqError):
+    """A classifier spec is invalid."""
+
+
+class InputError(LabelqError):
+    """An input item (or line of an input file) is invalid."""
+
+
+class NotFound(LabelqError):
+    """A named thing (classifier, job, calibration) does not exist."""
+
+
+class Conflict(LabelqError):
+    """The request contradicts the current state (e.g. cancelling a finished job)."""

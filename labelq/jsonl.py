@@ -1,0 +1,34 @@
+"""Reading JSONL inputs line by line: a bad line becomes an error naming it, the rest go on."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import IO
+
+from labelq.errors import InputError
+from labelq.scoring import Item
+
+
+def read_items(lines: Iterable[str | bytes], start_line: int = 1) -> Iterator[Item | InputError]:
+    """Yield an `Item` for each non-blank line, or an `InputError` naming the line."""
+    for number, raw in enumerate(lines, start=start_line):
+        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield InputError(f"invalid JSON: {exc.msg} (column {exc.colno})", line=number)
+            continue
+        try:
+            yield Item.from_record(record, line=number)
+        except InputError as exc:
+            yield exc
+
+
+def count_lines(stream: IO[bytes]) -> int:
+    """Count lines without decoding them, then rewind (for a progress bar's total)."""
+    total = sum(chunk.count(b"\n") for chunk in iter(lambda: stream.read(1 << 20), b""))
+    stream.seek(0)
+    return total
