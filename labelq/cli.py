@@ -8,12 +8,10 @@ The core's own commands live here (`classify`, `calibrate eval`). Commands that 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -24,51 +22,69 @@ Handler = Callable[[argparse.Namespace, Settings], int]
 
 
 def _cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
-    from tqdm import tqdm
-
     from labelq.backends.vllm_backend import VllmBackend
-    from labelq.jsonl import count_lines, read_items
-    from labelq.scoring import Item, ItemError, Scorer
+    from labelq.classify import classify_file
+    from labelq.scoring import Scorer
     from labelq.spec import load_spec
 
     spec = load_spec(args.spec)
     model = args.model or spec.model or settings.model
     if not model:
         raise LabelqError("no model: set `model` in the spec, pass --model or set LABELQ_MODEL")
-    batch_size = args.batch_size or settings.batch_size
     backend = VllmBackend(model, settings)
-    scorer = Scorer(backend)
-    written = failed = 0
     try:
-        with open(args.input, "rb") as raw, open(args.output, "w", encoding="utf-8") as out:
-            total = count_lines(raw)
-            lines = (line.decode("utf-8", errors="replace") for line in raw)
-            with tqdm(total=total, unit="item", desc="classify", disable=args.quiet) as bar:
-                for batch in _batches(read_items(lines), batch_size):
-                    items = [x for x in batch if isinstance(x, Item)]
-                    scored = iter(scorer.score_batch(spec, items)) if items else iter(())
-                    for entry in batch:
-                        if isinstance(entry, Item):
-                            row = next(scored)
-                        else:
-                            row = ItemError(line=entry.line, error=entry.message, field=entry.field)
-                        if isinstance(row, ItemError):
-                            failed += 1
-                            payload = {"custom_id": row.custom_id, **row.model_dump(exclude={"custom_id"}, exclude_none=True)}
-                        else:
-                            payload = row.model_dump()
-                        out.write(json.dumps(payload, ensure_ascii=False) + "\n")
-                        written += 1
-                    bar.update(len(batch))
+        report = classify_file(
+            Scorer(backend),
+            spec,
+            args.input,
+            args.output,
+            batch_size=args.batch_size or settings.batch_size,
+            progress=not args.quiet,
+        )
     finally:
         backend.close()
-    print(f"wrote {written} results to {args.output} ({failed} failed)", file=sys.stderr)
+    print(
+        f"wrote {report.written} results to {args.output} ({report.failed} failed)",
+        file=sys.stderr,
+    )
     return 0
 
 
-def _batches(it: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    while batch := list(islice(it, size)):
-        yield batch
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Classify the bundled sample reviews end to end (the README's first command)."""
+    from importlib.resources import files
+
+    from labelq.demo_model import default_model
+
+    samples = files("labelq") / "samples"
+    settings.home.mkdir(parents=True, exist_ok=True)
+    output = settings.home / "demo-results.jsonl"
+    model = default_model(settings.model, settings.home)
+    args = argparse.Namespace(
+        spec=Path(str(samples / "sentiment.yaml")),
+        input=Path(str(samples / "reviews.jsonl")),
+        output=output,
+        model=model,
+        batch_size=None,
+        quiet=False,
+    )
+    _cmd_classify(args, settings)
+    _print_results(output)
+    return 0
+
+
+def _print_results(path: Path) -> None:
+    import json
+
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if "error" in row:
+            print(f"{row['custom_id']!s:<8} error (line {row.get('line')}): {row['error']}")
+        else:
+            probs = "  ".join(f"{k}={v:.3f}" for k, v in row["probs"].items())
+            print(
+                f"{row['custom_id']!s:<8} {row['label']:<10} conf={row['confidence']:.3f}  {probs}"
+            )
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[Any]]:
@@ -86,6 +102,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     p.add_argument("--batch-size", type=int, help="items per engine call")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_classify)
+
+    p = sub.add_parser("demo", help="classify bundled sample reviews (demo model if none is set)")
+    p.set_defaults(handler=_cmd_demo)
     return parser, sub
 
 

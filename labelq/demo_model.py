@@ -43,7 +43,8 @@ def _corpus() -> list[str]:
     import string
     import textwrap
 
-    texts = [_EXTRA_TEXT]
+    # Repeated so that label words ("neutral", "mixed", ...) become single tokens.
+    texts = [_EXTRA_TEXT] * 50
     for module in (collections, email, http, json_mod, logging, os, re, string, textwrap):
         for name in dir(module):
             doc = getattr(getattr(module, name), "__doc__", None)
@@ -58,7 +59,7 @@ def build_demo_model(path: str | Path, size: Size = "tiny", seed: int = 0) -> Pa
     Does nothing if a model built with the same settings is already there.
     """
     path = Path(path)
-    stamp = {"size": size, "seed": seed, "format": 2}
+    stamp = {"size": size, "seed": seed, "format": 3}
     marker = path / "labelq-demo.json"
     if marker.exists() and json.loads(marker.read_text()) == stamp:
         return path
@@ -111,12 +112,27 @@ def build_demo_model(path: str | Path, size: Size = "tiny", seed: int = 0) -> Pa
         bos_token_id=bos,
         eos_token_id=tokenizer.token_to_id("</s>"),
         pad_token_id=tokenizer.token_to_id("</s>"),
-        torch_dtype="float32",
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(torch.float32).eval()
+    model = LlamaForCausalLM(config).float().eval()
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
     fast.save_pretrained(path)
     marker.write_text(json.dumps(stamp))
     return path
+
+
+def default_model(configured: str | None, home: Path, announce: bool = True) -> str:
+    """The configured model, or (when none is) a demo model built under `home`, said plainly."""
+    if configured:
+        return configured
+    path = home / "demo-model"
+    if announce:
+        import sys
+
+        print(
+            f"No model configured (LABELQ_MODEL is unset): using a small RANDOM demo model at "
+            f"{path}. It runs the real engine, but its labels are not meaningful.",
+            file=sys.stderr,
+        )
+    return str(build_demo_model(path, "tiny"))

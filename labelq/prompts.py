@@ -44,7 +44,9 @@ class EncodedPrompt:
 class PromptBuilder:
     """Renders prompts for one spec and tokenises them the way lm-evaluation-harness does."""
 
-    def __init__(self, spec: ClassifierSpec, tokenizer: Tokenizer, max_model_len: int | None = None):
+    def __init__(
+        self, spec: ClassifierSpec, tokenizer: Tokenizer, max_model_len: int | None = None
+    ):
         self.spec = spec
         self.tokenizer = tokenizer
         self.variables = spec.template_variables
@@ -101,7 +103,10 @@ class PromptBuilder:
     def _encode(self, texts: Sequence[str], special: bool) -> list[list[int]]:
         if not texts:
             return []
-        return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=special)["input_ids"]]
+        return [
+            list(ids)
+            for ids in self.tokenizer(list(texts), add_special_tokens=special)["input_ids"]
+        ]
 
     def encode(self, prompts: Sequence[str]) -> list[EncodedPrompt]:
         """Tokenise prompts with every completion, in one batched tokenizer call per kind.
@@ -117,9 +122,13 @@ class PromptBuilder:
         for prompt in prompts:
             stripped = prompt.rstrip()
             contexts.append(stripped)
-            moved.append(prompt[len(stripped):])
+            moved.append(prompt[len(stripped) :])
         k = len(self.completion_texts)
-        joined = [c + m + comp for c, m in zip(contexts, moved, strict=True) for comp in self.completion_texts]
+        joined = [
+            c + m + comp
+            for c, m in zip(contexts, moved, strict=True)
+            for comp in self.completion_texts
+        ]
         # Group texts by whether the tokenizer should add its special tokens (BOS).
         ctx_special = [not (bos and c.startswith(bos)) for c in contexts]
         ctx_ids = self._encode_mixed(contexts, ctx_special)
@@ -135,7 +144,7 @@ class PromptBuilder:
             completions, fallbacks = [], []
             for j, comp_text in enumerate(self.completion_texts):
                 whole = joined_ids[i * k + j]
-                tail = whole[len(ctx):]
+                tail = whole[len(ctx) :]
                 if whole[: len(ctx)] != ctx or not tail:
                     text = moved[i] + comp_text
                     if text not in alone_cache:
@@ -166,5 +175,7 @@ class PromptBuilder:
             raise InputError("the completions leave no room for the prompt in the model's context")
         # Cut from the left of the rendered text; keep the BOS the model expects at position 0.
         bos = self.tokenizer.bos_token_id
-        keep = [prompt[0]] + prompt[len(prompt) - limit + 1 :] if prompt[0] == bos else prompt[-limit:]
+        keep = (
+            [prompt[0], *prompt[len(prompt) - limit + 1 :]] if prompt[0] == bos else prompt[-limit:]
+        )
         return EncodedPrompt(keep, completions, True, fallbacks)

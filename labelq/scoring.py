@@ -40,7 +40,9 @@ class Item(BaseModel):
         fields = dict(record)
         custom_id = fields.pop("custom_id", None)
         if custom_id is not None and not isinstance(custom_id, str | int):
-            raise InputError("custom_id must be a string or an integer", field="custom_id", line=line)
+            raise InputError(
+                "custom_id must be a string or an integer", field="custom_id", line=line
+            )
         return cls(custom_id=custom_id, fields=fields, line=line)
 
 
@@ -99,7 +101,9 @@ def normalize_completions(
     return sums - unconditional[None, :]
 
 
-def label_scores(completion_scores: Array, completion_labels: Sequence[int], n_labels: int) -> Array:
+def label_scores(
+    completion_scores: Array, completion_labels: Sequence[int], n_labels: int
+) -> Array:
     """Label scores (n, K): the log-sum-exp over each label's completions."""
     groups = np.asarray(completion_labels)
     out = np.empty((completion_scores.shape[0], n_labels))

@@ -28,11 +28,13 @@ class Settings(BaseSettings):
         default=0.3, gt=0, le=1, description="vLLM gpu_memory_utilization (host memory on CPU)."
     )
     kv_cache_gib: int = Field(default=2, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU.")
-    block_size: int | None = Field(default=None, description="KV cache block size; engine default.")
+    # Small blocks let completions reuse more of their prompt from the prefix cache (only full
+    # blocks are cached); the CPU backend wants multiples of 32. None: the engine's default.
+    block_size: int | None = 32
     enforce_eager: bool = True
     in_process_engine: bool = Field(
         default=False,
-        description="Run the engine core in the calling process (needed in daemonic pool children).",
+        description="Run the engine core in the calling process (for daemonic pool children).",
     )
     seed: int = 0
     scoring_strategy: Literal["shared", "per_candidate"] = "shared"

@@ -112,9 +112,7 @@ class ClassifierSpec(BaseModel):
         variables = self.template_variables
         for i, example in enumerate(self.few_shot):
             if example.label not in self.labels:
-                raise SpecError(
-                    f"unknown label '{example.label}'", field=f"few_shot.{i}.label"
-                )
+                raise SpecError(f"unknown label '{example.label}'", field=f"few_shot.{i}.label")
             missing = variables - set(example.fields())
             if missing:
                 raise SpecError(
@@ -169,7 +167,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise SpecError(
                     f"duplicate key '{key}' (line {key_node.start_mark.line + 1})", field=str(key)
@@ -193,7 +191,7 @@ def loads_spec(text: str, *, format: Literal["yaml", "json"] = "yaml") -> Classi
         if format == "json":
             data = json.loads(text, object_pairs_hook=_unique_pairs)
         else:
-            data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+            data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         raise SpecError(f"cannot parse spec: {exc}") from None
     return parse_spec(data)

@@ -80,7 +80,9 @@ def _check_against_reference(
     model: Path, scorer: Scorer, spec: Any, texts: list[str], max_prompt: int | None = None
 ) -> list[ItemResult]:
     builder = scorer.builder(spec)
-    results = scorer.score(spec, [Item(custom_id=i, fields={"text": t}) for i, t in enumerate(texts)])
+    results = scorer.score(
+        spec, [Item(custom_id=i, fields={"text": t}) for i, t in enumerate(texts)]
+    )
     checked = []
     for text, res in zip(texts, results, strict=True):
         assert isinstance(res, ItemResult), res
@@ -103,9 +105,16 @@ TEXTS = [
 
 LABEL_SETS = {
     "single-token": {"positive": " positive", "negative": " negative"},
-    "multi-token": {"positive": " positive and warm", "negative": " negative, sadly", "mixed": " 東京 mixed"},
+    "multi-token": {
+        "positive": " positive and warm",
+        "negative": " negative, sadly",
+        "mixed": " 東京 mixed",
+    },
     "shared-first-tokens": {"a": " positive great", "b": " positive good", "c": " positive"},
-    "several-per-label": {"pos": [" positive", " great", " good film"], "neg": [" negative", " bad"]},
+    "several-per-label": {
+        "pos": [" positive", " great", " good film"],
+        "neg": [" negative", " bad"],
+    },
     "boundary-merge": {"yes": ":)", "no": ":(", "meh": " meh"},
 }
 
@@ -144,8 +153,10 @@ def test_truncation_by_spec_and_by_model_length(tiny_model: Path, vllm_backend: 
     very_long = "warm and funny " * 400
     spec2 = _spec(LABEL_SETS["multi-token"])
     builder = scorer.builder(spec2)
-    room = vllm_backend.max_model_len - 1 - max(
-        len(c) for c in builder.encode([builder.render({"text": very_long})])[0].completions
+    room = (
+        vllm_backend.max_model_len
+        - 1
+        - max(len(c) for c in builder.encode([builder.render({"text": very_long})])[0].completions)
     )
     (res2,) = _check_against_reference(tiny_model, scorer, spec2, [very_long], max_prompt=room)
     assert res2.truncated and res2.prompt_tokens == room
@@ -198,7 +209,10 @@ def test_unconditional_subtracts_content_free_logprob(tiny_model: Path, vllm_bac
 @pytest.mark.slow
 def test_bad_item_is_an_error_and_the_rest_go_on(vllm_backend: Any) -> None:
     spec = _spec(LABEL_SETS["single-token"])
-    items = [Item(custom_id=1, fields={"text": "ok"}), Item(custom_id=2, fields={"txt": "x"}, line=7)]
+    items = [
+        Item(custom_id=1, fields={"text": "ok"}),
+        Item(custom_id=2, fields={"txt": "x"}, line=7),
+    ]
     ok, bad = Scorer(vllm_backend).score(spec, items)
     assert isinstance(ok, ItemResult) and ok.custom_id == 1
     assert isinstance(bad, ItemError) and bad.custom_id == 2 and bad.line == 7

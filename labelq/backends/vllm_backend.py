@@ -167,9 +167,7 @@ class VllmBackend:
         for r, req in enumerate(requests):
             paths = {tuple(c) for c in req.completions if len(c) > 1}
             leaves.extend(
-                (r, p)
-                for p in sorted(paths)
-                if not any(q != p and q[: len(p)] == p for q in paths)
+                (r, p) for p in sorted(paths) if not any(q != p and q[: len(p)] == p for q in paths)
             )
         outputs = self._generate(
             [prompts[r] + list(path) for r, path in leaves],

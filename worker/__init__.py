@@ -1,0 +1,1 @@
+"""labelq's worker package."""
