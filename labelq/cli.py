@@ -50,41 +50,54 @@ def _cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    """Classify the bundled sample reviews end to end (the README's first command)."""
-    from importlib.resources import files
+def _client(args: argparse.Namespace, settings: Settings) -> Any:
+    from labelq.client import LabelqClient
 
-    from labelq.demo_model import default_model
+    url = args.url or f"http://{settings.api_host}:{settings.api_port}"
+    return LabelqClient(url, api_key=args.api_key or settings.api_key)
 
-    samples = files("labelq") / "samples"
-    settings.home.mkdir(parents=True, exist_ok=True)
-    output = settings.home / "demo-results.jsonl"
-    model = default_model(settings.model, settings.home)
-    args = argparse.Namespace(
-        spec=Path(str(samples / "sentiment.yaml")),
-        input=Path(str(samples / "reviews.jsonl")),
-        output=output,
-        model=model,
-        batch_size=None,
-        quiet=False,
-    )
-    _cmd_classify(args, settings)
-    _print_results(output)
+
+def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    with _client(args, settings) as client:
+        job = client.submit_jsonl(args.file, args.classifier, args.version, args.idempotency_key)
+        print(f"job {job['id']} {job['state']}: {job['total']} items", file=sys.stderr)
+        if not args.wait:
+            print(job["id"])
+            return 0
+        job = client.wait(job["id"], progress=True)
+        output = args.output or args.file.with_suffix(".results.jsonl")
+        client.results_jsonl(job["id"], output)
+        print(
+            f"job {job['state']}: {job['succeeded']} succeeded, {job['failed']} failed; "
+            f"results in {output}",
+            file=sys.stderr,
+        )
+        return 0 if job["state"] == "succeeded" else 1
+
+
+def _cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
+    with _client(args, settings) as client:
+        print(f"{'id':<38}{'state':<12}{'classifier':<24}{'done':>12}  created")
+        for job in client.jobs(args.limit):
+            done = f"{job['succeeded'] + job['failed']}/{job['total']}"
+            print(
+                f"{job['id']:<38}{job['state']:<12}{job['classifier']:<24}{done:>12}  "
+                f"{job['created_at']}"
+            )
     return 0
 
 
-def _print_results(path: Path) -> None:
-    import json
+def _cmd_results(args: argparse.Namespace, settings: Settings) -> int:
+    with _client(args, settings) as client:
+        output = args.output or Path(f"{args.job_id}.results.jsonl")
+        lines = client.results_jsonl(args.job_id, output, calibration=args.calibration)
+        print(f"{lines} results written to {output}", file=sys.stderr)
+    return 0
 
-    for line in path.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        if "error" in row:
-            print(f"{row['custom_id']!s:<8} error (line {row.get('line')}): {row['error']}")
-        else:
-            probs = "  ".join(f"{k}={v:.3f}" for k, v in row["probs"].items())
-            print(
-                f"{row['custom_id']!s:<8} {row['label']:<10} conf={row['confidence']:.3f}  {probs}"
-            )
+
+def _add_client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="API base URL (default: http://LABELQ_API_HOST:LABELQ_API_PORT)")
+    p.add_argument("--api-key", help="API key (default: LABELQ_API_KEY)")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[Any]]:
@@ -103,8 +116,27 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_classify)
 
-    p = sub.add_parser("demo", help="classify bundled sample reviews (demo model if none is set)")
-    p.set_defaults(handler=_cmd_demo)
+    p = sub.add_parser("submit", help="submit a JSONL file as a job to the API")
+    p.add_argument("file", type=Path)
+    p.add_argument("--classifier", required=True)
+    p.add_argument("--version", type=int)
+    p.add_argument("--idempotency-key")
+    p.add_argument("--wait", action="store_true", help="show progress, then write the results")
+    p.add_argument("--output", type=Path, help="results file (with --wait)")
+    _add_client_options(p)
+    p.set_defaults(handler=_cmd_submit)
+
+    p = sub.add_parser("jobs", help="list recent jobs")
+    p.add_argument("--limit", type=int, default=20)
+    _add_client_options(p)
+    p.set_defaults(handler=_cmd_jobs)
+
+    p = sub.add_parser("results", help="download a job's results as JSONL")
+    p.add_argument("job_id")
+    p.add_argument("--output", type=Path)
+    p.add_argument("--calibration", help="none | active | <calibration id>")
+    _add_client_options(p)
+    p.set_defaults(handler=_cmd_results)
     return parser, sub
 
 

@@ -42,6 +42,13 @@ class Settings(BaseSettings):
 
     # The service.
     chunk_size: int = Field(default=256, ge=1, description="Items per Celery task.")
+    max_chunk_attempts: int = Field(
+        default=5, ge=1, description="Deliveries of one chunk before its items are failed."
+    )
+    visibility_timeout: int = Field(
+        default=4 * 3600, description="Seconds Redis waits before redelivering an unacked task."
+    )
+    api_key: str | None = Field(default=None, description="Key the CLI's client sends.")
     api_host: str = "127.0.0.1"
     api_port: int = 8000
 

@@ -1,0 +1,49 @@
+"""The FastAPI app. Never imports vLLM: it stores jobs and hands chunks to workers."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import FastAPI, Request, Response
+from sqlalchemy.orm import Session, sessionmaker
+
+from api import errors
+from api.deps import AppState
+from api.dispatch import CeleryDispatcher, Dispatcher
+from api.metrics import Metrics
+from api.routes import classifiers, health, jobs
+from db.session import make_engine, make_sessionmaker
+from labelq import __version__
+from labelq.settings import Settings
+
+
+def create_app(
+    settings: Settings | None = None,
+    factory: sessionmaker[Session] | None = None,
+    dispatcher: Dispatcher | None = None,
+) -> FastAPI:
+    settings = settings or Settings()
+    factory = factory or make_sessionmaker(make_engine(settings.resolved_database_url()))
+    dispatcher = dispatcher or CeleryDispatcher(settings.broker_url)
+    app = FastAPI(
+        title="labelq",
+        version=__version__,
+        description="An LLM as a calibrated text classifier for batch work.",
+    )
+    metrics = Metrics()
+    app.state.labelq = AppState(settings, factory, dispatcher, metrics)
+    errors.install(app)
+    for module in (health, classifiers, jobs):
+        app.include_router(module.router)
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next: object) -> Response:
+        start = time.perf_counter()
+        response: Response = await call_next(request)  # type: ignore[operator]
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
+        metrics.latency.labels(path).observe(time.perf_counter() - start)
+        return response
+
+    return app

@@ -1,0 +1,150 @@
+"""`labelq serve` (with `--embedded`), and `labelq demo`, the README's first command."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from labelq.settings import Settings
+
+
+def embedded_app(settings: Settings) -> tuple[Any, Any]:
+    """The API with an in-process worker on SQLite (no Redis). Unfinished chunks of earlier runs
+    are dispatched again, so a restart loses nothing."""
+    from api.app import create_app
+    from db import repo
+    from db.migrate import upgrade
+    from db.session import make_engine, make_sessionmaker
+    from worker.embedded import ThreadDispatcher
+
+    url = settings.resolved_database_url()
+    upgrade(url)
+    factory = make_sessionmaker(make_engine(url))
+    dispatcher = ThreadDispatcher(factory, settings)
+    for job_id, queue, seqs in repo.unfinished_chunks(factory):
+        dispatcher.dispatch(job_id, queue, seqs)
+    return create_app(settings, factory, dispatcher), dispatcher
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    if args.embedded:
+        from labelq.demo_model import default_model
+
+        settings.model = default_model(settings.model, settings.home)
+        app, dispatcher = embedded_app(settings)
+    else:
+        from api.app import create_app
+
+        app, dispatcher = create_app(settings), None
+    try:
+        uvicorn.run(app, host=args.host or settings.api_host, port=args.port or settings.api_port)
+    finally:
+        if dispatcher is not None:
+            from worker.engine import close_all
+
+            dispatcher.close()
+            close_all()
+    return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class BackgroundServer:
+    """uvicorn in a thread, for the demo and for tests."""
+
+    def __init__(self, app: Any, port: int | None = None):
+        import uvicorn
+
+        self.port = port or _free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> BackgroundServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the API server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Set up the embedded service, submit the sample reviews as a job, wait, print results."""
+    from importlib.resources import files
+
+    from labelq.client import LabelqClient
+    from labelq.demo_model import default_model
+    from worker.engine import close_all
+
+    samples = files("labelq") / "samples"
+    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.model = default_model(settings.model, settings.home)
+    app, dispatcher = embedded_app(settings)
+    output = settings.home / "demo-results.jsonl"
+    try:
+        with BackgroundServer(app) as server, LabelqClient(server.url) as client:
+            print(f"embedded labelq at {server.url} (database {settings.resolved_database_url()})")
+            created = client.create_classifier((samples / "sentiment.yaml").read_text())
+            print(f"classifier {created['name']} version {created['version']}")
+            job = client.submit_jsonl(Path(str(samples / "reviews.jsonl")), created["name"])
+            print(f"job {job['id']}: {job['total']} items, {job['failed']} rejected at upload")
+            job = client.wait(job["id"], progress=True, timeout=args.timeout)
+            print(f"job {job['state']}: {job['succeeded']} succeeded, {job['failed']} failed")
+            client.results_jsonl(job["id"], output)
+            for row in client.results(job["id"]):
+                if row["status"] == "succeeded":
+                    probs = "  ".join(f"{k}={v:.3f}" for k, v in row["probs"].items())
+                    print(
+                        f"{row['custom_id']!s:<6} {row['label']:<10} "
+                        f"confidence={row['confidence']:.3f}  {probs}"
+                    )
+                else:
+                    print(
+                        f"{row['custom_id']!s:<6} {row['status']} (line {row.get('line')}): "
+                        f"{row.get('error')}"
+                    )
+            print(f"results written to {output}")
+            return 0 if job["state"] == "succeeded" else 1
+    finally:
+        dispatcher.close()
+        close_all()
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    p = sub.add_parser("serve", help="run the HTTP API")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument(
+        "--embedded",
+        action="store_true",
+        help="with an in-process worker on SQLite: no Redis needed",
+    )
+    p.set_defaults(handler=_serve)
+
+    p = sub.add_parser("demo", help="run sample reviews through a job on the embedded service")
+    p.add_argument("--timeout", type=float, default=900)
+    p.set_defaults(handler=_demo)
+
+
+__all__ = ["BackgroundServer", "embedded_app", "register", "sys"]

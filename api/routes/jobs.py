@@ -1,0 +1,274 @@
+"""/v1/jobs: submit batch jobs (JSON or streamed JSONL), follow them, cancel them, get results."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy import func, select
+
+from api.deps import AppState, require_key, state
+from api.schemas import JobCreate, JobList, JobOut, ResultsPage
+from db import repo
+from db.models import Classifier, Item, ItemStatus, Job
+from labelq.errors import InputError, LabelqError
+from labelq.jsonl import read_items
+from labelq.scoring import Item as ScoreItem
+from labelq.spec import ClassifierSpec
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_key)])
+
+NDJSON = "application/x-ndjson"
+
+
+def _job_out(st: AppState, job_id: str) -> JobOut:
+    with st.factory() as s:
+        job = repo.get_job(s, job_id)
+        classifier = s.get_one(Classifier, job.classifier_id)
+        cancelled = (
+            s.scalar(
+                select(func.count())
+                .select_from(Item)
+                .where(Item.job_id == job_id, Item.status == ItemStatus.cancelled)
+            )
+            if job.state in ("cancelling", "cancelled")
+            else 0
+        )
+        return JobOut.of(job, classifier, cancelled or 0)
+
+
+def _resolve(
+    st: AppState, name: str, version: int | None
+) -> tuple[Classifier, ClassifierSpec, str]:
+    with st.factory() as s:
+        classifier = repo.get_classifier(s, name, version)
+    spec = repo.spec_of(classifier)
+    model = spec.model or st.settings.model
+    if not model:
+        raise InputError(
+            f"classifier {name!r} names no model and the service has no default (LABELQ_MODEL)",
+            field="classifier",
+        )
+    return classifier, spec, model
+
+
+async def _stream_lines(request: Request) -> AsyncIterator[tuple[int, str]]:
+    """Lines of the body as they arrive, numbered from 1, without holding the whole body."""
+    buffer = b""
+    number = 0
+    async for chunk in request.stream():
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            number += 1
+            yield number, line.decode("utf-8", errors="replace")
+    if buffer:
+        yield number + 1, buffer.decode("utf-8", errors="replace")
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/json": {"schema": JobCreate.model_json_schema()},
+                NDJSON: {"schema": {"type": "string", "description": "one JSON item per line"}},
+            },
+            "required": True,
+        }
+    },
+)
+async def create_job(
+    request: Request,
+    classifier: str | None = Query(None, description="with a JSONL body: the classifier name"),
+    version: int | None = Query(None, description="with a JSONL body: the classifier version"),
+    idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=200),
+    st: AppState = Depends(state),
+) -> JSONResponse:
+    """Submit a job. JSON: `{"classifier", "version"?, "items", "metadata"?}`. JSONL: one item per
+    line, streamed (`Content-Type: application/x-ndjson`, `?classifier=`). A bad item is kept as
+    a failed item naming its line; the others run. The same `Idempotency-Key` returns the job
+    it made the first time."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    streamed = content_type in (NDJSON, "application/jsonl", "application/x-jsonlines")
+    body: JobCreate | None = None
+    if streamed:
+        if not classifier:
+            raise InputError("a JSONL upload needs ?classifier=NAME", field="classifier")
+        name, ver, metadata = classifier, version, {}
+    else:
+        try:
+            body = JobCreate.model_validate_json(await request.body())
+        except ValueError as exc:
+            errors = getattr(exc, "errors", lambda: [])()
+            field = ".".join(str(p) for p in errors[0]["loc"]) if errors else None
+            message = errors[0]["msg"] if errors else str(exc)
+            raise InputError(f"invalid job body: {message}", field=field) from None
+        name, ver, metadata = body.classifier, body.version, body.metadata
+
+    row, spec, model = await run_in_threadpool(_resolve, st, name, ver)
+    job, created = await run_in_threadpool(
+        repo.start_job, st.factory, row, model, st.settings.chunk_size, metadata, idempotency_key
+    )
+    if not created:
+        out = await run_in_threadpool(_job_out, st, job.id)
+        return JSONResponse(out.model_dump(mode="json"), status_code=200)
+
+    ingestor = repo.ItemIngestor(st.factory, job, spec.template_variables)
+    try:
+        if streamed:
+            async for number, line in _stream_lines(request):
+                for entry in read_items([line], start_line=number):
+                    ingestor.add(entry)
+                if ingestor.full:
+                    await run_in_threadpool(ingestor.flush)
+        else:
+            assert body is not None
+            for i, record in enumerate(body.items):
+                try:
+                    entry: ScoreItem | InputError = ScoreItem.from_record(record, line=i + 1)
+                except InputError as exc:
+                    entry = InputError(
+                        exc.message, field=f"items.{i}.{exc.field or ''}".rstrip("."), line=i + 1
+                    )
+                ingestor.add(entry)
+                if ingestor.full:
+                    await run_in_threadpool(ingestor.flush)
+        await run_in_threadpool(ingestor.flush)
+    except Exception as exc:
+        message = f"upload interrupted after {ingestor.report.total} items: {exc}"
+        await run_in_threadpool(repo.fail_job, st.factory, job.id, message)
+        if isinstance(exc, LabelqError):
+            raise
+        raise InputError(message) from None
+
+    seqs = await run_in_threadpool(repo.seal_job, st.factory, job.id, ingestor.report)
+    try:
+        await run_in_threadpool(st.dispatcher.dispatch, job.id, job.queue, seqs)
+    except Exception as exc:
+        await run_in_threadpool(repo.fail_job, st.factory, job.id, f"could not queue: {exc}")
+        raise
+    report = ingestor.report
+    st.metrics.jobs_submitted.inc()
+    st.metrics.items_ingested.labels("accepted").inc(report.total - report.rejected)
+    st.metrics.items_ingested.labels("rejected").inc(report.rejected)
+    out = await run_in_threadpool(_job_out, st, job.id)
+    return JSONResponse(out.model_dump(mode="json"), status_code=202)
+
+
+@router.get("", response_model=JobList)
+def list_jobs(limit: int = Query(50, ge=1, le=500), st: AppState = Depends(state)) -> JobList:
+    with st.factory() as s:
+        jobs = repo.list_jobs(s, limit)
+        classifiers = {
+            c.id: c
+            for c in s.scalars(
+                select(Classifier).where(Classifier.id.in_({j.classifier_id for j in jobs}))
+            )
+        }
+        return JobList(data=[JobOut.of(j, classifiers[j.classifier_id]) for j in jobs])
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job_id: str, st: AppState = Depends(state)) -> JobOut:
+    return _job_out(st, job_id)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+def cancel_job(job_id: str, st: AppState = Depends(state)) -> JobOut:
+    """Pending chunks stop at once; a chunk being scored finishes and keeps its results."""
+    repo.cancel_job(st.factory, job_id)
+    return _job_out(st, job_id)
+
+
+# -- results -------------------------------------------------------------------------------------
+def result_row(item: Item) -> dict[str, Any]:
+    """One result line: the scorer's fields for a scored item, else its status and error."""
+    custom_id = (item.input or {}).get("custom_id", item.custom_id)
+    if item.status == ItemStatus.succeeded and item.result is not None:
+        return {**item.result, "custom_id": custom_id, "status": item.status}
+    row: dict[str, Any] = {"custom_id": custom_id, "status": item.status}
+    if item.line is not None:
+        row["line"] = item.line
+    if item.error:
+        row["error"] = item.error
+    if item.error_field:
+        row["field"] = item.error_field
+    return row
+
+
+def _labels(st: AppState, job_id: str) -> list[str]:
+    with st.factory() as s:
+        job = repo.get_job(s, job_id)
+        return repo.spec_of(s.get_one(Classifier, job.classifier_id)).label_names
+
+
+def _jsonl(st: AppState, job_id: str) -> Iterator[bytes]:
+    for item in repo.iter_items(st.factory, job_id):
+        yield (json.dumps(result_row(item), ensure_ascii=False) + "\n").encode()
+
+
+CSV_FIELDS = ["custom_id", "status", "label", "confidence", "margin", "entropy", "energy"]
+
+
+def _csv(st: AppState, job_id: str, labels: list[str]) -> Iterator[bytes]:
+    header = CSV_FIELDS + [f"p_{label}" for label in labels] + ["line", "error"]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    for item in repo.iter_items(st.factory, job_id):
+        row = result_row(item)
+        probs = row.get("probs", {})
+        writer.writerow(
+            [row.get(k, "") for k in CSV_FIELDS]
+            + [probs.get(label, "") for label in labels]
+            + [row.get("line", ""), row.get("error", "")]
+        )
+        if buf.tell() > 1 << 16:
+            yield buf.getvalue().encode()
+            buf.seek(0)
+            buf.truncate()
+    yield buf.getvalue().encode()
+
+
+@router.get("/{job_id}/results", response_model=ResultsPage)
+def get_results(
+    job_id: str,
+    format: Literal["json", "jsonl", "csv"] = Query("json"),
+    cursor: str | None = Query(None, description="next_cursor of the previous page"),
+    limit: int = Query(100, ge=1, le=1000),
+    st: AppState = Depends(state),
+) -> Any:
+    """Results in input order: a page of JSON (follow `next_cursor`), or the whole job streamed
+    as JSONL or CSV."""
+    labels = _labels(st, job_id)  # also 404s for an unknown job
+    if format == "jsonl":
+        return StreamingResponse(_jsonl(st, job_id), media_type=NDJSON)
+    if format == "csv":
+        return StreamingResponse(
+            _csv(st, job_id, labels),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'},
+        )
+    try:
+        after = int(cursor) if cursor else -1
+    except ValueError:
+        raise InputError(
+            "cursor must be a next_cursor value from a previous page", field="cursor"
+        ) from None
+    items = list(repo.iter_items(st.factory, job_id, after_idx=after, limit=limit + 1))
+    page, more = items[:limit], len(items) > limit
+    return ResultsPage(
+        data=[result_row(i) for i in page], next_cursor=str(page[-1].idx) if more else None
+    )
+
+
+__all__ = ["Job", "router"]

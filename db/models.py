@@ -1,0 +1,190 @@
+"""SQLAlchemy 2 typed models. The schema is created only by Alembic migrations."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# BIGINT on PostgreSQL; INTEGER on SQLite, where only that is an auto-incrementing rowid.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dict[str, Any]: JSON,
+        datetime: DateTime(timezone=True),
+    }
+
+
+class JobState(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelling = "cancelling"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.succeeded, JobState.failed, JobState.cancelled)
+
+
+class ItemStatus(enum.StrEnum):
+    pending = "pending"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class ChunkState(enum.StrEnum):
+    pending = "pending"
+    running = "running"
+    done = "done"
+    cancelled = "cancelled"
+
+
+class Classifier(Base):
+    """An immutable version of a classifier spec."""
+
+    __tablename__ = "classifiers"
+    __table_args__ = (
+        UniqueConstraint("name", "version", name="uq_classifiers_name_version"),
+        UniqueConstraint("name", "spec_hash", name="uq_classifiers_name_spec_hash"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    spec: Mapped[dict[str, Any]]
+    spec_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_created_at", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    classifier_id: Mapped[int] = mapped_column(ForeignKey("classifiers.id"), index=True)
+    model: Mapped[str] = mapped_column(Text)
+    queue: Mapped[str] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(16), default=JobState.queued, index=True)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    succeeded: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    chunks_total: Mapped[int] = mapped_column(Integer, default=0)
+    chunks_done: Mapped[int] = mapped_column(Integer, default=0)
+    chunk_size: Mapped[int] = mapped_column(Integer)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    calibration_id: Mapped[int | None] = mapped_column(
+        ForeignKey("calibrations.id", use_alter=True, name="fk_jobs_calibration_id")
+    )
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class Item(Base):
+    __tablename__ = "items"
+    __table_args__ = (
+        UniqueConstraint("job_id", "idx", name="uq_items_job_idx"),
+        Index("ix_items_job_status", "job_id", "status"),
+        Index("ix_items_job_custom_id", "job_id", "custom_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    idx: Mapped[int] = mapped_column(Integer)  # position in the input, 0-based
+    line: Mapped[int | None] = mapped_column(Integer)  # line in an uploaded JSONL file
+    custom_id: Mapped[str | None] = mapped_column(String(512))
+    input: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default=ItemStatus.pending)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    error_field: Mapped[str | None] = mapped_column(String(200))
+    gold_label: Mapped[str | None] = mapped_column(String(200))
+    calibration_id: Mapped[int | None] = mapped_column(BigId)
+
+
+class Chunk(Base):
+    """A slice of a job's items scored by one task; its state makes completion counting atomic."""
+
+    __tablename__ = "chunks"
+    __table_args__ = (UniqueConstraint("job_id", "seq", name="uq_chunks_job_seq"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    start_idx: Mapped[int] = mapped_column(Integer)
+    end_idx: Mapped[int] = mapped_column(Integer)  # exclusive
+    state: Mapped[str] = mapped_column(String(16), default=ChunkState.pending)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    succeeded: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Calibration(Base):
+    """A fitted calibration of one classifier version; versioned, never overwritten."""
+
+    __tablename__ = "calibrations"
+    __table_args__ = (Index("ix_calibrations_classifier_active", "classifier_id", "active"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    classifier_id: Mapped[int] = mapped_column(ForeignKey("classifiers.id"))
+    method: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="ready")
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    fitted_on: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+
+
+__all__ = [
+    "ApiKey",
+    "Base",
+    "Calibration",
+    "Chunk",
+    "ChunkState",
+    "Classifier",
+    "Item",
+    "ItemStatus",
+    "Job",
+    "JobState",
+]

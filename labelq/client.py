@@ -1,0 +1,157 @@
+"""A small HTTP client for the labelq API (what `labelq submit/jobs/results` use)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from labelq.errors import LabelqError
+
+_transient = retry(
+    retry=retry_if_exception_type((httpx.TransportError,)),
+    wait=wait_exponential(multiplier=0.5, max=10),
+    stop=stop_after_attempt(6),
+    reraise=True,
+)
+
+
+class ApiError(LabelqError):
+    """The API answered with an error; `status` is its HTTP status."""
+
+    def __init__(self, status: int, body: dict[str, Any]):
+        super().__init__(
+            str(body.get("error", body)), field=body.get("field"), line=body.get("line")
+        )
+        self.status = status
+        self.body = body
+
+
+class LabelqClient:
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 60.0):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> LabelqClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    @_transient
+    def _request(self, method: str, url: str, **kwargs: Any) -> Any:
+        response = self.http.request(method, url, **kwargs)
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"error": response.text}
+            raise ApiError(response.status_code, body)
+        return response.json()
+
+    def create_classifier(self, spec_text: str, yaml: bool = True) -> dict[str, Any]:
+        content_type = "application/yaml" if yaml else "application/json"
+        return dict(
+            self._request(
+                "POST",
+                "/v1/classifiers",
+                content=spec_text.encode(),
+                headers={"Content-Type": content_type},
+            )
+        )
+
+    def submit_jsonl(
+        self,
+        path: Path,
+        classifier: str,
+        version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Stream a JSONL file as a job (the file is never read whole into memory)."""
+        params: dict[str, Any] = {"classifier": classifier}
+        if version is not None:
+            params["version"] = version
+        headers = {"Content-Type": "application/x-ndjson"}
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+
+        def body() -> Iterator[bytes]:
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 16):
+                    yield chunk
+
+        return dict(
+            self._request("POST", "/v1/jobs", params=params, content=body(), headers=headers)
+        )
+
+    def submit(self, classifier: str, items: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return dict(
+            self._request(
+                "POST", "/v1/jobs", json={"classifier": classifier, "items": items, **extra}
+            )
+        )
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/v1/jobs/{job_id}"))
+
+    def jobs(self, limit: int = 50) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/v1/jobs", params={"limit": limit})["data"])
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return dict(self._request("POST", f"/v1/jobs/{job_id}/cancel"))
+
+    def wait(
+        self, job_id: str, poll: float = 0.5, timeout: float | None = None, progress: bool = False
+    ) -> dict[str, Any]:
+        """Poll until the job finishes; with `progress`, show a progress bar."""
+        from tqdm import tqdm
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        job = self.job(job_id)
+        with tqdm(
+            total=job["total"], unit="item", desc=f"job {job_id[:8]}", disable=not progress
+        ) as bar:
+            while True:
+                bar.total = job["total"]
+                bar.n = job["succeeded"] + job["failed"]
+                bar.refresh()
+                if job["state"] in ("succeeded", "failed", "cancelled"):
+                    return job
+                if deadline is not None and time.monotonic() > deadline:
+                    raise LabelqError(f"job {job_id} still {job['state']} after {timeout}s")
+                time.sleep(poll)
+                job = self.job(job_id)
+
+    def results_jsonl(self, job_id: str, output: Path, calibration: str | None = None) -> int:
+        """Stream all results to a JSONL file; returns the number of lines."""
+        params: dict[str, str] = {"format": "jsonl"}
+        if calibration:
+            params["calibration"] = calibration
+        lines = 0
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/results", params=params) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise ApiError(response.status_code, response.json())
+            with open(output, "wb") as out:
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+                    lines += chunk.count(b"\n")
+        return lines
+
+    def results(self, job_id: str, **params: Any) -> Iterator[dict[str, Any]]:
+        """Every result row, following the pagination cursor."""
+        cursor = None
+        while True:
+            query = {**params, **({"cursor": cursor} if cursor else {})}
+            page = self._request("GET", f"/v1/jobs/{job_id}/results", params=query)
+            yield from page["data"]
+            cursor = page["next_cursor"]
+            if not cursor:
+                return
