@@ -98,7 +98,7 @@ class Job(Base):
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     calibration_id: Mapped[int | None] = mapped_column(
-        ForeignKey("calibrations.id", use_alter=True, name="fk_jobs_calibration_id")
+        ForeignKey("calibrations.id", name="fk_jobs_calibration_id")
     )
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

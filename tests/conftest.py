@@ -56,3 +56,61 @@ def per_candidate_backend(vllm_backend: object, tiny_model: Path) -> object:
     backend._llm = vllm_backend.llm
     backend._tokenizer = vllm_backend.tokenizer
     return backend
+
+
+# -- databases -----------------------------------------------------------------------------------
+PG_ADMIN_URL = os.environ.get(
+    "LABELQ_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    name = f"labelq_test_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database: a SQLite file, or the session's PostgreSQL database emptied."""
+    from db.migrate import upgrade
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'labelq.db'}"
+        upgrade(url)
+        yield url
+        return
+    url = request.getfixturevalue("pg_url")
+    upgrade(url)
+    yield url
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "TRUNCATE items, chunks, jobs, calibrations, classifiers, api_keys RESTART IDENTITY CASCADE"
+            )
+        )
+    engine.dispose()
+
+
+@pytest.fixture
+def factory(db_url: str) -> Iterator[object]:
+    from db.session import make_engine, make_sessionmaker
+
+    engine = make_engine(db_url)
+    yield make_sessionmaker(engine)
+    engine.dispose()

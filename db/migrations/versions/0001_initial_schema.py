@@ -77,7 +77,7 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('started_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
-    sa.ForeignKeyConstraint(['calibration_id'], ['calibrations.id'], name='fk_jobs_calibration_id', use_alter=True),
+    sa.ForeignKeyConstraint(['calibration_id'], ['calibrations.id'], name='fk_jobs_calibration_id'),
     sa.ForeignKeyConstraint(['classifier_id'], ['classifiers.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('idempotency_key')

@@ -1,0 +1,242 @@
+"""The HTTP API over a real database, with chunks scored in-process by the real engine."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from labelq.scoring import Item as ScoreItem
+from labelq.scoring import ItemResult, Scorer
+from labelq.settings import Settings
+from labelq.spec import parse_spec
+from worker.chunks import process_chunk
+
+SPEC = {
+    "name": "api-test",
+    "template": "Review: {{ text }}\nSentiment:",
+    "labels": {"positive": [" positive", " good"], "negative": " negative"},
+}
+
+
+class InlineDispatcher:
+    """Scores dispatched chunks at once, in the request (the Celery path is in test_e2e)."""
+
+    def __init__(self, factory: Any, scorer: Scorer | None):
+        self.factory, self.scorer, self.sent = factory, scorer, []
+        self.hold = False
+
+    def dispatch(self, job_id: str, queue_name: str, seqs: list[int]) -> None:
+        self.sent.append((job_id, queue_name, seqs))
+        if not self.hold and self.scorer is not None:
+            for seq in seqs:
+                process_chunk(self.factory, lambda _: self.scorer, job_id, seq, 3)
+
+    def ping(self) -> bool:
+        return True
+
+
+def make_client(
+    factory: Any, scorer: Scorer | None, **settings: Any
+) -> tuple[TestClient, InlineDispatcher]:
+    dispatcher = InlineDispatcher(factory, scorer)
+    app = create_app(Settings(model="tiny-model", chunk_size=4, **settings), factory, dispatcher)
+    return TestClient(app), dispatcher
+
+
+@pytest.fixture
+def client(factory: Any, vllm_backend: Any) -> Iterator[tuple[TestClient, InlineDispatcher]]:
+    c, d = make_client(factory, Scorer(vllm_backend))
+    with c:
+        yield c, d
+
+
+@pytest.fixture
+def bare_client(factory: Any) -> Iterator[tuple[TestClient, InlineDispatcher]]:
+    """No scorer: for what needs no model (validation, auth, classifiers, cancel)."""
+    c, d = make_client(factory, None)
+    with c:
+        yield c, d
+
+
+def test_classifiers_versions_and_errors(bare_client: Any) -> None:
+    c, _ = bare_client
+    r = c.post("/v1/classifiers", json=SPEC)
+    assert r.status_code == 201 and r.json()["version"] == 1
+    assert c.post("/v1/classifiers", json=SPEC).status_code == 200
+    yaml_spec = "name: api-test\ntemplate: '{{ text }} =>'\nlabels: {a: ' a', b: ' b'}\n"
+    r = c.post("/v1/classifiers", content=yaml_spec, headers={"Content-Type": "application/yaml"})
+    assert r.status_code == 201 and r.json()["version"] == 2
+    detail = c.get("/v1/classifiers/api-test").json()
+    assert detail["latest_version"] == 2 and [v["version"] for v in detail["versions"]] == [1, 2]
+    assert c.get("/v1/classifiers").json()[0]["latest_version"] == 2
+    bad = c.post("/v1/classifiers", json={**SPEC, "labels": {"x": " x"}})
+    assert bad.status_code == 422 and bad.json()["field"] == "labels"
+    assert "at least two labels" in bad.json()["error"]
+    missing = c.get("/v1/classifiers/nope")
+    assert missing.status_code == 404 and "does not exist" in missing.json()["error"]
+    assert c.get("/openapi.json").json()["info"]["title"] == "labelq"
+
+
+def test_job_validation_errors_name_the_field(bare_client: Any) -> None:
+    c, _ = bare_client
+    c.post("/v1/classifiers", json=SPEC)
+    r = c.post("/v1/jobs", json={"classifier": "api-test"})
+    assert r.status_code == 422 and r.json()["field"] == "items"
+    r = c.post("/v1/jobs", json={"classifier": "nope", "items": []})
+    assert r.status_code == 404 and r.json()["field"] == "classifier"
+    r = c.post(
+        "/v1/jobs", content=b'{"text": "x"}\n', headers={"Content-Type": "application/x-ndjson"}
+    )
+    assert r.status_code == 422 and r.json()["field"] == "classifier"
+    assert c.get("/v1/jobs/nope").status_code == 404
+    r = c.get("/v1/jobs/x/results", params={"format": "xml"})
+    assert r.status_code == 422 and r.json()["field"] == "query.format"
+
+
+@pytest.mark.slow
+def test_json_job_end_to_end(client: Any, vllm_backend: Any) -> None:
+    c, dispatcher = client
+    c.post("/v1/classifiers", json=SPEC)
+    items = [{"custom_id": f"i{i}", "text": f"review number {i}", "src": i} for i in range(9)]
+    items.insert(3, {"custom_id": "bad", "txt": "wrong field"})
+    items.insert(5, "not an object")
+    r = c.post("/v1/jobs", json={"classifier": "api-test", "items": items, "metadata": {"run": 1}})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["total"] == 11 and job["metadata"] == {"run": 1}
+    assert dispatcher.sent[0][1].startswith("labelq.tiny-model.")
+    job = c.get(f"/v1/jobs/{job['id']}").json()
+    assert (job["state"], job["succeeded"], job["failed"], job["progress"]) == (
+        "succeeded",
+        9,
+        2,
+        1.0,
+    )
+
+    rows = []
+    cursor = None
+    while True:
+        page = c.get(
+            f"/v1/jobs/{job['id']}/results",
+            params={"limit": 4, **({"cursor": cursor} if cursor else {})},
+        ).json()
+        rows += page["data"]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert [r["custom_id"] for r in rows] == [
+        it["custom_id"] if isinstance(it, dict) else None for it in items
+    ]
+    assert rows[3]["status"] == "failed" and rows[3]["field"] == "text" and rows[3]["line"] == 4
+    assert rows[5]["status"] == "failed" and "JSON object" in rows[5]["error"]
+    direct = Scorer(vllm_backend).score(
+        parse_spec(SPEC), [ScoreItem(fields={"text": "review number 0", "src": 0})]
+    )[0]
+    assert isinstance(direct, ItemResult)
+    assert rows[0]["probs"] == pytest.approx(direct.probs, abs=1e-6)
+    assert rows[0]["extra"] == {"src": 0}
+
+    jsonl = c.get(f"/v1/jobs/{job['id']}/results", params={"format": "jsonl"})
+    assert jsonl.headers["content-type"].startswith("application/x-ndjson")
+    assert [json.loads(line)["custom_id"] for line in jsonl.text.splitlines()] == [
+        r["custom_id"] for r in rows
+    ]
+    table = list(
+        csv.DictReader(
+            io.StringIO(c.get(f"/v1/jobs/{job['id']}/results", params={"format": "csv"}).text)
+        )
+    )
+    assert len(table) == 11 and float(table[0]["p_positive"]) == pytest.approx(
+        rows[0]["probs"]["positive"]
+    )
+    assert table[3]["error"].startswith("missing field")
+    assert c.get("/v1/jobs").json()["data"][0]["id"] == job["id"]
+
+
+@pytest.mark.slow
+def test_jsonl_upload_with_idempotency_key(client: Any) -> None:
+    c, dispatcher = client
+    c.post("/v1/classifiers", json=SPEC)
+    body = "\n".join(
+        [json.dumps({"custom_id": i, "text": f"t {i}"}) for i in range(6)] + ["{oops", ""]
+    )
+    headers = {"Content-Type": "application/x-ndjson", "Idempotency-Key": "k-1"}
+    r = c.post(
+        "/v1/jobs", params={"classifier": "api-test"}, content=body.encode(), headers=headers
+    )
+    assert r.status_code == 202, r.text
+    again = c.post(
+        "/v1/jobs", params={"classifier": "api-test"}, content=body.encode(), headers=headers
+    )
+    assert again.status_code == 200 and again.json()["id"] == r.json()["id"]
+    assert len(dispatcher.sent) == 1
+    rows = list(
+        map(json.loads, c.get(f"/v1/jobs/{r.json()['id']}/results?format=jsonl").text.splitlines())
+    )
+    assert [row["custom_id"] for row in rows] == [0, 1, 2, 3, 4, 5, None]
+    assert rows[6]["line"] == 7 and "invalid JSON" in rows[6]["error"]
+
+
+def test_cancel_stops_pending_chunks(bare_client: Any) -> None:
+    c, dispatcher = bare_client
+    c.post("/v1/classifiers", json=SPEC)
+    items = [{"text": f"t{i}"} for i in range(10)]
+    job = c.post("/v1/jobs", json={"classifier": "api-test", "items": items}).json()
+    assert job["state"] == "queued"
+    r = c.post(f"/v1/jobs/{job['id']}/cancel")
+    assert r.status_code == 200 and r.json()["state"] == "cancelled" and r.json()["cancelled"] == 10
+    assert c.post(f"/v1/jobs/{job['id']}/cancel").status_code == 409
+    rows = c.get(f"/v1/jobs/{job['id']}/results").json()["data"]
+    assert {row["status"] for row in rows} == {"cancelled"}
+
+
+def test_auth_with_keys(factory: Any) -> None:
+    from db import repo
+
+    c, _ = make_client(factory, None)
+    with c:
+        assert c.get("/v1/classifiers").status_code == 200  # no keys: loopback is open
+        key = repo.create_api_key(factory, "t")
+        r = c.get("/v1/classifiers")
+        assert r.status_code == 401 and r.json()["field"] == "Authorization"
+        assert c.get("/v1/classifiers", headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert (
+            c.get("/v1/classifiers", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        )
+        assert c.get("/healthz").status_code == 200
+
+
+def test_no_keys_refuses_remote_clients(factory: Any) -> None:
+    app = create_app(Settings(model="m"), factory, InlineDispatcher(factory, None))
+    with TestClient(app, client=("203.0.113.9", 5000)) as c:
+        r = c.get("/v1/classifiers")
+        assert r.status_code == 401 and "loopback" in r.json()["error"]
+
+
+def test_health_ready_metrics(bare_client: Any) -> None:
+    c, _ = bare_client
+    assert c.get("/healthz").json() == {"status": "ok"}
+    ready = c.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"database": True, "broker": True}
+    c.post("/v1/classifiers", json=SPEC)
+    c.post("/v1/jobs", json={"classifier": "api-test", "items": [{"text": "x"}]})
+    text = c.get("/metrics").text
+    assert "labelq_jobs_submitted_total 1.0" in text
+    assert 'labelq_jobs{state="queued"} 1.0' in text
+    assert 'labelq_http_requests_total{method="POST",route="/v1/jobs",status="202"} 1.0' in text
+
+
+def test_readyz_reports_a_dead_broker(factory: Any) -> None:
+    from api.dispatch import CeleryDispatcher
+
+    app = create_app(Settings(model="m"), factory, CeleryDispatcher("redis://127.0.0.1:1/0"))
+    with TestClient(app) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["checks"]["broker"] is False
