@@ -7,10 +7,13 @@ from typing import Protocol
 from celery import Celery
 
 TASK_SCORE_CHUNK = "labelq.score_chunk"
+TASK_FIT_CALIBRATION = "labelq.fit_calibration"
 
 
 class Dispatcher(Protocol):
     def dispatch(self, job_id: str, queue_name: str, seqs: list[int]) -> None: ...
+
+    def dispatch_fit(self, calibration_id: int, queue_name: str) -> None: ...
 
     def ping(self) -> bool: ...
 
@@ -28,6 +31,10 @@ class CeleryDispatcher:
                 self.app.send_task(
                     TASK_SCORE_CHUNK, args=[job_id, seq], queue=queue_name, producer=producer
                 )
+
+    def dispatch_fit(self, calibration_id: int, queue_name: str) -> None:
+        """Fitting runs on the model's queue: contextual calibration needs the model."""
+        self.app.send_task(TASK_FIT_CALIBRATION, args=[calibration_id], queue=queue_name)
 
     def ping(self) -> bool:
         try:

@@ -89,3 +89,46 @@ class JobList(BaseModel):
 class ResultsPage(BaseModel):
     data: list[dict[str, Any]]
     next_cursor: str | None
+
+
+class LabelsReport(BaseModel):
+    accepted: int
+    rejected: list[dict[str, Any]] = Field(description="Each with line/custom_id and the error.")
+
+
+class JobMetrics(BaseModel):
+    calibration: dict[str, Any] | None
+    metrics: dict[str, Any]
+    reliability: list[dict[str, Any]]
+    set_coverage: float | None = None
+    mean_set_size: float | None = None
+
+
+class CalibrationCreate(BaseModel):
+    method: str = Field(
+        description="temperature | vector | platt | isotonic | contextual | batch | conformal"
+    )
+    job_id: str | None = Field(None, description="job whose gold-labelled results to fit on")
+    version: int | None = Field(None, description="classifier version; default: the job's")
+    holdout: float = Field(0.2, ge=0, lt=1)
+    seed: int = 0
+    bins: int = Field(15, ge=1, le=1000)
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="method options: alpha, score (conformal); inputs (contextual) ...",
+    )
+    activate: bool = Field(False, description="activate once fitted (embedded: at once)")
+
+
+class CalibrationOut(BaseModel):
+    id: int
+    classifier: str
+    version: int
+    method: str
+    status: str
+    active: bool
+    params: dict[str, Any]
+    fitted_on: dict[str, Any]
+    metrics: dict[str, Any]
+    error: str | None
+    created_at: datetime

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import (
     ApiKey,
+    Calibration,
     Chunk,
     ChunkState,
     Classifier,
@@ -315,9 +316,9 @@ class ChunkWork:
     job_id: str
     seq: int
     chunk_id: int
+    classifier_id: int
     spec: ClassifierSpec
     model: str
-    calibration_id: int | None
     items: list[tuple[int, ScoreItem]]  # (item row id, item)
 
 
@@ -360,7 +361,7 @@ def claim_chunk(
             for row in s.scalars(_pending_items(chunk))
         ]
         return ChunkWork(
-            job_id, seq, chunk.id, spec_of(classifier), job.model, job.calibration_id, items
+            job_id, seq, chunk.id, classifier.id, spec_of(classifier), job.model, items
         )
 
 
@@ -578,3 +579,143 @@ def check_api_key(s: Session, key: str) -> bool:
         select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
     )
     return row is not None
+
+
+# -- calibrations and gold labels ----------------------------------------------------------------
+def active_calibration(s: Session, classifier_id: int) -> Calibration | None:
+    return s.scalar(
+        select(Calibration).where(
+            Calibration.classifier_id == classifier_id, Calibration.active.is_(True)
+        )
+    )
+
+
+def get_calibration(
+    s: Session, calibration_id: int, classifier_id: int | None = None
+) -> Calibration:
+    row = s.get(Calibration, calibration_id)
+    if row is None or (classifier_id is not None and row.classifier_id != classifier_id):
+        raise NotFound(f"calibration {calibration_id} does not exist", field="calibration")
+    return row
+
+
+def create_calibration(
+    factory: sessionmaker[Session], classifier_id: int, method: str, fitted_on: dict[str, Any]
+) -> Calibration:
+    with transaction(factory) as s:
+        row = Calibration(
+            classifier_id=classifier_id,
+            method=method,
+            status="fitting",
+            params={},
+            fitted_on=fitted_on,
+            metrics={},
+            active=False,
+        )
+        s.add(row)
+        s.flush()
+        return row
+
+
+def finish_calibration(
+    factory: sessionmaker[Session],
+    calibration_id: int,
+    *,
+    params: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    fitted_on: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> None:
+    with transaction(factory) as s:
+        row = s.get_one(Calibration, calibration_id)
+        row.status = "failed" if error else "ready"
+        row.error = error
+        if params is not None:
+            row.params = params
+        if metrics is not None:
+            row.metrics = metrics
+        if fitted_on is not None:
+            row.fitted_on = {**row.fitted_on, **fitted_on}
+
+
+def activate_calibration(
+    factory: sessionmaker[Session], classifier_id: int, calibration_id: int
+) -> Calibration:
+    """Make one calibration the active one of its classifier, in one transaction."""
+    with transaction(factory) as s:
+        row = get_calibration(s, calibration_id, classifier_id)
+        if row.status != "ready":
+            raise Conflict(f"calibration {calibration_id} is {row.status}, not ready")
+        s.execute(
+            update(Calibration)
+            .where(Calibration.classifier_id == classifier_id, Calibration.id != calibration_id)
+            .values(active=False)
+        )
+        row.active = True
+        return row
+
+
+def set_gold_labels(
+    factory: sessionmaker[Session],
+    job_id: str,
+    labels: list[tuple[int | None, Any, Any]],
+    valid_labels: set[str],
+) -> tuple[int, list[dict[str, Any]]]:
+    """Store gold labels given as (line, custom_id, label). Returns (accepted, rejected): every
+    rejected entry says why (unknown id, unknown label, duplicate), none is dropped silently."""
+    rejected: list[dict[str, Any]] = []
+    wanted: dict[str, tuple[int | None, str]] = {}
+    for line, custom_id, label in labels:
+        entry = {"line": line, "custom_id": custom_id, "label": label}
+        if custom_id is None:
+            rejected.append({**entry, "error": "missing custom_id", "field": "custom_id"})
+        elif not isinstance(label, str) or label not in valid_labels:
+            rejected.append(
+                {
+                    **entry,
+                    "error": f"unknown label {label!r}; labels are {sorted(valid_labels)}",
+                    "field": "label",
+                }
+            )
+        elif str(custom_id) in wanted:
+            rejected.append({**entry, "error": "custom_id given twice", "field": "custom_id"})
+        else:
+            wanted[str(custom_id)] = (line, label)
+    accepted = 0
+    with transaction(factory) as s:
+        get_job(s, job_id)
+        ids = list(wanted)
+        found: dict[str, int] = {}
+        for start in range(0, len(ids), INSERT_BATCH):
+            part = ids[start : start + INSERT_BATCH]
+            for item_id, custom_id in s.execute(
+                select(Item.id, Item.custom_id).where(
+                    Item.job_id == job_id, Item.custom_id.in_(part)
+                )
+            ):
+                found[custom_id] = item_id
+        updates = []
+        for custom_id, (line, label) in wanted.items():
+            if custom_id not in found:
+                rejected.append(
+                    {
+                        "line": line,
+                        "custom_id": custom_id,
+                        "label": label,
+                        "error": "no item of this job has this custom_id",
+                        "field": "custom_id",
+                    }
+                )
+            else:
+                updates.append({"id": found[custom_id], "gold_label": label})
+        if updates:
+            s.execute(update(Item), updates)
+        accepted = len(updates)
+    return accepted, rejected
+
+
+def labelled_results(factory: sessionmaker[Session], job_id: str) -> Iterator[Item]:
+    """Scored items of a job that carry a gold label, in input order."""
+    for item in iter_items(factory, job_id):
+        if item.gold_label is not None and item.result is not None:
+            yield item

@@ -7,6 +7,7 @@ from celery import Celery
 from labelq.settings import Settings
 
 TASK_SCORE_CHUNK = "labelq.score_chunk"
+TASK_FIT_CALIBRATION = "labelq.fit_calibration"
 
 
 def make_celery(settings: Settings) -> Celery:

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 ScorerFor = Callable[[str], Scorer]
 Calibrate = Callable[
-    [Session, ClassifierSpec, int | None, list[ScoredItem]], tuple[list[ScoredItem], int | None]
+    [Session, int, ClassifierSpec, list[dict[str, Any]]], tuple[list[dict[str, Any]], int | None]
 ]
 
 
@@ -62,14 +62,16 @@ def process_chunk(
     scored: list[ScoredItem] = []
     if work.items:
         scored = score_items(scorer_for(work.model), work.spec, [item for _, item in work.items])
+    succeeded = [row.model_dump(mode="json") for row in scored if isinstance(row, ItemResult)]
     calibration_id = None
-    if calibrate is not None and scored:
+    if calibrate is not None and succeeded:
         with factory() as s:
-            scored, calibration_id = calibrate(s, work.spec, work.calibration_id, scored)
+            succeeded, calibration_id = calibrate(s, work.classifier_id, work.spec, succeeded)
+    calibrated = iter(succeeded)
     results: dict[int, tuple[dict[str, Any] | None, str | None]] = {}
     for (item_id, _), row in zip(work.items, scored, strict=True):
         if isinstance(row, ItemResult):
-            results[item_id] = (row.model_dump(mode="json"), None)
+            results[item_id] = (next(calibrated), None)
         else:
             results[item_id] = (None, row.error)
     written = repo.complete_chunk(factory, work, results, calibration_id)

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.session import make_engine, make_sessionmaker
 from labelq.settings import Settings
-from worker.app import TASK_SCORE_CHUNK, make_celery
+from worker.app import TASK_FIT_CALIBRATION, TASK_SCORE_CHUNK, make_celery
+from worker.calibrate import apply_active_calibration, fit_calibration
 from worker.chunks import process_chunk
 from worker.engine import scorer_for
 
@@ -35,8 +36,6 @@ def _factory() -> sessionmaker[Session]:
     max_retries=8,
 )
 def score_chunk(job_id: str, seq: int) -> None:
-    from worker.calibrate import apply_active_calibration
-
     process_chunk(
         _factory(),
         lambda model: scorer_for(model, settings),
@@ -45,3 +44,13 @@ def score_chunk(job_id: str, seq: int) -> None:
         settings.max_chunk_attempts,
         calibrate=apply_active_calibration,
     )
+
+
+@app.task(
+    name=TASK_FIT_CALIBRATION,
+    autoretry_for=(OperationalError, RedisConnectionError),
+    retry_backoff=2,
+    max_retries=5,
+)
+def fit_calibration_task(calibration_id: int) -> None:
+    fit_calibration(_factory(), lambda model: scorer_for(model, settings), calibration_id)

@@ -6,18 +6,21 @@ import csv
 import io
 import json
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import func, select
 
 from api.deps import AppState, require_key, state
-from api.schemas import JobCreate, JobList, JobOut, ResultsPage
+from api.schemas import JobCreate, JobList, JobMetrics, JobOut, LabelsReport, ResultsPage
 from db import repo
 from db.models import Classifier, Item, ItemStatus, Job
-from labelq.errors import InputError, LabelqError
+from labelq import calibration, metrics
+from labelq.errors import Conflict, InputError, LabelqError
 from labelq.jsonl import read_items
 from labelq.scoring import Item as ScoreItem
 from labelq.spec import ClassifierSpec
@@ -194,8 +197,11 @@ def result_row(item: Item) -> dict[str, Any]:
     """One result line: the scorer's fields for a scored item, else its status and error."""
     custom_id = (item.input or {}).get("custom_id", item.custom_id)
     if item.status == ItemStatus.succeeded and item.result is not None:
-        return {**item.result, "custom_id": custom_id, "status": item.status}
-    row: dict[str, Any] = {"custom_id": custom_id, "status": item.status}
+        row = {**item.result, "custom_id": custom_id, "status": item.status}
+        if item.gold_label is not None:
+            row["gold_label"] = item.gold_label
+        return row
+    row = {"custom_id": custom_id, "status": item.status}
     if item.line is not None:
         row["line"] = item.line
     if item.error:
@@ -205,32 +211,108 @@ def result_row(item: Item) -> dict[str, Any]:
     return row
 
 
-def _labels(st: AppState, job_id: str) -> list[str]:
+@dataclass
+class View:
+    """How results are served: as stored (`stored`), or recomputed under a calibrator."""
+
+    stored: bool
+    labels: list[str]
+    bias: list[float]
+    calibrator: calibration.Calibrator | None = None
+    info: dict[str, Any] | None = None
+
+    def rows(self, items: list[Item]) -> list[dict[str, Any]]:
+        rows = [result_row(i) for i in items]
+        if self.stored:
+            return rows
+        scored = [k for k, i in enumerate(items) if i.status == ItemStatus.succeeded and i.result]
+        redone = calibration.calibrate_rows(
+            [rows[k] for k in scored], self.labels, self.bias, self.calibrator, self.info
+        )
+        for k, row in zip(scored, redone, strict=True):
+            rows[k] = row
+        return rows
+
+
+def resolve_view(st: AppState, job_id: str, choice: str | None) -> View:
+    """`choice`: None (as stored), `none` (uncalibrated), `active`, or a calibration id."""
     with st.factory() as s:
         job = repo.get_job(s, job_id)
-        return repo.spec_of(s.get_one(Classifier, job.classifier_id)).label_names
+        spec = repo.spec_of(s.get_one(Classifier, job.classifier_id))
+        view = View(choice is None, spec.label_names, spec.bias_vector())
+        if choice in (None, "none"):
+            return view
+        if choice == "active":
+            row = repo.active_calibration(s, job.classifier_id)
+            if row is None:
+                return view  # no active calibration: uncalibrated
+        else:
+            try:
+                calibration_id = int(choice)
+            except ValueError:
+                raise InputError(
+                    "calibration must be none, active or a calibration id", field="calibration"
+                ) from None
+            row = repo.get_calibration(s, calibration_id, job.classifier_id)
+        if row.status != "ready":
+            raise Conflict(f"calibration {row.id} is {row.status}", field="calibration")
+        view.calibrator = calibration.load(row.method, row.params)
+        view.info = {"id": row.id, "method": row.method}
+    if isinstance(view.calibrator, calibration.BatchCalibration):
+        # At serving time the batch is the whole job: estimate its prior over every result.
+        z = [
+            calibration.result_log_probs([i.result], view.labels, view.bias)[0]
+            for i in repo.iter_items(st.factory, job_id)
+            if i.result is not None
+        ]
+        if z:
+            view.calibrator.mean = np.mean(z, axis=0)
+        view.calibrator.min_batch = 2**62
+    return view
 
 
-def _jsonl(st: AppState, job_id: str) -> Iterator[bytes]:
-    for item in repo.iter_items(st.factory, job_id):
-        yield (json.dumps(result_row(item), ensure_ascii=False) + "\n").encode()
+def iter_rows(
+    st: AppState,
+    job_id: str,
+    view: View,
+    after: int = -1,
+    limit: int | None = None,
+    batch: int = 1000,
+) -> Iterator[dict[str, Any]]:
+    buffer: list[Item] = []
+    for item in repo.iter_items(st.factory, job_id, after_idx=after, batch=batch, limit=limit):
+        buffer.append(item)
+        if len(buffer) >= batch:
+            yield from view.rows(buffer)
+            buffer = []
+    yield from view.rows(buffer)
+
+
+def _jsonl(st: AppState, job_id: str, view: View) -> Iterator[bytes]:
+    for row in iter_rows(st, job_id, view):
+        yield (json.dumps(row, ensure_ascii=False) + "\n").encode()
 
 
 CSV_FIELDS = ["custom_id", "status", "label", "confidence", "margin", "entropy", "energy"]
 
 
-def _csv(st: AppState, job_id: str, labels: list[str]) -> Iterator[bytes]:
-    header = CSV_FIELDS + [f"p_{label}" for label in labels] + ["line", "error"]
+def _csv(st: AppState, job_id: str, view: View) -> Iterator[bytes]:
+    labels = view.labels
+    header = [*CSV_FIELDS, *(f"p_{label}" for label in labels), "label_set", "line", "error"]
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(header)
-    for item in repo.iter_items(st.factory, job_id):
-        row = result_row(item)
+    for row in iter_rows(st, job_id, view):
         probs = row.get("probs", {})
+        label_set = row.get("label_set")
         writer.writerow(
             [row.get(k, "") for k in CSV_FIELDS]
             + [probs.get(label, "") for label in labels]
-            + [row.get("line", ""), row.get("error", "")]
+            + [
+                "|".join(label_set) if label_set is not None else "",
+                row.get("line", ""),
+                row.get("error", ""),
+            ]
         )
         if buf.tell() > 1 << 16:
             yield buf.getvalue().encode()
@@ -239,22 +321,28 @@ def _csv(st: AppState, job_id: str, labels: list[str]) -> Iterator[bytes]:
     yield buf.getvalue().encode()
 
 
+CALIBRATION_QUERY = Query(
+    None, description="none | active | <calibration id>; unset: as stored when scored"
+)
+
+
 @router.get("/{job_id}/results", response_model=ResultsPage)
 def get_results(
     job_id: str,
     format: Literal["json", "jsonl", "csv"] = Query("json"),
     cursor: str | None = Query(None, description="next_cursor of the previous page"),
     limit: int = Query(100, ge=1, le=1000),
+    calibration: str | None = CALIBRATION_QUERY,
     st: AppState = Depends(state),
 ) -> Any:
     """Results in input order: a page of JSON (follow `next_cursor`), or the whole job streamed
-    as JSONL or CSV."""
-    labels = _labels(st, job_id)  # also 404s for an unknown job
+    as JSONL or CSV; under any calibration, recomputed from the stored raw scores."""
+    view = resolve_view(st, job_id, calibration)  # also 404s for an unknown job
     if format == "jsonl":
-        return StreamingResponse(_jsonl(st, job_id), media_type=NDJSON)
+        return StreamingResponse(_jsonl(st, job_id, view), media_type=NDJSON)
     if format == "csv":
         return StreamingResponse(
-            _csv(st, job_id, labels),
+            _csv(st, job_id, view),
             media_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'},
         )
@@ -266,9 +354,85 @@ def get_results(
         ) from None
     items = list(repo.iter_items(st.factory, job_id, after_idx=after, limit=limit + 1))
     page, more = items[:limit], len(items) > limit
-    return ResultsPage(
-        data=[result_row(i) for i in page], next_cursor=str(page[-1].idx) if more else None
+    return ResultsPage(data=view.rows(page), next_cursor=str(page[-1].idx) if more else None)
+
+
+# -- gold labels and metrics ---------------------------------------------------------------------
+@router.post("/{job_id}/labels", response_model=LabelsReport)
+async def set_labels(job_id: str, request: Request, st: AppState = Depends(state)) -> LabelsReport:
+    """Gold labels: JSON `{"custom_id": label, ...}` or `[{"custom_id", "label"}, ...]`, or JSONL
+    lines `{"custom_id": ..., "label": ...}`. Unknown ids and labels are reported, not dropped."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    body = await request.body()
+    entries: list[tuple[int | None, Any, Any]] = []
+    rejected: list[dict[str, Any]] = []
+    if content_type in (NDJSON, "application/jsonl", "application/x-jsonlines"):
+        for number, line in enumerate(body.decode("utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                rejected.append({"line": number, "error": f"invalid JSON: {exc.msg}"})
+                continue
+            if not isinstance(record, dict):
+                rejected.append({"line": number, "error": "a line must be a JSON object"})
+                continue
+            entries.append((number, record.get("custom_id"), record.get("label")))
+    else:
+        try:
+            data = json.loads(body)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"invalid JSON body: {exc.msg}") from None
+        if isinstance(data, dict):
+            entries = [(None, k, v) for k, v in data.items()]
+        elif isinstance(data, list):
+            for i, record in enumerate(data):
+                if not isinstance(record, dict):
+                    rejected.append({"line": i + 1, "error": "an entry must be an object"})
+                    continue
+                entries.append((i + 1, record.get("custom_id"), record.get("label")))
+        else:
+            raise InputError("send an object custom_id -> label, or a list of objects")
+    labels = set(await run_in_threadpool(_labels, st, job_id))
+    accepted, more = await run_in_threadpool(
+        repo.set_gold_labels, st.factory, job_id, entries, labels
     )
+    return LabelsReport(accepted=accepted, rejected=rejected + more)
+
+
+def _labels(st: AppState, job_id: str) -> list[str]:
+    with st.factory() as s:
+        job = repo.get_job(s, job_id)
+        return repo.spec_of(s.get_one(Classifier, job.classifier_id)).label_names
+
+
+@router.get("/{job_id}/metrics", response_model=JobMetrics)
+def job_metrics(
+    job_id: str,
+    calibration: str | None = CALIBRATION_QUERY,
+    bins: int = Query(15, ge=1, le=1000),
+    st: AppState = Depends(state),
+) -> JobMetrics:
+    """How trustworthy the confidences are on the job's gold-labelled items: the metric report
+    and the reliability diagram, under any calibration."""
+    view = resolve_view(st, job_id, calibration)
+    rows = [r for r in iter_rows(st, job_id, view) if r.get("gold_label") and r.get("probs")]
+    if not rows:
+        raise Conflict("no scored item of this job has a gold label yet", field="labels")
+    index = {label: k for k, label in enumerate(view.labels)}
+    probs = np.array([[r["probs"][label] for label in view.labels] for r in rows])
+    y = np.array([index[r["gold_label"]] for r in rows])
+    out = JobMetrics(
+        calibration=view.info if view.calibrator else None,
+        metrics=metrics.report(probs, y, bins).model_dump(),
+        reliability=[b.model_dump() for b in metrics.reliability_bins(probs, y, bins)],
+    )
+    if any("label_set" in r for r in rows):
+        sets = np.array([[label in r.get("label_set", []) for label in view.labels] for r in rows])
+        out.set_coverage = metrics.set_coverage(sets, y)
+        out.mean_set_size = metrics.mean_set_size(sets)
+    return out
 
 
 __all__ = ["Job", "router"]
