@@ -20,7 +20,6 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "sst2" / "stsa.binary.train"
@@ -63,7 +62,7 @@ def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
         env={**os.environ, **env},
         stdout=open(log, "ab"),
         stderr=subprocess.STDOUT,
-        start_new_session=True,  # noqa: SIM115
+        start_new_session=True,
     )
 
 
@@ -192,7 +191,8 @@ def main() -> None:
         f"({ingest:.1f} s); API RSS {rss_before:.0f} MiB before, peak {peak:.0f} MiB"
     )
     print(
-        f"export of {exported_big} rows:  {exported_big / export_big:8.0f} rows/s ({export_big:.1f} s)"
+        f"export of {exported_big} rows:  {exported_big / export_big:8.0f} rows/s "
+        f"({export_big:.1f} s)"
     )
 
 

@@ -101,7 +101,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     with engine.begin() as conn:
         conn.execute(
             text(
-                "TRUNCATE items, chunks, jobs, calibrations, classifiers, api_keys RESTART IDENTITY CASCADE"
+                "TRUNCATE items, chunks, jobs, calibrations, classifiers, api_keys "
+                "RESTART IDENTITY CASCADE"
             )
         )
     engine.dispose()

@@ -185,7 +185,7 @@ def test_jsonl_upload_with_idempotency_key(client: Any) -> None:
 
 
 def test_cancel_stops_pending_chunks(bare_client: Any) -> None:
-    c, dispatcher = bare_client
+    c, _dispatcher = bare_client
     c.post("/v1/classifiers", json=SPEC)
     items = [{"text": f"t{i}"} for i in range(10)]
     job = c.post("/v1/jobs", json={"classifier": "api-test", "items": items}).json()

@@ -61,11 +61,12 @@ def _items(n: int) -> list[Any]:
 
 
 def test_ingest_keeps_bad_entries_as_failed_items_in_order(factory: Any) -> None:
-    entries = (
-        _items(2)
-        + [InputError("invalid JSON", line=3), ScoreItem(custom_id=9, fields={"txt": "x"}, line=4)]
-        + _items(3)[2:]
-    )
+    entries = [
+        *_items(2),
+        InputError("invalid JSON", line=3),
+        ScoreItem(custom_id=9, fields={"txt": "x"}, line=4),
+        *_items(3)[2:],
+    ]
     job, seqs = _job(factory, entries, chunk_size=2)
     with factory() as s:
         job = s.get_one(Job, job.id)

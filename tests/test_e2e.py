@@ -3,6 +3,7 @@ PostgreSQL, checked item by item against the scorer run directly."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -63,14 +64,10 @@ class WorkerProcess:
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.log.close()
 
 

@@ -115,9 +115,10 @@ def test_bin_edges_are_right_closed_and_zero_goes_first() -> None:
 def test_brier_nll_accuracy_aurc_auroc_against_reference() -> None:
     probs, y = random_case(401, 3)
     brier = sum(
-        sum((p - (k == g)) ** 2 for k, p in enumerate(row)) for row, g in zip(probs, y)
+        sum((p - (k == g)) ** 2 for k, p in enumerate(row))
+        for row, g in zip(probs, y, strict=False)
     ) / len(y)
-    nll = -sum(math.log(row[g]) for row, g in zip(probs, y)) / len(y)
+    nll = -sum(math.log(row[g]) for row, g in zip(probs, y, strict=False)) / len(y)
     assert metrics.brier(probs, y) == pytest.approx(brier, abs=1e-12)
     assert metrics.nll(probs, y) == pytest.approx(nll, abs=1e-12)
     assert metrics.accuracy(probs, y) == pytest.approx(np.mean(probs.argmax(1) == y))
