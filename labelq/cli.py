@@ -95,6 +95,68 @@ def _cmd_results(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_calibrate_eval(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from labelq.evaluate import evaluate_files, format_table
+
+    values, notes = evaluate_files(args.input, args.labels, args.bins)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(json.dumps(values) if args.json else format_table(values))
+    return 0
+
+
+def _cmd_calibrate_fit(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    options = json.loads(args.options) if args.options else {}
+    with _client(args, settings) as client:
+        row = client.fit_calibration(
+            args.classifier,
+            method=args.method,
+            job_id=args.job,
+            holdout=args.holdout,
+            seed=args.seed,
+            options=options,
+            activate=args.activate,
+        )
+        if args.wait:
+            row = client.wait_calibration(args.classifier, row["id"])
+        print(json.dumps(row, indent=2))
+        return 0 if row["status"] != "failed" else 1
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _cmd_calibrate_list(args: argparse.Namespace, settings: Settings) -> int:
+    with _client(args, settings) as client:
+        print(
+            f"{'id':>5}  {'v':>3}  {'method':<12}{'status':<9}{'active':<8}"
+            f"{'ece before':>11}{'ece after':>11}"
+        )
+        for row in client.calibrations(args.classifier):
+            before = (row["metrics"].get("before") or {}).get("ece")
+            after = (row["metrics"].get("after") or {}).get("ece")
+            print(
+                f"{row['id']:>5}  {row['version']:>3}  {row['method']:<12}{row['status']:<9}"
+                f"{'yes' if row['active'] else '':<8}{_fmt(before):>11}{_fmt(after):>11}"
+            )
+    return 0
+
+
+def _cmd_calibrate_activate(args: argparse.Namespace, settings: Settings) -> int:
+    with _client(args, settings) as client:
+        row = client.activate_calibration(args.classifier, args.id)
+        print(
+            f"calibration {row['id']} ({row['method']}) is active for {row['classifier']} "
+            f"version {row['version']}"
+        )
+    return 0
+
+
 def _add_client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help="API base URL (default: http://LABELQ_API_HOST:LABELQ_API_PORT)")
     p.add_argument("--api-key", help="API key (default: LABELQ_API_KEY)")
@@ -137,6 +199,35 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     p.add_argument("--calibration", help="none | active | <calibration id>")
     _add_client_options(p)
     p.set_defaults(handler=_cmd_results)
+
+    cal = sub.add_parser("calibrate", help="fit, list, activate and evaluate calibrations")
+    cal_sub = cal.add_subparsers(dest="calibrate_command", required=True)
+    p = cal_sub.add_parser("eval", help="metrics of a results file against gold labels")
+    p.add_argument("--input", required=True, type=Path, help="results JSONL (classify output)")
+    p.add_argument("--labels", required=True, type=Path, help='gold JSONL: {"custom_id", "label"}')
+    p.add_argument("--bins", type=int, default=15)
+    p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    p.set_defaults(handler=_cmd_calibrate_eval)
+    p = cal_sub.add_parser("fit", help="fit a calibration on a job's gold-labelled results")
+    p.add_argument("--classifier", required=True)
+    p.add_argument("--method", required=True)
+    p.add_argument("--job", help="job id (its items need gold labels for supervised methods)")
+    p.add_argument("--holdout", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--options", help="method options as JSON, e.g. '{\"alpha\": 0.1}'")
+    p.add_argument("--activate", action="store_true")
+    p.add_argument("--wait", action="store_true")
+    _add_client_options(p)
+    p.set_defaults(handler=_cmd_calibrate_fit)
+    p = cal_sub.add_parser("list", help="a classifier's calibrations with their metrics")
+    p.add_argument("--classifier", required=True)
+    _add_client_options(p)
+    p.set_defaults(handler=_cmd_calibrate_list)
+    p = cal_sub.add_parser("activate", help="make a calibration the active one")
+    p.add_argument("--classifier", required=True)
+    p.add_argument("id", type=int)
+    _add_client_options(p)
+    p.set_defaults(handler=_cmd_calibrate_activate)
     return parser, sub
 
 

@@ -129,6 +129,37 @@ class LabelqClient:
                 time.sleep(poll)
                 job = self.job(job_id)
 
+    def set_labels(self, job_id: str, labels: dict[str, str]) -> dict[str, Any]:
+        return dict(self._request("POST", f"/v1/jobs/{job_id}/labels", json=labels))
+
+    def fit_calibration(self, classifier: str, **body: Any) -> dict[str, Any]:
+        return dict(self._request("POST", f"/v1/classifiers/{classifier}/calibrations", json=body))
+
+    def calibration(self, classifier: str, calibration_id: int) -> dict[str, Any]:
+        return dict(
+            self._request("GET", f"/v1/classifiers/{classifier}/calibrations/{calibration_id}")
+        )
+
+    def calibrations(self, classifier: str) -> list[dict[str, Any]]:
+        return list(self._request("GET", f"/v1/classifiers/{classifier}/calibrations"))
+
+    def activate_calibration(self, classifier: str, calibration_id: int) -> dict[str, Any]:
+        return dict(
+            self._request(
+                "POST", f"/v1/classifiers/{classifier}/calibrations/{calibration_id}/activate"
+            )
+        )
+
+    def wait_calibration(
+        self, classifier: str, calibration_id: int, poll: float = 0.5, timeout: float = 600
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while (row := self.calibration(classifier, calibration_id))["status"] == "fitting":
+            if time.monotonic() > deadline:
+                raise LabelqError(f"calibration {calibration_id} still fitting after {timeout}s")
+            time.sleep(poll)
+        return row
+
     def results_jsonl(self, job_id: str, output: Path, calibration: str | None = None) -> int:
         """Stream all results to a JSONL file; returns the number of lines."""
         params: dict[str, str] = {"format": "jsonl"}

@@ -16,6 +16,7 @@ from labelq.scoring import Item as ScoreItem
 from labelq.scoring import ItemResult, Scorer
 from labelq.settings import Settings
 from labelq.spec import parse_spec
+from worker.calibrate import apply_active_calibration, fit_calibration
 from worker.chunks import process_chunk
 
 SPEC = {
@@ -36,7 +37,19 @@ class InlineDispatcher:
         self.sent.append((job_id, queue_name, seqs))
         if not self.hold and self.scorer is not None:
             for seq in seqs:
-                process_chunk(self.factory, lambda _: self.scorer, job_id, seq, 3)
+                process_chunk(
+                    self.factory,
+                    lambda _: self.scorer,
+                    job_id,
+                    seq,
+                    3,
+                    calibrate=apply_active_calibration,
+                )
+
+    def dispatch_fit(self, calibration_id: int, queue_name: str) -> None:
+        self.sent.append(("fit", queue_name, [calibration_id]))
+        if not self.hold and self.scorer is not None:
+            fit_calibration(self.factory, lambda _: self.scorer, calibration_id)
 
     def ping(self) -> bool:
         return True
