@@ -92,6 +92,13 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=5000)
     parser.add_argument("--upload-items", type=int, default=100_000)
     parser.add_argument("--chunk-size", type=int, default=256)
+    parser.add_argument(
+        "--model-size",
+        choices=["tiny", "bench"],
+        default="bench",
+        help="bench: the ~30M-parameter model of bench/scoring.py",
+    )
+    parser.add_argument("--pool", choices=["threads", "solo"], default="threads")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     import redis
@@ -106,7 +113,9 @@ def main() -> None:
     from labelq.spec import parse_spec
 
     work = Path(tempfile.mkdtemp(prefix="labelq-bench-"))
-    model = build_demo_model(Path(tempfile.gettempdir()) / "labelq-bench-tiny", "tiny")
+    model = build_demo_model(
+        Path(tempfile.gettempdir()) / f"labelq-bench-{args.model_size}", args.model_size
+    )
     db_name = f"labelq_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -124,7 +133,9 @@ def main() -> None:
         "LABELQ_API_PORT": str(port),
     }
     api = spawn(["serve"], env, work / "api.log")
-    worker = spawn(["worker", "--loglevel", "WARNING"], env, work / "worker.log")
+    worker = spawn(
+        ["worker", "--pool", args.pool, "--loglevel", "WARNING"], env, work / "worker.log"
+    )
     url = f"http://127.0.0.1:{port}"
     texts = sentences(args.items)
     try:
@@ -181,7 +192,10 @@ def main() -> None:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
         redis.Redis.from_url(REDIS).flushdb()
 
-    print(f"\n{args.items} SST-2 items, tiny random Llama, chunk size {args.chunk_size}")
+    print(
+        f"\n{args.items} SST-2 items, {args.model_size} random Llama, chunk size "
+        f"{args.chunk_size}, worker pool {args.pool}"
+    )
     print(f"direct scorer:      {args.items / direct:8.1f} items/s  ({direct:.1f} s)")
     print(f"through the service:{args.items / service:8.1f} items/s  ({service:.1f} s)")
     print(f"service / direct:   {direct / service:8.3f}  (target >= 0.9)")

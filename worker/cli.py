@@ -31,7 +31,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         "--pool",
         args.pool,
         "--concurrency",
-        "1",
+        str(args.concurrency or (2 if args.pool == "threads" else 1)),
         "--loglevel",
         args.loglevel,
         "--hostname",
@@ -50,8 +50,14 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument(
         "--pool",
         choices=["solo", "prefork", "threads"],
-        default="solo",
-        help="solo (default): the model in the worker process itself",
+        default="threads",
+        help="threads (default): two tasks share the process's one engine, so one task's SQL "
+        "overlaps the other's scoring; solo: one task at a time; prefork: a child process",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        help="tasks at once (default 1; threads: 2, so SQL overlaps scoring on one engine)",
     )
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(handler=_worker)
