@@ -253,3 +253,27 @@ def test_readyz_reports_a_dead_broker(factory: Any) -> None:
     with TestClient(app) as c:
         r = c.get("/readyz")
         assert r.status_code == 503 and r.json()["checks"]["broker"] is False
+
+
+def test_retry_resubmits_failed_and_cancelled_items(bare_client: Any) -> None:
+    c, dispatcher = bare_client
+    c.post("/v1/classifiers", json=SPEC)
+    body = "\n".join(
+        [json.dumps({"custom_id": f"k{i}", "text": f"t{i}"}) for i in range(5)]
+        + ['{"custom_id": "bad", "txt": 1}', "{not json"]
+    )
+    job = c.post(
+        "/v1/jobs",
+        params={"classifier": "api-test"},
+        content=body.encode(),
+        headers={"Content-Type": "application/x-ndjson"},
+    ).json()
+    c.post(f"/v1/jobs/{job['id']}/cancel")
+    retry = c.post(f"/v1/jobs/{job['id']}/retry")
+    assert retry.status_code == 202
+    new = retry.json()
+    assert new["metadata"] == {"retry_of": job["id"]} and new["total"] == 6
+    rows = c.get(f"/v1/jobs/{new['id']}/results").json()["data"]
+    assert [r["custom_id"] for r in rows] == ["k0", "k1", "k2", "k3", "k4", "bad"]
+    assert rows[5]["status"] == "failed" and rows[5]["line"] == 6
+    assert dispatcher.sent[-1][0] == new["id"]

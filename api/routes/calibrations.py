@@ -10,7 +10,7 @@ from api.schemas import CalibrationCreate, CalibrationOut
 from db import repo
 from db.models import Calibration, Classifier, Job
 from labelq import calibration as methods
-from labelq.errors import InputError
+from labelq.errors import InputError, NotFound
 
 router = APIRouter(
     prefix="/v1/classifiers/{name}/calibrations",
@@ -108,9 +108,7 @@ def get_calibration(
         row = repo.get_calibration(s, calibration_id)
         classifier = s.get_one(Classifier, row.classifier_id)
         if classifier.name != name:
-            raise repo.NotFound(
-                f"calibration {calibration_id} is not of {name!r}", field="calibration"
-            )
+            raise NotFound(f"calibration {calibration_id} is not of {name!r}", field="calibration")
         return _out(row, classifier)
 
 
@@ -122,9 +120,7 @@ def activate(name: str, calibration_id: int, st: AppState = Depends(state)) -> C
         row = repo.get_calibration(s, calibration_id)
         classifier = s.get_one(Classifier, row.classifier_id)
         if classifier.name != name:
-            raise repo.NotFound(
-                f"calibration {calibration_id} is not of {name!r}", field="calibration"
-            )
+            raise NotFound(f"calibration {calibration_id} is not of {name!r}", field="calibration")
     row = repo.activate_calibration(st.factory, classifier.id, calibration_id)
     return _out(row, classifier)
 

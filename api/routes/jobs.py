@@ -192,6 +192,41 @@ def cancel_job(job_id: str, st: AppState = Depends(state)) -> JobOut:
     return _job_out(st, job_id)
 
 
+@router.post("/{job_id}/retry", status_code=202, response_model=JobOut)
+async def retry_failed(job_id: str, st: AppState = Depends(state)) -> JSONResponse:
+    """A new job of this job's failed (and cancelled) items that have an input, with the same
+    classifier version and custom_ids; its metadata names the original. Lines that were not
+    valid JSON cannot be retried: fix and resubmit them."""
+
+    def prepare() -> tuple[Job, Classifier, repo.IngestReport, list[int]]:
+        with st.factory() as s:
+            original = repo.get_job(s, job_id)
+            classifier = s.get_one(Classifier, original.classifier_id)
+        spec = repo.spec_of(classifier)
+        job, _ = repo.start_job(
+            st.factory,
+            classifier,
+            original.model,
+            original.chunk_size,
+            {**original.metadata_, "retry_of": job_id},
+        )
+        ingestor = repo.ItemIngestor(st.factory, job, spec.template_variables)
+        for item in repo.iter_items(st.factory, job_id):
+            if item.status in (ItemStatus.failed, ItemStatus.cancelled) and item.input is not None:
+                ingestor.add(ScoreItem.from_record(item.input, line=item.line))
+                if ingestor.full:
+                    ingestor.flush()
+        ingestor.flush()
+        seqs = repo.seal_job(st.factory, job.id, ingestor.report)
+        return job, classifier, ingestor.report, seqs
+
+    job, _, _, seqs = await run_in_threadpool(prepare)
+    await run_in_threadpool(st.dispatcher.dispatch, job.id, job.queue, seqs)
+    st.metrics.jobs_submitted.inc()
+    out = await run_in_threadpool(_job_out, st, job.id)
+    return JSONResponse(out.model_dump(mode="json"), status_code=202)
+
+
 # -- results -------------------------------------------------------------------------------------
 def result_row(item: Item) -> dict[str, Any]:
     """One result line: the scorer's fields for a scored item, else its status and error."""
