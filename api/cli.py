@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
@@ -145,6 +144,3 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("demo", help="run sample reviews through a job on the embedded service")
     p.add_argument("--timeout", type=float, default=900)
     p.set_defaults(handler=_demo)
-
-
-__all__ = ["BackgroundServer", "embedded_app", "register", "sys"]

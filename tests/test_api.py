@@ -277,3 +277,16 @@ def test_retry_resubmits_failed_and_cancelled_items(bare_client: Any) -> None:
     assert [r["custom_id"] for r in rows] == ["k0", "k1", "k2", "k3", "k4", "bad"]
     assert rows[5]["status"] == "failed" and rows[5]["line"] == 6
     assert dispatcher.sent[-1][0] == new["id"]
+
+
+def test_api_never_imports_the_engine() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, api.app, api.cli; "
+        "heavy = [m for m in ('vllm', 'torch') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

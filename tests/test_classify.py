@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ from labelq.classify import classify_file
 from labelq.jsonl import read_items
 from labelq.scoring import Item, Scorer
 from labelq.spec import parse_spec
+from tests.conftest import run_cli
 
 SPEC = {
     "name": "cli-test",
@@ -80,9 +79,6 @@ def test_cli_end_to_end(tmp_path: Path, tiny_model: Path) -> None:
     spec.write_text(json.dumps(SPEC))
     src.write_text("\n".join(LINES) + "\n", encoding="utf-8")
     cmd = [
-        sys.executable,
-        "-m",
-        "labelq.cli",
         "classify",
         "--spec",
         str(spec),
@@ -96,7 +92,7 @@ def test_cli_end_to_end(tmp_path: Path, tiny_model: Path) -> None:
         "3",
     ]
     env = {"LABELQ_DTYPE": "float32", "LABELQ_MAX_MODEL_LEN": "512", "LABELQ_KV_CACHE_GIB": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env(env))
+    proc = run_cli(*cmd, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "wrote 7 results" in proc.stderr and "(4 failed)" in proc.stderr
     _check_output([json.loads(line) for line in dst.read_text(encoding="utf-8").splitlines()])
@@ -105,30 +101,16 @@ def test_cli_end_to_end(tmp_path: Path, tiny_model: Path) -> None:
 def test_cli_reports_a_bad_spec(tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text('name: x\ntemplate: "{{ text }}"\nlabels: {only: " one"}\n')
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "labelq.cli",
-            "classify",
-            "--spec",
-            str(spec),
-            "--input",
-            "x",
-            "--output",
-            str(tmp_path / "o"),
-            "--model",
-            "m",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = run_cli(
+        "classify",
+        "--spec",
+        str(spec),
+        "--input",
+        "x",
+        "--output",
+        str(tmp_path / "o"),
+        "--model",
+        "m",
     )
     assert proc.returncode == 2
     assert "field 'labels'" in proc.stderr and "at least two labels" in proc.stderr
-
-
-def _env(extra: dict[str, str]) -> dict[str, str]:
-    import os
-
-    return {**os.environ, **extra}

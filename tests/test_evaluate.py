@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from labelq import metrics
+from tests.conftest import run_cli
 
 
 def _files(tmp_path: Path) -> tuple[Path, Path, np.ndarray, np.ndarray]:
@@ -36,24 +35,8 @@ def _files(tmp_path: Path) -> tuple[Path, Path, np.ndarray, np.ndarray]:
 
 def test_eval_json_matches_the_metrics_module(tmp_path: Path) -> None:
     scored, gold, probs, y = _files(tmp_path)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "labelq.cli",
-            "calibrate",
-            "eval",
-            "--input",
-            str(scored),
-            "--labels",
-            str(gold),
-            "--bins",
-            "10",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = run_cli(
+        "calibrate", "eval", "--input", str(scored), "--labels", str(gold), "--bins", "10", "--json"
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -74,60 +57,15 @@ def test_eval_json_matches_the_metrics_module(tmp_path: Path) -> None:
     assert out["nll"] == pytest.approx(metrics.nll(probs, y))
     assert "1 result lines have no probabilities" in proc.stderr
     assert "1 gold labels match no scored result" in proc.stderr
-    table = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "labelq.cli",
-            "calibrate",
-            "eval",
-            "--input",
-            str(scored),
-            "--labels",
-            str(gold),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    table = run_cli("calibrate", "eval", "--input", str(scored), "--labels", str(gold))
     assert table.returncode == 0 and "ece_equal_mass" in table.stdout
 
 
 def test_eval_errors_name_the_line(tmp_path: Path) -> None:
     scored, gold, _, _ = _files(tmp_path)
     gold.write_text('{"custom_id": 0, "label": "a"}\n{"custom_id": 1}\n')
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "labelq.cli",
-            "calibrate",
-            "eval",
-            "--input",
-            str(scored),
-            "--labels",
-            str(gold),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_cli("calibrate", "eval", "--input", str(scored), "--labels", str(gold))
     assert proc.returncode == 2 and "line 2" in proc.stderr and "field 'label'" in proc.stderr
     gold.write_text('{"custom_id": 0, "label": "zzz"}\n')
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "labelq.cli",
-            "calibrate",
-            "eval",
-            "--input",
-            str(scored),
-            "--labels",
-            str(gold),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_cli("calibrate", "eval", "--input", str(scored), "--labels", str(gold))
     assert proc.returncode == 2 and "unknown label 'zzz'" in proc.stderr

@@ -8,7 +8,7 @@ from fastapi.concurrency import run_in_threadpool
 from api.deps import AppState, require_key, state
 from api.schemas import CalibrationCreate, CalibrationOut
 from db import repo
-from db.models import Calibration, Classifier, Job
+from db.models import Calibration, Classifier
 from labelq import calibration as methods
 from labelq.errors import InputError, NotFound
 
@@ -123,6 +123,3 @@ def activate(name: str, calibration_id: int, st: AppState = Depends(state)) -> C
             raise NotFound(f"calibration {calibration_id} is not of {name!r}", field="calibration")
     row = repo.activate_calibration(st.factory, classifier.id, calibration_id)
     return _out(row, classifier)
-
-
-__all__ = ["Job", "router"]

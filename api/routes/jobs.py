@@ -477,6 +477,3 @@ def job_metrics(
         out.set_coverage = metrics.set_coverage(sets, y)
         out.mean_set_size = metrics.mean_set_size(sets)
     return out
-
-
-__all__ = ["Job", "router"]
