@@ -20,6 +20,7 @@ from scipy.special import expit, log_softmax, softmax
 
 from labelq import metrics
 from labelq.errors import InputError
+from labelq.scoring import readings
 
 Array = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -492,17 +493,15 @@ def calibrate_rows(
     z = result_log_probs(rows, labels, bias)
     probs = np.exp(z) if calibrator is None else calibrator.apply(z)
     sets = None if calibrator is None else calibrator.sets(z)
-    top2 = -np.sort(-probs, axis=1)[:, :2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        entropy = -np.where(probs > 0, probs * np.log(probs), 0.0).sum(axis=1)
+    read = readings(probs)
     out = []
     for i, row in enumerate(rows):
         new = dict(row)
         new["probs"] = {label: float(probs[i, k]) for k, label in enumerate(labels)}
         new["label"] = labels[int(probs[i].argmax())]
-        new["confidence"] = float(top2[i, 0])
-        new["margin"] = float(top2[i, 0] - top2[i, 1]) if len(labels) > 1 else 1.0
-        new["entropy"] = float(entropy[i])
+        new["confidence"] = float(read["confidence"][i])
+        new["margin"] = float(read["margin"][i])
+        new["entropy"] = float(read["entropy"][i])
         new["calibration"] = info if calibrator is not None else None
         if sets is not None:
             new["label_set"] = [label for k, label in enumerate(labels) if sets[i, k]]

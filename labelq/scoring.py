@@ -112,6 +112,19 @@ def label_scores(
     return out
 
 
+def readings(probs: Array) -> dict[str, Array]:
+    """Confidence readings of label probabilities (n, K): confidence = max prob, margin =
+    top-1 minus top-2 prob, entropy in nats."""
+    top2 = -np.sort(-probs, axis=1)[:, :2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(probs > 0, probs * np.log(probs), 0.0)
+    return {
+        "confidence": top2[:, 0],
+        "margin": top2[:, 0] - top2[:, 1],
+        "entropy": -plogp.sum(axis=1),
+    }
+
+
 def summarize(scores: Array, bias: Array | None = None) -> dict[str, Array]:
     """Probabilities and confidence readings from label scores (n, K).
 
@@ -121,15 +134,10 @@ def summarize(scores: Array, bias: Array | None = None) -> dict[str, Array]:
     """
     logits = scores + (bias if bias is not None else 0.0)
     probs = softmax(logits, axis=1)
-    top2 = -np.sort(-probs, axis=1)[:, :2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        plogp = np.where(probs > 0, probs * np.log(probs), 0.0)
     return {
         "probs": probs,
         "label": np.argmax(logits, axis=1),
-        "confidence": top2[:, 0],
-        "margin": top2[:, 0] - top2[:, 1],
-        "entropy": -plogp.sum(axis=1),
+        **readings(probs),
         "energy": logsumexp(scores, axis=1),
     }
 
