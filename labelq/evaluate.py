@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ import numpy as np
 
 from labelq import metrics
 from labelq.errors import InputError
+from labelq.jsonl import read_records
 
 EVAL_KEYS = ("n", "accuracy", "ece", "ece_equal_mass", "mce", "brier", "nll", "auroc", "aurc")
 
@@ -17,16 +17,10 @@ EVAL_KEYS = ("n", "accuracy", "ece", "ece_equal_mass", "mce", "brier", "nll", "a
 def _jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     rows = []
     with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}: invalid JSON: {exc.msg}", line=number) from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}: a line must be a JSON object", line=number)
-            rows.append((number, row))
+        for entry in read_records(f):
+            if isinstance(entry, InputError):
+                raise InputError(f"{path}: {entry.message}", line=entry.line)
+            rows.append(entry)
     return rows
 
 

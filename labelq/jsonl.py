@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from typing import IO
+from typing import IO, Any
 
 from labelq.errors import InputError
 from labelq.scoring import Item
 
 
-def read_items(lines: Iterable[str | bytes], start_line: int = 1) -> Iterator[Item | InputError]:
-    """Yield an `Item` for each non-blank line, or an `InputError` naming the line."""
+def read_records(
+    lines: Iterable[str | bytes], start_line: int = 1
+) -> Iterator[tuple[int, dict[str, Any]] | InputError]:
+    """Yield (line number, object) for each non-blank line, or an `InputError` naming the line
+    when it is not valid JSON or not a JSON object."""
     for number, raw in enumerate(lines, start=start_line):
         text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
         if not text.strip():
@@ -21,6 +24,21 @@ def read_items(lines: Iterable[str | bytes], start_line: int = 1) -> Iterator[It
         except json.JSONDecodeError as exc:
             yield InputError(f"invalid JSON: {exc.msg} (column {exc.colno})", line=number)
             continue
+        if not isinstance(record, dict):
+            yield InputError(
+                f"a line must be a JSON object, got {type(record).__name__}", line=number
+            )
+            continue
+        yield number, record
+
+
+def read_items(lines: Iterable[str | bytes], start_line: int = 1) -> Iterator[Item | InputError]:
+    """Yield an `Item` for each non-blank line, or an `InputError` naming the line."""
+    for entry in read_records(lines, start_line):
+        if isinstance(entry, InputError):
+            yield entry
+            continue
+        number, record = entry
         try:
             yield Item.from_record(record, line=number)
         except InputError as exc:

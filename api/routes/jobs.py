@@ -21,13 +21,14 @@ from db import repo
 from db.models import Classifier, Item, ItemStatus, Job
 from labelq import calibration, metrics
 from labelq.errors import Conflict, InputError, LabelqError
-from labelq.jsonl import read_items
+from labelq.jsonl import read_items, read_records
 from labelq.scoring import Item as ScoreItem
 from labelq.spec import ClassifierSpec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_key)])
 
 NDJSON = "application/x-ndjson"
+JSONL_TYPES = (NDJSON, "application/jsonl", "application/x-jsonlines")
 
 
 def _job_out(st: AppState, job_id: str) -> JobOut:
@@ -101,7 +102,7 @@ async def create_job(
     a failed item naming its line; the others run. The same `Idempotency-Key` returns the job
     it made the first time."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
-    streamed = content_type in (NDJSON, "application/jsonl", "application/x-jsonlines")
+    streamed = content_type in JSONL_TYPES
     body: JobCreate | None = None
     if streamed:
         if not classifier:
@@ -410,18 +411,12 @@ async def set_labels(job_id: str, request: Request, st: AppState = Depends(state
     body = await request.body()
     entries: list[tuple[int | None, Any, Any]] = []
     rejected: list[dict[str, Any]] = []
-    if content_type in (NDJSON, "application/jsonl", "application/x-jsonlines"):
-        for number, line in enumerate(body.decode("utf-8", errors="replace").splitlines(), 1):
-            if not line.strip():
+    if content_type in JSONL_TYPES:
+        for entry in read_records(body.splitlines()):
+            if isinstance(entry, InputError):
+                rejected.append({"line": entry.line, "error": entry.message})
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                rejected.append({"line": number, "error": f"invalid JSON: {exc.msg}"})
-                continue
-            if not isinstance(record, dict):
-                rejected.append({"line": number, "error": "a line must be a JSON object"})
-                continue
+            number, record = entry
             entries.append((number, record.get("custom_id"), record.get("label")))
     else:
         try:
