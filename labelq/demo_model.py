@@ -42,12 +42,18 @@ def _corpus() -> list[str]:
     import re
     import string
     import textwrap
+    import types
 
     # Repeated so that label words ("neutral", "mixed", ...) become single tokens.
     texts = [_EXTRA_TEXT] * 50
     for module in (collections, email, http, json_mod, logging, os, re, string, textwrap):
         for name in dir(module):
-            doc = getattr(getattr(module, name), "__doc__", None)
+            value = getattr(module, name)
+            # Submodules show up in dir() only once something imported them: skip them, or the
+            # tokenizer (and so the model) would depend on what the process imported before.
+            if isinstance(value, types.ModuleType):
+                continue
+            doc = getattr(value, "__doc__", None)
             if isinstance(doc, str):
                 texts.append(doc)
     return texts
@@ -59,7 +65,7 @@ def build_demo_model(path: str | Path, size: Size = "tiny", seed: int = 0) -> Pa
     Does nothing if a model built with the same settings is already there.
     """
     path = Path(path)
-    stamp = {"size": size, "seed": seed, "format": 3}
+    stamp = {"size": size, "seed": seed, "format": 4}
     marker = path / "labelq-demo.json"
     if marker.exists() and json.loads(marker.read_text()) == stamp:
         return path
