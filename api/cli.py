@@ -6,50 +6,53 @@ import argparse
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from labelq.settings import Settings
 
 
-def embedded_app(settings: Settings) -> tuple[Any, Any]:
-    """The API with an in-process worker on SQLite (no Redis). Unfinished chunks of earlier runs
-    are dispatched again, so a restart loses nothing."""
+@contextmanager
+def embedded_app(settings: Settings) -> Iterator[Any]:
+    """The API with an in-process worker on SQLite (no Redis), on the configured model or the
+    demo model. Unfinished chunks of earlier runs are dispatched again, so a restart loses
+    nothing. On exit the worker thread and its engine are stopped."""
     from api.app import create_app
     from db import repo
     from db.migrate import upgrade
     from db.session import make_engine, make_sessionmaker
+    from labelq.demo_model import default_model
     from worker.embedded import ThreadDispatcher
+    from worker.engine import close_all
 
+    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.model = default_model(settings.model, settings.home)
     url = settings.resolved_database_url()
     upgrade(url)
     factory = make_sessionmaker(make_engine(url))
     dispatcher = ThreadDispatcher(factory, settings)
-    for job_id, queue, seqs in repo.unfinished_chunks(factory):
-        dispatcher.dispatch(job_id, queue, seqs)
-    return create_app(settings, factory, dispatcher), dispatcher
+    try:
+        for job_id, queue, seqs in repo.unfinished_chunks(factory):
+            dispatcher.dispatch(job_id, queue, seqs)
+        yield create_app(settings, factory, dispatcher)
+    finally:
+        dispatcher.close()
+        close_all()
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    host, port = args.host or settings.api_host, args.port or settings.api_port
     if args.embedded:
-        from labelq.demo_model import default_model
-
-        settings.model = default_model(settings.model, settings.home)
-        app, dispatcher = embedded_app(settings)
+        with embedded_app(settings) as app:
+            uvicorn.run(app, host=host, port=port)
     else:
         from api.app import create_app
 
-        app, dispatcher = create_app(settings), None
-    try:
-        uvicorn.run(app, host=args.host or settings.api_host, port=args.port or settings.api_port)
-    finally:
-        if dispatcher is not None:
-            from worker.engine import close_all
-
-            dispatcher.close()
-            close_all()
+        uvicorn.run(create_app(settings), host=host, port=port)
     return 0
 
 
@@ -93,41 +96,36 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from importlib.resources import files
 
     from labelq.client import LabelqClient
-    from labelq.demo_model import default_model
-    from worker.engine import close_all
 
     samples = files("labelq") / "samples"
-    settings.home.mkdir(parents=True, exist_ok=True)
-    settings.model = default_model(settings.model, settings.home)
-    app, dispatcher = embedded_app(settings)
     output = settings.home / "demo-results.jsonl"
-    try:
-        with BackgroundServer(app) as server, LabelqClient(server.url) as client:
-            print(f"embedded labelq at {server.url} (database {settings.resolved_database_url()})")
-            created = client.create_classifier((samples / "sentiment.yaml").read_text())
-            print(f"classifier {created['name']} version {created['version']}")
-            job = client.submit_jsonl(Path(str(samples / "reviews.jsonl")), created["name"])
-            print(f"job {job['id']}: {job['total']} items, {job['failed']} rejected at upload")
-            job = client.wait(job["id"], progress=True, timeout=args.timeout)
-            print(f"job {job['state']}: {job['succeeded']} succeeded, {job['failed']} failed")
-            client.results_jsonl(job["id"], output)
-            for row in client.results(job["id"]):
-                if row["status"] == "succeeded":
-                    probs = "  ".join(f"{k}={v:.3f}" for k, v in row["probs"].items())
-                    print(
-                        f"{row['custom_id']!s:<6} {row['label']:<10} "
-                        f"confidence={row['confidence']:.3f}  {probs}"
-                    )
-                else:
-                    print(
-                        f"{row['custom_id']!s:<6} {row['status']} (line {row.get('line')}): "
-                        f"{row.get('error')}"
-                    )
-            print(f"results written to {output}")
-            return 0 if job["state"] == "succeeded" else 1
-    finally:
-        dispatcher.close()
-        close_all()
+    with (
+        embedded_app(settings) as app,
+        BackgroundServer(app) as server,
+        LabelqClient(server.url) as client,
+    ):
+        print(f"embedded labelq at {server.url} (database {settings.resolved_database_url()})")
+        created = client.create_classifier((samples / "sentiment.yaml").read_text())
+        print(f"classifier {created['name']} version {created['version']}")
+        job = client.submit_jsonl(Path(str(samples / "reviews.jsonl")), created["name"])
+        print(f"job {job['id']}: {job['total']} items, {job['failed']} rejected at upload")
+        job = client.wait(job["id"], progress=True, timeout=args.timeout)
+        print(f"job {job['state']}: {job['succeeded']} succeeded, {job['failed']} failed")
+        client.results_jsonl(job["id"], output)
+        for row in client.results(job["id"]):
+            if row["status"] == "succeeded":
+                probs = "  ".join(f"{k}={v:.3f}" for k, v in row["probs"].items())
+                print(
+                    f"{row['custom_id']!s:<6} {row['label']:<10} "
+                    f"confidence={row['confidence']:.3f}  {probs}"
+                )
+            else:
+                print(
+                    f"{row['custom_id']!s:<6} {row['status']} (line {row.get('line')}): "
+                    f"{row.get('error')}"
+                )
+        print(f"results written to {output}")
+        return 0 if job["state"] == "succeeded" else 1
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
