@@ -167,6 +167,13 @@ def test_calibration_errors(client: Any) -> None:  # noqa: F811
     assert row["status"] == "failed" and "gold labels" in row["error"]
     r = c.post(f"/v1/classifiers/api-test/calibrations/{row['id']}/activate")
     assert r.status_code == 409
+    # Batch calibration needs no gold labels: it fits on every scored item of the job.
+    batch = c.post(
+        "/v1/classifiers/api-test/calibrations", json={"method": "batch", "job_id": job["id"]}
+    ).json()
+    batch = c.get(f"/v1/classifiers/api-test/calibrations/{batch['id']}").json()
+    assert batch["status"] == "ready", batch
+    assert batch["fitted_on"]["n_fit"] == 12 and batch["metrics"]["after"] is None
     r = c.get(f"/v1/jobs/{job['id']}/results", params={"calibration": "x"})
     assert r.status_code == 422 and r.json()["field"] == "calibration"
     r = c.get(f"/v1/jobs/{job['id']}/metrics")

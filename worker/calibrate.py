@@ -61,31 +61,34 @@ def fit_calibration(
             method = row.method
         labels = spec.label_names
         index = {label: k for k, label in enumerate(labels)}
-        z = np.zeros((0, len(labels)))
+        options = dict(request.get("options") or {})
+        calibrator = calibration.make(method, **options)
+        items: list[Any] = []
         y: np.ndarray | None = None
         if request.get("job_id"):
             items = list(repo.labelled_results(factory, request["job_id"]))
-            rows = [item.result or {} for item in items]
-            z = calibration.result_log_probs(rows, labels, spec.bias_vector())
-            y = np.array([index[item.gold_label or ""] for item in items], dtype=np.int64)
-        options = dict(request.get("options") or {})
-        calibrator = calibration.make(method, **options)
+            if items:
+                y = np.array([index[item.gold_label or ""] for item in items], dtype=np.int64)
+            elif not calibrator.needs_labels:
+                # Label-free methods fit on every scored item (and report no held-out metrics).
+                items = [i for i in repo.iter_items(factory, request["job_id"]) if i.result]
+        z = calibration.result_log_probs(
+            [item.result or {} for item in items], labels, spec.bias_vector()
+        )
         content_free = None
         if isinstance(calibrator, calibration.ContextualCalibration):
             content_free = content_free_log_probs(
                 scorer_for(request["model"]), spec, calibrator.inputs
             )
-        elif calibrator.needs_labels and (y is None or len(y) == 0):
+        elif calibrator.needs_labels and y is None:
             raise InputError(
                 f"{method} needs gold labels: POST /v1/jobs/{{id}}/labels first", field="job_id"
             )
-        if y is not None and len(y) == 0:
-            y = None
-        if y is None and method == "batch":
-            raise InputError("batch calibration needs a job with scored items", field="job_id")
+        elif not len(z):
+            raise InputError(f"{method} calibration needs a job with scored items", field="job_id")
         report = calibration.fit_with_holdout(
             calibrator,
-            z if len(z) else np.zeros((0, len(labels))),
+            z,
             y,
             holdout=float(request.get("holdout", 0.2)),
             seed=int(request.get("seed", 0)),
