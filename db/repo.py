@@ -437,16 +437,6 @@ def _complete_chunk(
     return True
 
 
-def release_chunk(factory: sessionmaker[Session], job_id: str, seq: int) -> None:
-    """A transient failure: put the chunk back to pending so its retry can claim it."""
-    with transaction(factory) as s:
-        s.execute(
-            update(Chunk)
-            .where(Chunk.job_id == job_id, Chunk.seq == seq, Chunk.state == ChunkState.running)
-            .values(state=ChunkState.pending)
-        )
-
-
 def unfinished_chunks(factory: sessionmaker[Session]) -> list[tuple[str, str, list[int]]]:
     """(job id, queue, chunk numbers) of chunks not yet done in jobs not finished: what an
     embedded worker must run again after a restart."""
