@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import errors
 from api.deps import AppState
-from api.dispatch import CeleryDispatcher, Dispatcher
 from api.metrics import Metrics
 from api.routes import calibrations, classifiers, health, jobs
 from db.session import make_engine, make_sessionmaker
 from labelq import __version__
 from labelq.settings import Settings
+from service.dispatch import CeleryDispatcher, Dispatcher
 
 
 def create_app(
@@ -37,9 +38,11 @@ def create_app(
         app.include_router(module.router)
 
     @app.middleware("http")
-    async def _count(request: Request, call_next: object) -> Response:
+    async def _count(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         start = time.perf_counter()
-        response: Response = await call_next(request)  # type: ignore[operator]
+        response = await call_next(request)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
         metrics.requests.labels(request.method, path, str(response.status_code)).inc()

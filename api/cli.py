@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 import threading
 import time
@@ -17,29 +18,42 @@ from labelq.settings import Settings
 @contextmanager
 def embedded_app(settings: Settings) -> Iterator[Any]:
     """The API with an in-process worker on SQLite (no Redis), on the configured model or the
-    demo model. Unfinished chunks of earlier runs are dispatched again, so a restart loses
-    nothing. On exit the worker thread and its engine are stopped."""
+    demo model. Unfinished chunks of earlier runs are sent again, so a restart loses nothing.
+    The worker and its engine stop when the app shuts down (SIGTERM, SIGINT: uvicorn's
+    lifespan, before it re-raises the signal) or when this context ends, whichever is first."""
     from api.app import create_app
-    from db import repo
+    from db.jobs import requeue_after_restart
     from db.migrate import upgrade
-    from db.session import make_engine, make_sessionmaker
+    from db.session import make_engine, make_sessionmaker, transaction
     from labelq.demo_model import default_model
     from worker.embedded import ThreadDispatcher
-    from worker.engine import close_all
+    from worker.runtime import WorkerRuntime, worker_name
 
     settings.home.mkdir(parents=True, exist_ok=True)
     settings.model = default_model(settings.model, settings.home)
     url = settings.resolved_database_url()
     upgrade(url)
     factory = make_sessionmaker(make_engine(url))
-    dispatcher = ThreadDispatcher(factory, settings)
+    dispatcher = ThreadDispatcher()
+    runtime = WorkerRuntime(
+        settings, factory, settings.model, dispatcher, name=f"embedded-{worker_name()}"
+    )
+    with transaction(factory) as s:
+        requeue_after_restart(s, runtime.queue)
+    stopped = threading.Event()
+
+    def stop() -> None:
+        if not stopped.is_set():
+            stopped.set()
+            dispatcher.close()
+
+    dispatcher.start(runtime)  # its first sweep sends every unfinished chunk
+    app = create_app(settings, factory, dispatcher)
+    app.router.add_event_handler("shutdown", stop)
     try:
-        for job_id, queue, seqs in repo.unfinished_chunks(factory):
-            dispatcher.dispatch(job_id, queue, seqs)
-        yield create_app(settings, factory, dispatcher)
+        yield app
     finally:
-        dispatcher.close()
-        close_all()
+        stop()
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -91,6 +105,21 @@ class BackgroundServer:
         self.thread.join(timeout=10)
 
 
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM (what systemd and Kubernetes send) ends the main thread as Ctrl-C does, so
+    every `finally` runs and the engine is stopped instead of orphaned."""
+
+    def _raise(signum: int, _: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     """Set up the embedded service, submit the sample reviews as a job, wait, print results."""
     from importlib.resources import files
@@ -100,6 +129,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     samples = files("labelq") / "samples"
     output = settings.home / "demo-results.jsonl"
     with (
+        stop_on_sigterm(),
         embedded_app(settings) as app,
         BackgroundServer(app) as server,
         LabelqClient(server.url) as client,

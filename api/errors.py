@@ -5,16 +5,13 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
-from labelq.errors import Conflict, InputError, LabelqError, NotFound, SpecError
+from labelq.errors import Conflict, InputError, LabelqError, NotFound, SpecError, field_of
 
 
 class Unauthorized(LabelqError):
     """Missing or wrong API key."""
-
-
-class Unavailable(LabelqError):
-    """A dependency (database, broker) cannot be reached."""
 
 
 STATUS: dict[type[LabelqError], int] = {
@@ -23,15 +20,21 @@ STATUS: dict[type[LabelqError], int] = {
     NotFound: 404,
     Conflict: 409,
     Unauthorized: 401,
-    Unavailable: 503,
 }
 
 
 def status_of(exc: LabelqError) -> int:
     for cls in type(exc).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+        if issubclass(cls, LabelqError) and cls in STATUS:
+            return STATUS[cls]
     return 400
+
+
+def input_error(exc: ValidationError, what: str) -> InputError:
+    """A pydantic error on a request body as an `InputError` naming the first bad field."""
+    errors = exc.errors()
+    message = errors[0]["msg"] if errors else str(exc)
+    return InputError(f"invalid {what}: {message}", field=field_of(errors[0]) if errors else None)
 
 
 def install(app: FastAPI) -> None:
@@ -44,8 +47,7 @@ def install(app: FastAPI) -> None:
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
         for err in exc.errors():
-            field = ".".join(str(p) for p in err["loc"] if p != "body")
-            problems.append({"field": field, "error": err["msg"]})
+            problems.append({"field": field_of(err), "error": err["msg"]})
         first = problems[0] if problems else {"field": None, "error": "invalid request"}
         return JSONResponse(
             {"error": first["error"], "field": first["field"], "problems": problems},

@@ -18,11 +18,12 @@ def _upgrade(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _create_key(args: argparse.Namespace, settings: Settings) -> int:
-    from db.repo import create_api_key
     from db.session import make_engine, make_sessionmaker
+    from service import keys
 
     factory = make_sessionmaker(make_engine(settings.resolved_database_url()))
-    print(create_api_key(factory, args.name))
+    with factory() as s:
+        print(keys.create(s, args.name))
     return 0
 
 

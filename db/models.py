@@ -57,10 +57,16 @@ class ItemStatus(enum.StrEnum):
 
 
 class ChunkState(enum.StrEnum):
-    pending = "pending"
-    running = "running"
+    pending = "pending"  # waiting for a worker (or for `available_at`, after an engine failure)
+    running = "running"  # claimed: `owner` holds it while its lease is live
     done = "done"
     cancelled = "cancelled"
+
+
+class CalibrationStatus(enum.StrEnum):
+    fitting = "fitting"
+    ready = "ready"
+    failed = "failed"
 
 
 class Classifier(Base):
@@ -106,7 +112,9 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
 
 
-class Item(Base):
+class JobItem(Base):
+    """One input of a job, its status, and its result or error."""
+
     __tablename__ = "items"
     __table_args__ = (
         UniqueConstraint("job_id", "idx", name="uq_items_job_idx"),
@@ -132,7 +140,10 @@ class Chunk(Base):
     """A slice of a job's items scored by one task; its state makes completion counting atomic."""
 
     __tablename__ = "chunks"
-    __table_args__ = (UniqueConstraint("job_id", "seq", name="uq_chunks_job_seq"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "seq", name="uq_chunks_job_seq"),
+        Index("ix_chunks_state", "state"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
@@ -144,6 +155,15 @@ class Chunk(Base):
     succeeded: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # The lease: the worker that claimed the chunk renews it while it scores; once it expires
+    # the chunk may be claimed again (its worker died). The database, not the broker, decides.
+    owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None]
+    claimed_at: Mapped[datetime | None]
+    # When a task for it was last sent (None: it needs one); not before `available_at`.
+    dispatched_at: Mapped[datetime | None]
+    available_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
 
 
 class Calibration(Base):
@@ -155,7 +175,7 @@ class Calibration(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     classifier_id: Mapped[int] = mapped_column(ForeignKey("classifiers.id"))
     method: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default="ready")
+    status: Mapped[str] = mapped_column(String(16), default=CalibrationStatus.ready)
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     fitted_on: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -176,15 +196,29 @@ class ApiKey(Base):
     last_used_at: Mapped[datetime | None]
 
 
+class Worker(Base):
+    """A worker process serving one model queue, seen through its heartbeat."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    queue: Mapped[str] = mapped_column(String(200), index=True)
+    model: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 __all__ = [
     "ApiKey",
     "Base",
     "Calibration",
+    "CalibrationStatus",
     "Chunk",
     "ChunkState",
     "Classifier",
-    "Item",
     "ItemStatus",
     "Job",
+    "JobItem",
     "JobState",
+    "Worker",
 ]

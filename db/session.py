@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -40,8 +41,15 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def rowcount(result: Any) -> int:
+    """Rows an UPDATE or DELETE matched (typed: `Result` does not declare it)."""
+    assert isinstance(result, CursorResult)
+    return int(result.rowcount)
+
+
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session whose work commits as one transaction, or rolls back on error."""
+    """A session whose work commits as one transaction, or rolls back on error. For use cases
+    that run outside a request (the worker, the reconciler, the CLI)."""
     with factory() as session, session.begin():
         yield session

@@ -269,13 +269,23 @@ class BatchCalibration(Calibrator):
     def __init__(self, mean: list[float] | None = None, min_batch: int = 10):
         self.mean = np.asarray(mean if mean is not None else [], dtype=np.float64)
         self.min_batch = min_batch
+        self._fixed = False
 
     def fit(self, z: Array, y: IntArray | None = None) -> BatchCalibration:
         self.mean = z.mean(axis=0)
         return self
 
+    @classmethod
+    def over_whole_batch(cls, z: Array) -> BatchCalibration:
+        """The batch is all of `z` (a whole job served page by page): its prior is estimated
+        once, here, and every later `apply` uses it whatever the size of the slice."""
+        calibrator = cls().fit(z) if len(z) else cls()
+        calibrator._fixed = True
+        return calibrator
+
     def apply(self, z: Array) -> Array:
-        prior = z.mean(axis=0) if len(z) >= self.min_batch or not self.mean.size else self.mean
+        own_estimate = not self._fixed and len(z) >= self.min_batch
+        prior = z.mean(axis=0) if own_estimate or not self.mean.size else self.mean
         return np.asarray(softmax(z - prior, axis=1))
 
     def params(self) -> dict[str, Any]:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from labelq.errors import InputError
 from labelq.jsonl import count_lines, read_items
-from labelq.scoring import Item, ItemError, ScoredItem, Scorer
+from labelq.scoring import Item, ItemError, ScoredItem, Scorer, batches
 from labelq.spec import ClassifierSpec
 
 
@@ -21,7 +19,7 @@ class ClassifyReport:
     failed: int = 0
 
 
-def result_row(row: ScoredItem) -> dict[str, Any]:
+def output_line(row: ScoredItem) -> dict[str, Any]:
     """One output line: a result, or `{"custom_id", "line", "error", "field"?}`."""
     if isinstance(row, ItemError):
         return {
@@ -29,11 +27,6 @@ def result_row(row: ScoredItem) -> dict[str, Any]:
             **row.model_dump(exclude={"custom_id"}, exclude_none=True),
         }
     return row.model_dump()
-
-
-def batches(it: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    while batch := list(islice(it, size)):
-        yield batch
 
 
 def classify_file(
@@ -59,7 +52,7 @@ def classify_file(
                 for entry in batch:
                     row = next(scored) if isinstance(entry, Item) else _line_error(entry)
                     report.failed += isinstance(row, ItemError)
-                    out.write(json.dumps(result_row(row), ensure_ascii=False) + "\n")
+                    out.write(json.dumps(output_line(row), ensure_ascii=False) + "\n")
                     report.written += 1
                 bar.update(len(batch))
     return report

@@ -246,6 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LabelqError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; stopped cleanly", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

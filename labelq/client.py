@@ -129,9 +129,6 @@ class LabelqClient:
                 time.sleep(poll)
                 job = self.job(job_id)
 
-    def set_labels(self, job_id: str, labels: dict[str, str]) -> dict[str, Any]:
-        return dict(self._request("POST", f"/v1/jobs/{job_id}/labels", json=labels))
-
     def fit_calibration(self, classifier: str, **body: Any) -> dict[str, Any]:
         return dict(self._request("POST", f"/v1/classifiers/{classifier}/calibrations", json=body))
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 
 class LabelqError(Exception):
     """Base of every error labelq raises on purpose.
@@ -47,3 +50,9 @@ class NotFound(LabelqError):
 
 class Conflict(LabelqError):
     """The request contradicts the current state (e.g. cancelling a finished job)."""
+
+
+def field_of(error: Mapping[str, Any]) -> str | None:
+    """The dotted field path of one pydantic error (`error["loc"]`), without the `body` root
+    FastAPI adds; None for an error on the whole value."""
+    return ".".join(str(part) for part in error.get("loc", ()) if part != "body") or None

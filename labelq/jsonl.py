@@ -9,6 +9,10 @@ from typing import IO, Any
 from labelq.errors import InputError
 from labelq.scoring import Item
 
+NDJSON = "application/x-ndjson"
+# Media types taken as JSON Lines (one JSON value per line).
+JSONL_TYPES = (NDJSON, "application/jsonl", "application/x-jsonlines")
+
 
 def read_records(
     lines: Iterable[str | bytes], start_line: int = 1

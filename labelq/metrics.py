@@ -191,7 +191,8 @@ class MetricReport(BaseModel):
 
 
 def report(probs: Array, y: IntArray, bins: int = 15) -> MetricReport:
-    """Every scalar metric at once (the keys `labelq calibrate eval --json` prints)."""
+    """Every scalar metric at once. `labelq calibrate eval --json` prints a subset of these
+    keys (`labelq.evaluate.EVAL_KEYS`); the API's metrics endpoints return them all."""
     au = auroc(probs, y)
     return MetricReport(
         n=len(y),

@@ -6,8 +6,9 @@ is plain numpy on arrays, testable without a model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -20,6 +21,7 @@ from labelq.prompts import EncodedPrompt, PromptBuilder
 from labelq.spec import ClassifierSpec, Normalization
 
 Array = NDArray[np.float64]
+T = TypeVar("T")
 
 
 # -- items and results ---------------------------------------------------------------------------
@@ -143,6 +145,13 @@ def summarize(scores: Array, bias: Array | None = None) -> dict[str, Array]:
 
 
 # -- the facade ----------------------------------------------------------------------------------
+def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of up to `size` items (`itertools.batched` from Python 3.12 on)."""
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
 class Scorer:
     """Scores items for classifier specs with one backend (one model)."""
 
@@ -169,15 +178,7 @@ class Scorer:
     ) -> list[ScoredItem]:
         """Score items in order; an item that cannot be scored becomes an `ItemError`."""
         out: list[ScoredItem] = []
-        batch: list[Item] = []
-        for item in items:
-            batch.append(item)
-            if len(batch) >= batch_size:
-                out.extend(self.score_batch(spec, batch))
-                if on_progress:
-                    on_progress(len(batch))
-                batch = []
-        if batch:
+        for batch in batches(items, batch_size):
             out.extend(self.score_batch(spec, batch))
             if on_progress:
                 on_progress(len(batch))

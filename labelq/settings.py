@@ -48,6 +48,26 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(
         default=4 * 3600, description="Seconds Redis waits before redelivering an unacked task."
     )
+    # Recovery is labelq's own, through the database: these timers, not the broker's, decide
+    # how soon a crashed worker's chunk or a lost task is picked up again.
+    lease_seconds: float = Field(
+        default=60, gt=0, description="A claimed chunk's lease; renewed every third of it."
+    )
+    reconcile_interval: float = Field(
+        default=15, gt=0, description="Seconds between reconciler sweeps."
+    )
+    stall_after: float = Field(
+        default=120,
+        gt=0,
+        description="A queue with pending chunks and no claim for this long has lost its tasks.",
+    )
+    engine_retry_backoff: float = Field(
+        default=10, ge=0, description="First wait before a chunk whose engine failed is retried."
+    )
+    worker_heartbeat: float = Field(default=10, gt=0, description="Seconds between heartbeats.")
+    worker_stale_after: float = Field(
+        default=60, gt=0, description="A worker unseen for this long is taken as gone."
+    )
     api_key: str | None = Field(default=None, description="Key the CLI's client sends.")
     api_host: str = "127.0.0.1"
     api_port: int = 8000

@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from labelq.errors import SpecError
+from labelq.errors import SpecError, field_of
 
 Normalization = Literal["sum", "mean", "chars", "unconditional"]
 
@@ -133,11 +133,12 @@ class ClassifierSpec(BaseModel):
         return [self.label_bias.get(label, 0.0) for label in self.labels]
 
 
-def _raise_spec_error(exc: ValidationError) -> SpecError:
+def _spec_error_from(exc: ValidationError) -> SpecError:
+    """One `SpecError` listing every problem, its field the first one's."""
     problems = []
     first_field = None
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or None
+        field = field_of(err)
         first_field = first_field or field
         message = err["msg"].removeprefix("Value error, ")
         ctx_error = (err.get("ctx") or {}).get("error")
@@ -155,9 +156,7 @@ def parse_spec(data: Any) -> ClassifierSpec:
     try:
         return ClassifierSpec.model_validate(data)
     except ValidationError as exc:
-        raise _raise_spec_error(exc) from None
-    except SpecError:
-        raise
+        raise _spec_error_from(exc) from None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -1,4 +1,9 @@
-"""Session fixtures: a tiny random Llama model built on the spot, and one vLLM engine on it."""
+"""Shared fixtures.
+
+Fast tier (no vLLM, Redis or PostgreSQL): SQLite databases, the deterministic `FakeBackend`,
+the API in-process with chunks scored inline. Slow tier (`-m slow`): a tiny random Llama built
+on the spot and one vLLM engine on it for the session, PostgreSQL, Redis, worker processes.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,17 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
 
+from api.app import create_app
+from labelq.scoring import Scorer
 from labelq.settings import Settings
+from service import calibrations
+from service.chunks import ChunkRunner
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -84,7 +96,7 @@ def pg_url() -> Iterator[str]:
     admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated, empty database: a SQLite file, or the session's PostgreSQL database emptied."""
     from db.migrate import upgrade
@@ -103,7 +115,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     with engine.begin() as conn:
         conn.execute(
             text(
-                "TRUNCATE items, chunks, jobs, calibrations, classifiers, api_keys "
+                "TRUNCATE items, chunks, jobs, calibrations, classifiers, api_keys, workers "
                 "RESTART IDENTITY CASCADE"
             )
         )
@@ -111,12 +123,85 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def factory(db_url: str) -> Iterator[object]:
+def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
     from db.session import make_engine, make_sessionmaker
 
     engine = make_engine(db_url)
     yield make_sessionmaker(engine)
     engine.dispose()
+
+
+# -- scorers -------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def fake_scorer() -> Scorer:
+    from labelq.backends.fake import FakeBackend
+
+    return Scorer(FakeBackend())
+
+
+@pytest.fixture(params=["fake", pytest.param("vllm", marks=pytest.mark.slow)])
+def scorer(request: pytest.FixtureRequest, fake_scorer: Scorer) -> Scorer:
+    """The fake backend (fast tier) and the real engine on the tiny model (slow tier)."""
+    if request.param == "fake":
+        return fake_scorer
+    return Scorer(request.getfixturevalue("vllm_backend"))
+
+
+# -- the API in-process --------------------------------------------------------------------------
+class InlineDispatcher:
+    """Runs dispatched chunks and fits at once, in the request (the Celery path is in test_e2e).
+    `hold` keeps them unrun (to look at queued jobs)."""
+
+    def __init__(self, factory: sessionmaker[Session], scorer: Scorer | None, settings: Settings):
+        self.factory, self.scorer = factory, scorer
+        self.sent: list[Any] = []
+        self.hold = scorer is None
+        self.runner = ChunkRunner(factory, self._scorer_for, settings, "inline")
+
+    def _scorer_for(self, _: str) -> Scorer:
+        assert self.scorer is not None
+        return self.scorer
+
+    def dispatch(self, job_id: str, queue_name: str, seqs: list[int]) -> None:
+        self.sent.append((job_id, queue_name, seqs))
+        if not self.hold:
+            for seq in seqs:
+                self.runner.run(job_id, seq)
+
+    def dispatch_fit(self, calibration_id: int, queue_name: str) -> None:
+        self.sent.append(("fit", queue_name, [calibration_id]))
+        if not self.hold:
+            calibrations.fit(self.factory, self._scorer_for, calibration_id)
+
+    def ping(self) -> bool:
+        return True
+
+
+def make_client(
+    factory: sessionmaker[Session], scorer: Scorer | None, **settings: Any
+) -> tuple[TestClient, InlineDispatcher]:
+    """The API on `factory` with an inline dispatcher; requests come from 127.0.0.1."""
+    config = Settings(model="tiny-model", chunk_size=4, **settings)
+    dispatcher = InlineDispatcher(factory, scorer, config)
+    app = create_app(config, factory, dispatcher)
+    return TestClient(app, client=("127.0.0.1", 50000)), dispatcher
+
+
+@pytest.fixture
+def client(
+    factory: sessionmaker[Session], scorer: Scorer
+) -> Iterator[tuple[TestClient, InlineDispatcher]]:
+    c, d = make_client(factory, scorer)
+    with c:
+        yield c, d
+
+
+@pytest.fixture
+def bare_client(factory: sessionmaker[Session]) -> Iterator[tuple[TestClient, InlineDispatcher]]:
+    """No scorer: chunks stay queued (validation, auth, classifiers, cancel)."""
+    c, d = make_client(factory, None)
+    with c:
+        yield c, d
 
 
 def run_cli(

@@ -1,11 +1,11 @@
-"""The HTTP API over a real database, with chunks scored in-process by the real engine."""
+"""The HTTP API in-process over a real database, chunks scored inline: by the fake backend in
+the fast tier, by the real engine on the tiny model in the slow tier."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,66 +16,13 @@ from labelq.scoring import Item as ScoreItem
 from labelq.scoring import ItemResult, Scorer
 from labelq.settings import Settings
 from labelq.spec import parse_spec
-from worker.calibrate import apply_active_calibration, fit_calibration
-from worker.chunks import process_chunk
+from tests.conftest import InlineDispatcher, make_client
 
 SPEC = {
     "name": "api-test",
     "template": "Review: {{ text }}\nSentiment:",
     "labels": {"positive": [" positive", " good"], "negative": " negative"},
 }
-
-
-class InlineDispatcher:
-    """Scores dispatched chunks at once, in the request (the Celery path is in test_e2e)."""
-
-    def __init__(self, factory: Any, scorer: Scorer | None):
-        self.factory, self.scorer, self.sent = factory, scorer, []
-        self.hold = False
-
-    def dispatch(self, job_id: str, queue_name: str, seqs: list[int]) -> None:
-        self.sent.append((job_id, queue_name, seqs))
-        if not self.hold and self.scorer is not None:
-            for seq in seqs:
-                process_chunk(
-                    self.factory,
-                    lambda _: self.scorer,
-                    job_id,
-                    seq,
-                    3,
-                    calibrate=apply_active_calibration,
-                )
-
-    def dispatch_fit(self, calibration_id: int, queue_name: str) -> None:
-        self.sent.append(("fit", queue_name, [calibration_id]))
-        if not self.hold and self.scorer is not None:
-            fit_calibration(self.factory, lambda _: self.scorer, calibration_id)
-
-    def ping(self) -> bool:
-        return True
-
-
-def make_client(
-    factory: Any, scorer: Scorer | None, **settings: Any
-) -> tuple[TestClient, InlineDispatcher]:
-    dispatcher = InlineDispatcher(factory, scorer)
-    app = create_app(Settings(model="tiny-model", chunk_size=4, **settings), factory, dispatcher)
-    return TestClient(app), dispatcher
-
-
-@pytest.fixture
-def client(factory: Any, vllm_backend: Any) -> Iterator[tuple[TestClient, InlineDispatcher]]:
-    c, d = make_client(factory, Scorer(vllm_backend))
-    with c:
-        yield c, d
-
-
-@pytest.fixture
-def bare_client(factory: Any) -> Iterator[tuple[TestClient, InlineDispatcher]]:
-    """No scorer: for what needs no model (validation, auth, classifiers, cancel)."""
-    c, d = make_client(factory, None)
-    with c:
-        yield c, d
 
 
 def test_classifiers_versions_and_errors(bare_client: Any) -> None:
@@ -113,8 +60,7 @@ def test_job_validation_errors_name_the_field(bare_client: Any) -> None:
     assert r.status_code == 422 and r.json()["field"] == "query.format"
 
 
-@pytest.mark.slow
-def test_json_job_end_to_end(client: Any, vllm_backend: Any) -> None:
+def test_json_job_end_to_end(client: Any, scorer: Scorer) -> None:
     c, dispatcher = client
     c.post("/v1/classifiers", json=SPEC)
     items = [{"custom_id": f"i{i}", "text": f"review number {i}", "src": i} for i in range(9)]
@@ -149,7 +95,7 @@ def test_json_job_end_to_end(client: Any, vllm_backend: Any) -> None:
     ]
     assert rows[3]["status"] == "failed" and rows[3]["field"] == "text" and rows[3]["line"] == 4
     assert rows[5]["status"] == "failed" and "JSON object" in rows[5]["error"]
-    direct = Scorer(vllm_backend).score(
+    direct = scorer.score(
         parse_spec(SPEC), [ScoreItem(fields={"text": "review number 0", "src": 0})]
     )[0]
     assert isinstance(direct, ItemResult)
@@ -173,7 +119,6 @@ def test_json_job_end_to_end(client: Any, vllm_backend: Any) -> None:
     assert c.get("/v1/jobs").json()["data"][0]["id"] == job["id"]
 
 
-@pytest.mark.slow
 def test_jsonl_upload_with_idempotency_key(client: Any) -> None:
     c, dispatcher = client
     c.post("/v1/classifiers", json=SPEC)
@@ -211,12 +156,13 @@ def test_cancel_stops_pending_chunks(bare_client: Any) -> None:
 
 
 def test_auth_with_keys(factory: Any) -> None:
-    from db import repo
+    from service import keys
 
     c, _ = make_client(factory, None)
     with c:
         assert c.get("/v1/classifiers").status_code == 200  # no keys: loopback is open
-        key = repo.create_api_key(factory, "t")
+        with factory() as s:
+            key = keys.create(s, "t")
         r = c.get("/v1/classifiers")
         assert r.status_code == 401 and r.json()["field"] == "Authorization"
         assert c.get("/v1/classifiers", headers={"Authorization": "Bearer nope"}).status_code == 401
@@ -227,7 +173,8 @@ def test_auth_with_keys(factory: Any) -> None:
 
 
 def test_no_keys_refuses_remote_clients(factory: Any) -> None:
-    app = create_app(Settings(model="m"), factory, InlineDispatcher(factory, None))
+    settings = Settings(model="m")
+    app = create_app(settings, factory, InlineDispatcher(factory, None, settings))
     with TestClient(app, client=("203.0.113.9", 5000)) as c:
         r = c.get("/v1/classifiers")
         assert r.status_code == 401 and "loopback" in r.json()["error"]
@@ -247,7 +194,7 @@ def test_health_ready_metrics(bare_client: Any) -> None:
 
 
 def test_readyz_reports_a_dead_broker(factory: Any) -> None:
-    from api.dispatch import CeleryDispatcher
+    from service.dispatch import CeleryDispatcher
 
     app = create_app(Settings(model="m"), factory, CeleryDispatcher("redis://127.0.0.1:1/0"))
     with TestClient(app) as c:

@@ -12,9 +12,12 @@ from scipy.special import softmax
 
 from labelq import metrics
 from tests.conftest import SHARED_DATA
-from tests.test_api import SPEC, client  # noqa: F401 - the fixture
 
-pytestmark = pytest.mark.slow
+SPEC = {
+    "name": "api-test",
+    "template": "Review: {{ text }}\nSentiment:",
+    "labels": {"positive": [" positive", " good"], "negative": " negative"},
+}
 
 
 def _sst2(n: int) -> tuple[list[dict[str, Any]], dict[str, str]]:
@@ -32,7 +35,7 @@ def _all(c: Any, job_id: str, **params: Any) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines()]
 
 
-def test_calibration_flow(client: Any) -> None:  # noqa: F811
+def test_calibration_flow(client: Any) -> None:
     c, _ = client
     c.post("/v1/classifiers", json=SPEC)
     items, gold = _sst2(300)
@@ -148,7 +151,7 @@ def test_calibration_flow(client: Any) -> None:  # noqa: F811
     assert [x["active"] for x in listed] == [False, False, False, False, True]
 
 
-def test_calibration_errors(client: Any) -> None:  # noqa: F811
+def test_calibration_errors(client: Any) -> None:
     c, _ = client
     c.post("/v1/classifiers", json=SPEC)
     items, _ = _sst2(12)

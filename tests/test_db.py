@@ -1,19 +1,46 @@
-"""The data layer on SQLite and PostgreSQL: migrations, versions, ingestion, chunk life cycle."""
+"""The data layer on SQLite (and PostgreSQL in the slow tier): migrations, versions, ingestion,
+the chunk life cycle under leases, and what the reconciler sees."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
-from db import repo
-from db.models import Chunk, Item, ItemStatus, Job
+from db import jobs, keys
+from db.classifiers import get_classifier, latest_classifiers, store_version
+from db.jobs import ChunkWork
+from db.models import ApiKey, Chunk, ItemStatus, Job, JobItem, utcnow
+from db.session import transaction
 from labelq.errors import Conflict, InputError, NotFound
 from labelq.scoring import Item as ScoreItem
+from labelq.settings import Settings
 from labelq.spec import parse_spec
+from service import jobs as job_service
 
 SPEC = {"name": "db-test", "template": "{{ text }} =>", "labels": {"a": " a", "b": " b"}}
+LEASE = 60.0
+
+Factory = sessionmaker[Session]
+
+
+class Recorder:
+    """A dispatcher that only records what it was asked to send."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, list[int]]] = []
+
+    def dispatch(self, job_id: str, queue_name: str, seqs: list[int]) -> None:
+        self.sent.append((job_id, queue_name, list(seqs)))
+
+    def dispatch_fit(self, calibration_id: int, queue_name: str) -> None:
+        raise AssertionError("not expected")
+
+    def ping(self) -> bool:
+        return True
 
 
 def test_migrations_match_the_models(db_url: str) -> None:
@@ -30,140 +57,259 @@ def test_migrations_match_the_models(db_url: str) -> None:
     assert diff == []
 
 
-def test_classifier_versions(factory: Any) -> None:
+def test_classifier_versions(factory: Factory) -> None:
     spec = parse_spec(SPEC)
-    first, created = repo.create_classifier(factory, spec)
-    assert (first.version, created) == (1, True)
-    again, created = repo.create_classifier(factory, spec)
-    assert (again.version, again.id, created) == (1, first.id, False)
-    second, created = repo.create_classifier(factory, parse_spec({**SPEC, "label_bias": {"a": 1}}))
-    assert (second.version, created) == (2, True)
+    with transaction(factory) as s:
+        first, created = store_version(s, spec)
+        assert (first.version, created) == (1, True)
+        again, created = store_version(s, spec)
+        assert (again.version, again.id, created) == (1, first.id, False)
+        second, created = store_version(s, parse_spec({**SPEC, "label_bias": {"a": 1}}))
+        assert (second.version, created) == (2, True)
     with factory() as s:
-        assert repo.get_classifier(s, "db-test").version == 2
-        assert repo.get_classifier(s, "db-test", 1).spec == spec.model_dump(mode="json")
-        assert [c.version for c in repo.latest_classifiers(s)] == [2]
+        assert get_classifier(s, "db-test").version == 2
+        assert get_classifier(s, "db-test", 1).spec == spec.model_dump(mode="json")
+        assert [c.version for c in latest_classifiers(s)] == [2]
         with pytest.raises(NotFound):
-            repo.get_classifier(s, "db-test", 3)
+            get_classifier(s, "db-test", 3)
 
 
-def _job(
-    factory: Any, entries: list[Any], chunk_size: int = 3, key: str | None = None
-) -> tuple[Job, list[int]]:
-    classifier, _ = repo.create_classifier(factory, parse_spec(SPEC))
-    job, created = repo.start_job(factory, classifier, "m", chunk_size, {"k": 1}, key)
+def _submit(
+    factory: Factory, entries: list[Any], chunk_size: int = 3, key: str | None = None
+) -> tuple[Job, Recorder]:
+    with transaction(factory) as s:
+        store_version(s, parse_spec(SPEC))
+    settings = Settings(model="m", chunk_size=chunk_size)
+    job, spec, created = job_service.start(factory, settings, "db-test", None, {"k": 1}, key)
     assert created
-    report = repo.ingest_items(factory, job, entries, {"text"})
-    return job, repo.seal_job(factory, job.id, report)
+    recorder = Recorder()
+    submission = job_service.Submission(factory, job, spec)
+    submission.add_all(entries)
+    submission.seal(recorder)
+    return job, recorder
 
 
 def _items(n: int) -> list[Any]:
     return [ScoreItem(custom_id=f"c{i}", fields={"text": f"t{i}"}, line=i + 1) for i in range(n)]
 
 
-def test_ingest_keeps_bad_entries_as_failed_items_in_order(factory: Any) -> None:
+def _claim(factory: Factory, job_id: str, seq: int, owner: str = "w1", attempts: int = 3) -> Any:
+    with transaction(factory) as s:
+        return jobs.claim_chunk(s, job_id, seq, owner, lease_seconds=LEASE, max_attempts=attempts)
+
+
+def _complete(factory: Factory, work: ChunkWork, results: dict[int, Any]) -> bool:
+    with transaction(factory) as s:
+        return jobs.complete_chunk(s, work, results, None)
+
+
+def _job(factory: Factory, job_id: str) -> Job:
+    with factory() as s:
+        return s.get_one(Job, job_id)
+
+
+def test_ingest_keeps_bad_entries_as_failed_items_in_order(factory: Factory) -> None:
     entries = [
         *_items(2),
         InputError("invalid JSON", line=3),
         ScoreItem(custom_id=9, fields={"txt": "x"}, line=4),
         *_items(3)[2:],
     ]
-    job, seqs = _job(factory, entries, chunk_size=2)
+    job, recorder = _submit(factory, entries, chunk_size=2)
+    # chunk 1 (idx 2, 3) holds only rejected items: done at once, never sent.
+    assert recorder.sent == [(job.id, job.queue, [0, 2])]
     with factory() as s:
-        job = s.get_one(Job, job.id)
-        assert (job.total, job.failed, job.chunks_total) == (5, 2, 3)
-        # chunk 1 (idx 2, 3) holds only rejected items: done at once, never dispatched.
-        assert seqs == [0, 2] and job.chunks_done == 1
-        rows = s.scalars(select(Item).where(Item.job_id == job.id).order_by(Item.idx)).all()
-        assert [r.status for r in rows] == ["pending", "pending", "failed", "failed", "pending"]
-        assert (rows[2].line, rows[2].error) == (3, "invalid JSON")
-        assert rows[3].error_field == "text" and rows[3].input == {"txt": "x", "custom_id": 9}
+        row = s.get_one(Job, job.id)
+        assert (row.total, row.failed, row.chunks_total, row.chunks_done) == (5, 2, 3, 1)
+        items = s.scalars(
+            select(JobItem).where(JobItem.job_id == job.id).order_by(JobItem.idx)
+        ).all()
+        assert [i.status for i in items] == ["pending", "pending", "failed", "failed", "pending"]
+        assert (items[2].line, items[2].error) == (3, "invalid JSON")
+        assert items[3].error_field == "text" and items[3].input == {"txt": "x", "custom_id": 9}
+        sent = s.scalars(select(Chunk.seq).where(Chunk.dispatched_at.is_not(None))).all()
+        assert sorted(sent) == [0, 2]
 
 
-def test_chunk_life_cycle_is_idempotent(factory: Any) -> None:
-    job, seqs = _job(factory, _items(5), chunk_size=3)
-    assert seqs == [0, 1]
-    work = repo.claim_chunk(factory, job.id, 0, max_attempts=3)
+def test_chunk_life_cycle_is_idempotent(factory: Factory) -> None:
+    job, _ = _submit(factory, _items(5), chunk_size=3)
+    work = _claim(factory, job.id, 0)
     assert work is not None and [i.custom_id for _, i in work.items] == ["c0", "c1", "c2"]
     results = {item_id: ({"label": "a"}, None) for item_id, _ in work.items[:2]}
     results[work.items[2][0]] = (None, "boom")
-    assert repo.complete_chunk(factory, work, results, None)
+    assert _complete(factory, work, results)
     # A redelivered chunk neither claims nor writes again; counts are not doubled.
-    assert repo.claim_chunk(factory, job.id, 0, max_attempts=3) is None
-    assert not repo.complete_chunk(factory, work, results, None)
-    with factory() as s:
-        j = s.get_one(Job, job.id)
-        assert (j.state, j.succeeded, j.failed, j.chunks_done) == ("running", 2, 1, 1)
-    work2 = repo.claim_chunk(factory, job.id, 1, max_attempts=3)
+    assert _claim(factory, job.id, 0) is None
+    assert not _complete(factory, work, results)
+    row = _job(factory, job.id)
+    assert (row.state, row.succeeded, row.failed, row.chunks_done) == ("running", 2, 1, 1)
+    # A second delivery while the first holds a live lease is refused.
+    work2 = _claim(factory, job.id, 1, owner="w1")
     assert work2 is not None
-    # The same chunk delivered twice while running: only one completion counts.
-    dup = repo.claim_chunk(factory, job.id, 1, max_attempts=3)
-    assert dup is not None
+    assert _claim(factory, job.id, 1, owner="w2") is None
     done = {item_id: ({"label": "b"}, None) for item_id, _ in work2.items}
-    assert repo.complete_chunk(factory, work2, done, None)
-    assert not repo.complete_chunk(factory, dup, done, None)
-    with factory() as s:
-        j = s.get_one(Job, job.id)
-        assert (j.state, j.succeeded, j.failed) == ("succeeded", 4, 1)
-        assert j.started_at is not None and j.finished_at is not None
+    assert _complete(factory, work2, done)
+    row = _job(factory, job.id)
+    assert (row.state, row.succeeded, row.failed) == ("succeeded", 4, 1)
+    assert row.started_at is not None and row.finished_at is not None
 
 
-def test_redelivery_cap_fails_items_instead_of_looping(factory: Any) -> None:
-    job, _ = _job(factory, _items(2), chunk_size=2)
+def _expire_leases(factory: Factory, job_id: str) -> None:
+    with transaction(factory) as s:
+        s.execute(
+            update(Chunk)
+            .where(Chunk.job_id == job_id)
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+
+
+def test_an_expired_lease_is_taken_over_and_the_old_owner_writes_nothing(
+    factory: Factory,
+) -> None:
+    job, _ = _submit(factory, _items(3), chunk_size=3)
+    dead = _claim(factory, job.id, 0, owner="dead")
+    assert dead is not None
+    _expire_leases(factory, job.id)
+    alive = _claim(factory, job.id, 0, owner="alive")
+    assert alive is not None and alive.attempt == 2
+    with transaction(factory) as s:
+        assert not jobs.renew_lease(s, dead.chunk_id, "dead", LEASE)
+        assert jobs.renew_lease(s, alive.chunk_id, "alive", LEASE)
+    results = {item_id: ({"label": "a"}, None) for item_id, _ in dead.items}
+    assert not _complete(factory, dead, results)  # woke up late: not its chunk any more
+    assert _complete(factory, alive, results)
+    assert (_job(factory, job.id).state, _job(factory, job.id).succeeded) == ("succeeded", 3)
+
+
+def test_attempts_are_bounded_and_the_job_ends(factory: Factory) -> None:
+    job, _ = _submit(factory, _items(2), chunk_size=2)
     for _ in range(2):
-        assert repo.claim_chunk(factory, job.id, 0, max_attempts=2) is not None  # worker "dies"
-    assert repo.claim_chunk(factory, job.id, 0, max_attempts=2) is None
+        assert _claim(factory, job.id, 0, attempts=2) is not None  # worker "dies"
+        _expire_leases(factory, job.id)
+    assert _claim(factory, job.id, 0, attempts=2) is None
+    row = _job(factory, job.id)
+    assert (row.state, row.failed, row.error) == ("failed", 2, "every item failed")
     with factory() as s:
-        j = s.get_one(Job, job.id)
-        assert (j.state, j.failed, j.error) == ("failed", 2, "every item failed")
-        errors = s.scalars(select(Item.error).where(Item.job_id == job.id)).all()
-        assert all("gave up after 2 attempts" in (e or "") for e in errors)
+        errors = s.scalars(select(JobItem.error).where(JobItem.job_id == job.id)).all()
+    assert all("gave up after 2 attempts" in (e or "") for e in errors)
+    assert all("lease expired" in (e or "") for e in errors)
 
 
-def test_cancel_stops_pending_chunks_and_keeps_finished_ones(factory: Any) -> None:
-    job, _ = _job(factory, _items(9), chunk_size=3)
-    running = repo.claim_chunk(factory, job.id, 0, max_attempts=3)
+def test_engine_failure_hands_back_then_fails_the_job(factory: Factory) -> None:
+    job, _ = _submit(factory, _items(6), chunk_size=2)
+    work = _claim(factory, job.id, 0, attempts=2)
+    with transaction(factory) as s:
+        assert jobs.release_chunk(s, work, "engine down", retry_in=3600, max_attempts=2)
+    # Handed back, not due yet: not claimable, and the reconciler does not send it.
+    assert _claim(factory, job.id, 0, attempts=2) is None
+    with factory() as s:
+        due = jobs.chunks_to_send(s, utcnow(), utcnow() - timedelta(seconds=120))
+    assert (job.id, 0) not in {(r.job_id, r.seq) for r in due}
+    with transaction(factory) as s:
+        s.execute(update(Chunk).values(available_at=utcnow() - timedelta(seconds=1)))
+    with factory() as s:
+        due = jobs.chunks_to_send(s, utcnow(), utcnow() - timedelta(seconds=120))
+    assert (job.id, 0) in {(r.job_id, r.seq) for r in due}
+    work = _claim(factory, job.id, 0, attempts=2)
+    assert work is not None and work.attempt == 2
+    with transaction(factory) as s:
+        assert jobs.release_chunk(s, work, "engine down", retry_in=1, max_attempts=2)
+    row = _job(factory, job.id)
+    assert (row.state, row.failed, row.chunks_done) == ("failed", 6, 3)
+    with factory() as s:
+        errors = s.scalars(
+            select(JobItem.error).where(JobItem.job_id == job.id).order_by(JobItem.idx)
+        )
+        errors = list(errors)
+    assert errors[0] == "gave up after 2 attempts: engine down"
+    assert errors[2].startswith("not run: the engine failed on chunk 0: engine down")
+
+
+def test_reconciler_sends_what_has_no_task(factory: Factory) -> None:
+    job, _ = _submit(factory, _items(9), chunk_size=3)
+    now = utcnow()
+    stalled_before = now - timedelta(seconds=120)
+    with factory() as s:
+        assert jobs.chunks_to_send(s, now, stalled_before) == []  # all three were just sent
+    # The broker lost the tasks: nothing is claimed; once the queue stalls, all are re-sent.
+    with factory() as s:
+        later = now + timedelta(seconds=121)
+        refs = jobs.chunks_to_send(s, later, later - timedelta(seconds=120))
+    assert [r.seq for r in refs] == [0, 1, 2]
+    # A live lease on the queue means it is not stalled.
+    assert _claim(factory, job.id, 0) is not None
+    with factory() as s:
+        later = utcnow() + timedelta(seconds=1)
+        assert jobs.chunks_to_send(s, later, later + timedelta(seconds=1)) == []
+    # Its worker dies: once the lease expires the chunk is sent again, once.
+    _expire_leases(factory, job.id)
+    with factory() as s:
+        refs = jobs.chunks_to_send(s, utcnow(), utcnow() - timedelta(seconds=120))
+    assert [r.seq for r in refs] == [0]
+    with transaction(factory) as s:
+        jobs.mark_dispatched(s, job.id, [0], utcnow())
+    with factory() as s:
+        assert jobs.chunks_to_send(s, utcnow(), utcnow() - timedelta(seconds=120)) == []
+
+
+def test_sweep_ends_jobs_whose_chunks_are_done(factory: Factory) -> None:
+    from service.reconcile import sweep
+
+    job, _ = _submit(factory, _items(2), chunk_size=2)
+    with transaction(factory) as s:
+        s.execute(update(Chunk).values(state="done", succeeded=2))
+        s.execute(update(Job).values(chunks_done=1, succeeded=2))
+    report = sweep(factory, Recorder(), Settings())
+    assert report.jobs_ended == [job.id] and _job(factory, job.id).state == "succeeded"
+
+
+def test_cancel_stops_pending_chunks_and_keeps_finished_ones(factory: Factory) -> None:
+    job, _ = _submit(factory, _items(9), chunk_size=3)
+    running = _claim(factory, job.id, 0)
     assert running is not None
-    cancelled = repo.cancel_job(factory, job.id)
-    assert cancelled.state == "cancelling"
-    assert repo.claim_chunk(factory, job.id, 1, max_attempts=3) is None
-    repo.complete_chunk(
-        factory, running, {i: ({"label": "a"}, None) for i, _ in running.items}, None
-    )
+    with transaction(factory) as s:
+        assert jobs.cancel_job(s, job.id).state == "cancelling"
+    assert _claim(factory, job.id, 1) is None
+    _complete(factory, running, {i: ({"label": "a"}, None) for i, _ in running.items})
     with factory() as s:
-        j = s.get_one(Job, job.id)
-        assert (j.state, j.succeeded) == ("cancelled", 3)
+        row = s.get_one(Job, job.id)
+        assert (row.state, row.succeeded) == ("cancelled", 3)
         statuses = s.execute(
-            select(Item.status, func.count()).where(Item.job_id == job.id).group_by(Item.status)
+            select(JobItem.status, func.count())
+            .where(JobItem.job_id == job.id)
+            .group_by(JobItem.status)
         ).all()
         assert dict(statuses) == {ItemStatus.succeeded: 3, ItemStatus.cancelled: 6}
-        assert (
-            s.scalar(select(func.count()).select_from(Chunk).where(Chunk.state == "cancelled")) == 2
+        cancelled = s.scalar(
+            select(func.count()).select_from(Chunk).where(Chunk.state == "cancelled")
         )
-    with pytest.raises(Conflict):
-        repo.cancel_job(factory, job.id)
+        assert cancelled == 2
+    with transaction(factory) as s, pytest.raises(Conflict):
+        jobs.cancel_job(s, job.id)
 
 
-def test_idempotency_key_returns_the_first_job(factory: Any) -> None:
-    job, _ = _job(factory, _items(1), key="abc")
-    classifier, _ = repo.create_classifier(factory, parse_spec(SPEC))
-    again, created = repo.start_job(factory, classifier, "m", 3, None, "abc")
+def test_idempotency_key_returns_the_first_job(factory: Factory) -> None:
+    job, _ = _submit(factory, _items(1), key="abc")
+    again, _, created = job_service.start(
+        factory, Settings(model="m"), "db-test", None, None, "abc"
+    )
     assert not created and again.id == job.id
 
 
-def test_results_iterate_in_input_order_across_pages(factory: Any) -> None:
-    job, _ = _job(factory, _items(25), chunk_size=10)
-    ids = [i.custom_id for i in repo.iter_items(factory, job.id, batch=7)]
+def test_results_iterate_in_input_order_across_pages(factory: Factory) -> None:
+    job, _ = _submit(factory, _items(25), chunk_size=10)
+    ids = [i.custom_id for i in job_service.iter_items(factory, job.id, batch=7)]
     assert ids == [f"c{i}" for i in range(25)]
-    assert [i.idx for i in repo.iter_items(factory, job.id, after_idx=20, limit=3)] == [21, 22, 23]
-
-
-def test_api_keys_are_stored_hashed(factory: Any) -> None:
     with factory() as s:
-        assert not repo.any_api_keys(s)
-    key = repo.create_api_key(factory, "ci")
-    with factory() as s:
-        assert repo.any_api_keys(s) and repo.check_api_key(s, key)
-        assert not repo.check_api_key(s, key + "x")
-        from db.models import ApiKey
+        assert [i.idx for i in jobs.items_page(s, job.id, after_idx=20, limit=3)] == [21, 22, 23]
 
+
+def test_api_keys_are_stored_hashed(factory: Factory) -> None:
+    with factory() as s:
+        assert not keys.any_keys(s)
+    with transaction(factory) as s:
+        key = keys.add_key(s, "ci")
+    with factory() as s:
+        assert keys.any_keys(s) and keys.key_is_valid(s, key)
+        assert not keys.key_is_valid(s, key + "x")
         assert key not in {k.key_hash for k in s.scalars(select(ApiKey))}

@@ -130,14 +130,36 @@ def test_matches_plain_forward_pass(
 
 
 @pytest.mark.slow
-def test_boundary_merge_is_reported(vllm_backend: Any) -> None:
-    spec = _spec(LABEL_SETS["boundary-merge"])
-    (res,) = Scorer(vllm_backend).score(spec, [Item(fields={"text": "hi"})])
+def test_boundary_merge_is_reported(tiny_model: Path, vllm_backend: Any) -> None:
+    """A completion whose first token merges with the prompt's end is scored as tokenised on
+    its own and says so; one that does not merge carries no warning. Which completions merge is
+    read off the tokenizer directly (the reference's rule), not from labelq's encoder."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model))
+    spec = parse_spec(
+        {
+            "name": "t",
+            "template": "Sentiment{{ text }}",
+            "labels": {"yes": ":)", "no": " meh", "other": "urn"},
+        }
+    )
+    prompt = Scorer(vllm_backend).builder(spec).render({"text": ":"})
+    context = tok(prompt)["input_ids"]
+    merging = {
+        c
+        for cs in spec.labels.values()
+        for c in cs
+        if tok(prompt + c)["input_ids"][: len(context)] != context
+    }
+    assert merging == {":)"}, "the case needs one merging and two clean completions"
+    (res,) = Scorer(vllm_backend).score(spec, [Item(fields={"text": ":"})])
     assert isinstance(res, ItemResult)
-    builder = Scorer(vllm_backend).builder(spec)
-    enc = builder.encode([builder.render({"text": "hi"})])[0]
-    # Whether the tokenizer merges ":" with ":)" decides the fallback; the warning must say so.
-    assert len(res.warnings) == len(enc.boundary_fallbacks)
+    assert res.warnings == [
+        "completion ':)' merged with the prompt's last token; scored as tokenised on its own"
+    ]
+    want = reference_logprob(tiny_model, prompt, ":)")
+    assert abs(res.completion_logprobs["yes"][":)"] - want) < TOLERANCE
 
 
 @pytest.mark.slow

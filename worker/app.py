@@ -1,33 +1,89 @@
-"""The Celery app: Redis broker, late acks, one task at a time, one queue per model."""
+"""The Celery app of a worker: Redis broker, late acks, one queue per model, and the tasks,
+bound to a `WorkerRuntime` built from settings passed in (no settings at import time)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from labelq.settings import Settings
+from service.dispatch import (
+    CONTROL_QUEUE,
+    TASK_FIT_CALIBRATION,
+    TASK_RECONCILE,
+    TASK_SCORE_CHUNK,
+)
+from worker.runtime import WorkerRuntime
 
-TASK_SCORE_CHUNK = "labelq.score_chunk"
-TASK_FIT_CALIBRATION = "labelq.fit_calibration"
 
-
-def make_celery(settings: Settings) -> Celery:
-    app = Celery("labelq", broker=settings.broker_url)
+def make_celery(settings: Settings, name: str = "labelq") -> Celery:
+    app = Celery(name, broker=settings.broker_url)
     app.conf.update(
-        # A task is acknowledged only after it ran; a worker that dies mid-chunk (OOM, kill -9)
-        # has its chunk redelivered. Chunks are idempotent, and claim_chunk caps redeliveries.
+        # A task is acknowledged only after it ran, and a worker holds one at a time. Recovery
+        # does not rest on redelivery, though: chunks are leased in SQL and the reconciler
+        # re-sends what a dead worker held after one lease, not after the visibility timeout.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        # Must exceed the longest chunk, or Redis hands the task to a second worker meanwhile.
+        # Must exceed the longest chunk, or Redis hands the task to a second worker meanwhile
+        # (harmless with leases, but wasted work).
         broker_transport_options={"visibility_timeout": settings.visibility_timeout},
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # A task cut off from the broker runs on and writes under its lease; the threads pool
+        # could not kill it anyway (`TaskPool does not implement kill_job`).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_retry_on_startup=True,
         # Results live in our database; Celery keeps no result state.
         task_ignore_result=True,
         result_backend=None,
-        task_default_queue="labelq.default",
+        task_default_queue=CONTROL_QUEUE,
         task_serializer="json",
         accept_content=["json"],
         worker_hijack_root_logger=False,
+        beat_schedule={
+            "reconcile": {
+                "task": TASK_RECONCILE,
+                "schedule": settings.reconcile_interval,
+                # A sweep nobody ran in time is superseded by the next one.
+                "options": {"queue": CONTROL_QUEUE, "expires": settings.reconcile_interval},
+            }
+        },
     )
+    return app
+
+
+def worker_app(runtime: WorkerRuntime) -> Celery:
+    """The Celery app whose tasks run on `runtime`; it starts the runtime when the worker is
+    ready and stops it (engines included) when the worker shuts down."""
+    app = make_celery(runtime.settings)
+    retry_db = {
+        "autoretry_for": (OperationalError, DBAPIError),
+        "retry_backoff": 2,
+        "retry_backoff_max": 60,
+        "retry_jitter": True,
+        "max_retries": 8,
+    }
+
+    @app.task(name=TASK_SCORE_CHUNK, **retry_db)
+    def score_chunk(job_id: str, seq: int) -> None:
+        runtime.score_chunk(job_id, seq)
+
+    @app.task(name=TASK_FIT_CALIBRATION, **retry_db)
+    def fit_calibration(calibration_id: int) -> None:
+        runtime.fit_calibration(calibration_id)
+
+    @app.task(name=TASK_RECONCILE, ignore_result=True)
+    def reconcile() -> None:
+        runtime.reconcile()
+
+    def _ready(**_: Any) -> None:
+        runtime.start()
+
+    def _shutdown(**_: Any) -> None:
+        runtime.stop()
+
+    worker_ready.connect(_ready, weak=False)
+    worker_shutdown.connect(_shutdown, weak=False)
     return app

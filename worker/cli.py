@@ -1,9 +1,9 @@
-"""`labelq worker`: a Celery worker holding one model, on that model's queue."""
+"""`labelq worker` (a Celery worker holding one model, on that model's queue) and `labelq beat`
+(the schedule that runs the reconciler)."""
 
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 from labelq.errors import LabelqError
@@ -11,23 +11,25 @@ from labelq.settings import Settings
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    from db.repo import queue_for
+    from db.session import make_engine, make_sessionmaker
+    from service.dispatch import CONTROL_QUEUE, CeleryDispatcher
+    from worker.app import worker_app
+    from worker.runtime import WorkerRuntime
 
     model = args.model or settings.model
     if not model:
         raise LabelqError("no model: pass --model or set LABELQ_MODEL", field="model")
-    # The task module reads settings from the environment; make the CLI's choices visible there.
-    os.environ["LABELQ_MODEL"] = model
-    if args.pool == "prefork":
-        # A prefork child is daemonic: vLLM's engine must then run in the calling process.
-        os.environ["LABELQ_IN_PROCESS_ENGINE"] = "true"
-    from worker.tasks import app
-
-    queue = queue_for(model)
+    # A prefork child is daemonic: vLLM's engine must then run in the calling process.
+    settings = settings.model_copy(
+        update={"model": model, "in_process_engine": args.pool == "prefork"}
+    )
+    factory = make_sessionmaker(make_engine(settings.resolved_database_url()))
+    runtime = WorkerRuntime(settings, factory, model, CeleryDispatcher(settings.broker_url))
+    app = worker_app(runtime)
     argv = [
         "worker",
         "--queues",
-        queue,
+        f"{runtime.queue},{CONTROL_QUEUE}",
         "--pool",
         args.pool,
         "--concurrency",
@@ -35,12 +37,23 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         "--loglevel",
         args.loglevel,
         "--hostname",
-        f"labelq-{os.getpid()}@%h",
+        f"labelq-{runtime.name.replace(':', '-')}@%h",
         "--without-gossip",
         "--without-mingle",
     ]
-    print(f"worker for model {model} on queue {queue}")
+    print(f"worker {runtime.name} for model {model} on queue {runtime.queue}", flush=True)
     app.worker_main(argv)
+    return 0
+
+
+def _beat(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.app import make_celery
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    app = make_celery(settings, "labelq-beat")
+    schedule = settings.home / "celerybeat-schedule"
+    print(f"beat: reconciler every {settings.reconcile_interval:g} s", flush=True)
+    app.start(["beat", "--loglevel", args.loglevel, "--schedule", str(schedule)])
     return 0
 
 
@@ -61,3 +74,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(handler=_worker)
+
+    p = sub.add_parser("beat", help="run the schedule (the reconciler) for the workers")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(handler=_beat)

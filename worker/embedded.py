@@ -1,67 +1,94 @@
-"""An in-process worker for the embedded default: a thread that runs tasks as they come."""
+"""The in-process worker of the embedded default: a thread that runs tasks as they come, and a
+thread that runs the reconciler, on a `WorkerRuntime` (no broker)."""
 
 from __future__ import annotations
 
 import logging
 import queue
 import threading
+from dataclasses import dataclass
 
-from sqlalchemy.orm import Session, sessionmaker
-
-from labelq.scoring import Scorer
 from labelq.settings import Settings
-from worker.calibrate import apply_active_calibration, fit_calibration
-from worker.chunks import process_chunk
-from worker.engine import scorer_for
+from worker.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
-Task = tuple[str, str, int] | tuple[str, int]
+
+@dataclass(frozen=True)
+class ChunkTask:
+    job_id: str
+    seq: int
+
+
+@dataclass(frozen=True)
+class FitTask:
+    calibration_id: int
+
+
+Task = ChunkTask | FitTask
 
 
 class ThreadDispatcher:
-    """Runs dispatched chunks and fits in one background thread, in order (no broker)."""
+    """Runs dispatched chunks and fits in one background thread, in order. Its queue lives in
+    memory: what a crash loses, the reconciler (a second thread, and a sweep at start-up)
+    sends again from the database."""
 
-    def __init__(self, factory: sessionmaker[Session], settings: Settings):
-        self.factory = factory
-        self.settings = settings
+    def __init__(self, runtime_for: WorkerRuntime | None = None):
         self._queue: queue.Queue[Task | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="labelq-worker", daemon=True)
-        self._thread.start()
+        self._stopping = threading.Event()
+        self.runtime: WorkerRuntime | None = runtime_for
+        self._worker = threading.Thread(target=self._run, name="labelq-worker", daemon=True)
+        self._sweeper = threading.Thread(target=self._sweep, name="labelq-reconciler", daemon=True)
 
+    def start(self, runtime: WorkerRuntime) -> None:
+        self.runtime = runtime
+        runtime.start()
+        self._worker.start()
+        self._sweeper.start()
+
+    # -- Dispatcher ------------------------------------------------------------------------
     def dispatch(self, job_id: str, queue_name: str, seqs: list[int]) -> None:
         for seq in seqs:
-            self._queue.put(("chunk", job_id, seq))
+            self._queue.put(ChunkTask(job_id, seq))
 
     def dispatch_fit(self, calibration_id: int, queue_name: str) -> None:
-        self._queue.put(("fit", calibration_id))
+        self._queue.put(FitTask(calibration_id))
 
     def ping(self) -> bool:
-        return self._thread.is_alive()
+        return self._worker.is_alive()
 
-    def close(self) -> None:
+    # -- life cycle ------------------------------------------------------------------------
+    def close(self, timeout: float = 60) -> None:
+        """Stop taking tasks; the chunk in flight finishes (or, past `timeout`, its lease is
+        left to expire and the chunk runs again after a restart). Then stop the engines."""
+        self._stopping.set()
         self._queue.put(None)
-        self._thread.join(timeout=30)
-
-    def _scorer(self, model: str) -> Scorer:
-        return scorer_for(model, self.settings)
+        if self._worker.is_alive():
+            self._worker.join(timeout=timeout)
+        if self._sweeper.is_alive():
+            self._sweeper.join(timeout=5)
+        if self.runtime is not None:
+            self.runtime.stop()
 
     def _run(self) -> None:
-        while (task := self._queue.get()) is not None:
-            for attempt in range(1, self.settings.max_chunk_attempts + 1):
-                try:
-                    if task[0] == "fit":
-                        fit_calibration(self.factory, self._scorer, int(task[1]))
-                    else:
-                        _, job_id, seq = task  # type: ignore[misc]
-                        process_chunk(
-                            self.factory,
-                            self._scorer,
-                            str(job_id),
-                            int(seq),
-                            self.settings.max_chunk_attempts,
-                            calibrate=apply_active_calibration,
-                        )
-                    break
-                except Exception:
-                    log.exception("task %s failed (attempt %d)", task, attempt)
+        assert self.runtime is not None
+        while (task := self._queue.get()) is not None and not self._stopping.is_set():
+            try:
+                if isinstance(task, FitTask):
+                    self.runtime.fit_calibration(task.calibration_id)
+                else:
+                    self.runtime.score_chunk(task.job_id, task.seq)
+            except Exception:
+                # The chunk stays claimable (its lease expires); the reconciler sends it again.
+                log.exception("task %s failed", task)
+
+    def _sweep(self) -> None:
+        assert self.runtime is not None
+        settings: Settings = self.runtime.settings
+        while True:
+            try:
+                self.runtime.reconcile()
+            except Exception:
+                log.exception("reconciler sweep failed")
+            if self._stopping.wait(settings.reconcile_interval):
+                return

@@ -1,15 +1,18 @@
-"""The worker process's model: loaded once, on first use, and kept for the process's life."""
+"""The worker process's engines: loaded once per model, on first use, kept for the process's
+life, stopped before it exits. One `Engines` object per worker process, owned by its runtime."""
 
 from __future__ import annotations
 
-import atexit
+import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 from labelq.backends.vllm_backend import VllmBackend
 from labelq.scoring import Item, ScoredItem, Scorer
 from labelq.settings import Settings
 from labelq.spec import ClassifierSpec
+
+log = logging.getLogger(__name__)
 
 
 class SerialScorer(Scorer):
@@ -18,33 +21,43 @@ class SerialScorer(Scorer):
 
     def __init__(self, backend: VllmBackend):
         super().__init__(backend)
+        self.vllm = backend
         self._lock = threading.Lock()
 
-    def score_batch(self, spec: ClassifierSpec, items: Iterable[Item]) -> list[ScoredItem]:  # type: ignore[override]
+    def score_batch(self, spec: ClassifierSpec, items: Sequence[Item]) -> list[ScoredItem]:
         with self._lock:
-            return super().score_batch(spec, list(items))
+            return super().score_batch(spec, items)
 
 
-# The one piece of process-wide state labelq has: the loaded engine of this worker process.
-_scorers: dict[str, SerialScorer] = {}
-_lock = threading.Lock()
+class Engines:
+    """Scorers by model for this process (usually one model)."""
 
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._scorers: dict[str, SerialScorer] = {}
+        self._lock = threading.Lock()
 
-def scorer_for(model: str, settings: Settings) -> Scorer:
-    with _lock:
-        if model not in _scorers:
-            _scorers[model] = SerialScorer(VllmBackend(model, settings))
-        return _scorers[model]
+    def scorer_for(self, model: str) -> Scorer:
+        with self._lock:
+            if model not in self._scorers:
+                backend = VllmBackend(model, self.settings)
+                backend.load()  # now, under the lock: one load per model per process
+                self._scorers[model] = SerialScorer(backend)
+            return self._scorers[model]
 
+    def discard(self, model: str) -> None:
+        """Stop and forget a model's engine (it failed); the next use loads it again."""
+        with self._lock:
+            scorer = self._scorers.pop(model, None)
+        if scorer is not None:
+            try:
+                scorer.vllm.close()
+            except Exception as exc:
+                log.warning("stopping the failed engine of %s: %s", model, exc)
 
-def close_all() -> None:
-    """Stop every engine this process started (before exit: see vllm-on-cpu notes)."""
-    with _lock:
-        for scorer in _scorers.values():
-            backend = scorer.backend
-            if isinstance(backend, VllmBackend):
-                backend.close()
-        _scorers.clear()
-
-
-atexit.register(close_all)
+    def close(self) -> None:
+        """Stop every engine (before the process exits: see vllm-on-cpu notes)."""
+        with self._lock:
+            scorers, self._scorers = list(self._scorers.values()), {}
+        for scorer in scorers:
+            scorer.vllm.close()

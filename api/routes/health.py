@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
-from fastapi.concurrency import run_in_threadpool
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import func, select, text
+from typing import Any
 
-from api.deps import AppState, state
-from db.models import Job
+from fastapi import APIRouter, Response
+from fastapi.concurrency import run_in_threadpool
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from sqlalchemy import text
+
+from api.deps import SessionDep, StateDep
+from db.jobs import count_jobs_by_state
+from service import workers
 
 router = APIRouter(tags=["health"])
 
@@ -19,33 +22,48 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(response: Response, st: AppState = Depends(state)) -> dict[str, object]:
-    def db_ok() -> bool:
+async def readyz(response: Response, st: StateDep) -> dict[str, Any]:
+    """Ready when the database and the broker answer. Queues with unfinished jobs and no live
+    worker are listed under `unserved_queues` (the service is still ready: it takes jobs)."""
+
+    def database() -> tuple[bool, list[str]]:
         try:
             with st.factory() as s:
                 s.execute(text("SELECT 1"))
-            return True
+                health = workers.queues(s, st.settings.worker_stale_after)
+            return True, [q.queue for q in health if q.unfinished_jobs and not q.live_workers]
         except Exception:
-            return False
+            return False, []
 
-    checks = {
-        "database": await run_in_threadpool(db_ok),
-        "broker": await run_in_threadpool(st.dispatcher.ping),
-    }
+    db_ok, unserved = await run_in_threadpool(database)
+    checks = {"database": db_ok, "broker": await run_in_threadpool(st.dispatcher.ping)}
     ready = all(checks.values())
     response.status_code = 200 if ready else 503
-    return {"status": "ready" if ready else "not ready", "checks": checks}
+    return {
+        "status": "ready" if ready else "not ready",
+        "checks": checks,
+        "unserved_queues": unserved,
+    }
 
 
 @router.get("/metrics")
-def metrics(st: AppState = Depends(state)) -> Response:
-    from prometheus_client import CollectorRegistry, Gauge
-
-    # Job counts by state come from the database at scrape time.
+def metrics(s: SessionDep, st: StateDep) -> Response:
+    """The app's own counters, plus gauges read from the database at scrape time."""
     registry = CollectorRegistry()
-    gauge = Gauge("labelq_jobs", "Jobs by state", ["state"], registry=registry)
-    with st.factory() as s:
-        for job_state, count in s.execute(select(Job.state, func.count()).group_by(Job.state)):
-            gauge.labels(job_state).set(count)
+    jobs = Gauge("labelq_jobs", "Jobs by state", ["state"], registry=registry)
+    for job_state, count in count_jobs_by_state(s).items():
+        jobs.labels(job_state).set(count)
+    live = Gauge(
+        "labelq_queue_workers", "Live workers per model queue", ["queue"], registry=registry
+    )
+    waiting = Gauge(
+        "labelq_queue_unfinished_jobs",
+        "Unfinished jobs per model queue (with no live worker they cannot progress)",
+        ["queue", "served"],
+        registry=registry,
+    )
+    for q in workers.queues(s, st.settings.worker_stale_after):
+        live.labels(q.queue).set(q.live_workers)
+        waiting.labels(q.queue, "yes" if q.live_workers else "no").set(q.unfinished_jobs)
     body = generate_latest(st.metrics.registry) + generate_latest(registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from labelq.backends import reaper
 from labelq.backends.base import ScoreRequest
 from labelq.settings import Settings
 
@@ -31,7 +33,8 @@ log = logging.getLogger(__name__)
 # vLLM accepts at most this many ids in `logprob_token_ids` (MAX_LOGPROB_TOKEN_IDS).
 _MAX_IDS_PER_REQUEST = 128
 
-Path_ = tuple[int, ...]
+# A path in the completions' token trie: the tokens after the prompt, so far.
+TriePath = tuple[int, ...]
 
 
 class VllmBackend:
@@ -40,14 +43,15 @@ class VllmBackend:
     def __init__(
         self,
         model: str,
-        settings: Settings | None = None,
+        settings: Settings,
         strategy: Literal["shared", "per_candidate"] | None = None,
     ):
         self.model = model
-        self.settings = settings or Settings()
+        self.settings = settings
         self.strategy = strategy or self.settings.scoring_strategy
         self._llm: Any = None
         self._tokenizer: Any = None
+        self._reaper: subprocess.Popen[bytes] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
@@ -72,8 +76,15 @@ class VllmBackend:
             if s.block_size:
                 kwargs["block_size"] = s.block_size
             log.info("loading model %s", self.model)
+            before = reaper.children_now()
             self._llm = LLM(**kwargs)
+            # If this process dies without close() (SIGKILL, OOM), the engine processes die too.
+            self._reaper = reaper.watch(reaper.new_children(before))
         return self._llm
+
+    def load(self) -> None:
+        """Start the engine now rather than on first use."""
+        self.llm  # noqa: B018 - the property starts it
 
     def close(self) -> None:
         """Stop the engine's processes; a process that built an engine should call this."""
@@ -82,6 +93,10 @@ class VllmBackend:
                 self._llm.llm_engine.engine_core.shutdown()
             finally:
                 self._llm = None
+                if self._reaper is not None:
+                    self._reaper.kill()
+                    self._reaper.wait(timeout=5)
+                    self._reaper = None
 
     @property
     def tokenizer(self) -> Any:
@@ -128,8 +143,8 @@ class VllmBackend:
         )
 
     def _next_token_logprobs(
-        self, wanted: dict[tuple[int, Path_], set[int]], prompts: Sequence[list[int]]
-    ) -> dict[tuple[int, Path_], dict[int, float]]:
+        self, wanted: dict[tuple[int, TriePath], set[int]], prompts: Sequence[list[int]]
+    ) -> dict[tuple[int, TriePath], dict[int, float]]:
         """log P(token | prompt + path) for each wanted (request index, path) -> tokens, one
         prefill per prefix (more if it wants over 128 tokens)."""
         keys, token_lists = [], []
@@ -142,7 +157,7 @@ class VllmBackend:
             [prompts[r] + list(path) for r, path in keys],
             [self._next_token_params(ids) for ids in token_lists],
         )
-        found: dict[tuple[int, Path_], dict[int, float]] = defaultdict(dict)
+        found: dict[tuple[int, TriePath], dict[int, float]] = defaultdict(dict)
         for key, ids, output in zip(keys, token_lists, outputs, strict=True):
             logprobs = output.outputs[0].logprobs[0]
             for token in ids:
@@ -152,7 +167,7 @@ class VllmBackend:
     def _shared(self, requests: Sequence[ScoreRequest]) -> list[list[list[float]]]:
         prompts = [r.prompt for r in requests]
         # values[(r, path)] = log P(path[-1] | prompt_r + path[:-1])
-        values: dict[tuple[int, Path_], float] = {}
+        values: dict[tuple[int, TriePath], float] = {}
 
         # 1. First tokens: one prefill per prompt.
         first = self._next_token_logprobs(
@@ -163,7 +178,7 @@ class VllmBackend:
                 values[(r, (token,))] = value
 
         # 2. Tails: one prefix-cached prompt_logprobs request per trie leaf.
-        leaves: list[tuple[int, Path_]] = []
+        leaves: list[tuple[int, TriePath]] = []
         for r, req in enumerate(requests):
             paths = {tuple(c) for c in req.completions if len(c) > 1}
             leaves.extend(
@@ -173,7 +188,7 @@ class VllmBackend:
             [prompts[r] + list(path) for r, path in leaves],
             [self._prompt_logprob_params(read_prefix_cache=True)] * len(leaves),
         )
-        missing: dict[tuple[int, Path_], set[int]] = defaultdict(set)
+        missing: dict[tuple[int, TriePath], set[int]] = defaultdict(set)
         for (r, path), output in zip(leaves, outputs, strict=True):
             start = len(prompts[r])
             computed_from = output.num_cached_tokens or 0

@@ -1,13 +1,30 @@
-"""Handing chunks to workers. The API only produces tasks; it never imports worker code."""
+"""How work reaches workers: task names, one queue per model, and the dispatcher that sends.
+
+The broker is only a doorbell: every task names a row in the database (a chunk, a calibration),
+the row says whether there is work, and a lost or duplicated task is harmless (see
+`service.reconcile`).
+"""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Protocol
-
-from celery import Celery
 
 TASK_SCORE_CHUNK = "labelq.score_chunk"
 TASK_FIT_CALIBRATION = "labelq.fit_calibration"
+TASK_RECONCILE = "labelq.reconcile"
+
+# Every worker also listens here, for tasks that need no model (the reconciler).
+CONTROL_QUEUE = "labelq.control"
+
+
+def queue_for(model: str) -> str:
+    """One Celery queue per model, so workers with different models serve one deployment."""
+    digest = hashlib.sha1(model.encode()).hexdigest()[:10]
+    tail = "".join(
+        c if c.isalnum() or c in "-_." else "-" for c in model.rstrip("/").split("/")[-1]
+    )
+    return f"labelq.{tail[:60]}.{digest}"
 
 
 class Dispatcher(Protocol):
@@ -19,10 +36,12 @@ class Dispatcher(Protocol):
 
 
 class CeleryDispatcher:
-    """Sends one `labelq.score_chunk` task per chunk to the model's queue on Redis."""
+    """Sends one `labelq.score_chunk` task per chunk to the model's queue."""
 
     def __init__(self, broker_url: str):
-        self.app = Celery("labelq-api", broker=broker_url)
+        from celery import Celery
+
+        self.app = Celery("labelq-dispatch", broker=broker_url)
         self.app.conf.update(broker_connection_retry_on_startup=True, task_ignore_result=True)
 
     def dispatch(self, job_id: str, queue_name: str, seqs: list[int]) -> None:

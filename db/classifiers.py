@@ -1,0 +1,85 @@
+"""Classifier versions: immutable specs keyed by name and content hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from sqlalchemy import and_, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db.models import Classifier
+from labelq.errors import Conflict, NotFound
+from labelq.spec import ClassifierSpec
+
+
+def spec_hash(spec: ClassifierSpec) -> str:
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def spec_of(classifier: Classifier) -> ClassifierSpec:
+    return ClassifierSpec.model_validate(classifier.spec)
+
+
+def store_version(s: Session, spec: ClassifierSpec) -> tuple[Classifier, bool]:
+    """`spec` as the next version of its name, or its existing version (created: False). A
+    concurrent writer taking the same version number is retried in a savepoint."""
+    digest = spec_hash(spec)
+    for _ in range(5):
+        found = s.scalar(
+            select(Classifier).where(Classifier.name == spec.name, Classifier.spec_hash == digest)
+        )
+        if found:
+            return found, False
+        latest = s.scalar(select(func.max(Classifier.version)).where(Classifier.name == spec.name))
+        row = Classifier(
+            name=spec.name,
+            version=(latest or 0) + 1,
+            spec=spec.model_dump(mode="json"),
+            spec_hash=digest,
+        )
+        try:
+            with s.begin_nested():
+                s.add(row)
+            return row, True
+        except IntegrityError:
+            continue  # another writer took that version; read again
+    raise Conflict(f"could not store classifier {spec.name!r}: too many concurrent writers")
+
+
+def get_classifier(s: Session, name: str, version: int | None = None) -> Classifier:
+    """A version of a classifier (the latest when `version` is None)."""
+    query = select(Classifier).where(Classifier.name == name)
+    if version is not None:
+        query = query.where(Classifier.version == version)
+    row = s.scalar(query.order_by(Classifier.version.desc()).limit(1))
+    if row is None:
+        what = f"classifier {name!r}" + (f" version {version}" if version is not None else "")
+        raise NotFound(f"{what} does not exist", field="classifier")
+    return row
+
+
+def classifier_versions(s: Session, name: str) -> list[Classifier]:
+    rows = list(
+        s.scalars(select(Classifier).where(Classifier.name == name).order_by(Classifier.version))
+    )
+    if not rows:
+        raise NotFound(f"classifier {name!r} does not exist", field="classifier")
+    return rows
+
+
+def latest_classifiers(s: Session) -> list[Classifier]:
+    latest = (
+        select(Classifier.name, func.max(Classifier.version).label("v"))
+        .group_by(Classifier.name)
+        .subquery()
+    )
+    return list(
+        s.scalars(
+            select(Classifier)
+            .join(latest, and_(Classifier.name == latest.c.name, Classifier.version == latest.c.v))
+            .order_by(Classifier.name)
+        )
+    )

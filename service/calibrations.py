@@ -1,0 +1,245 @@
+"""Calibrations: requested through the API, fitted by a worker (contextual calibration needs
+the model), activated in one transaction, applied when results are written."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import calibrations as calibration_rows
+from db import jobs as job_rows
+from db.classifiers import classifier_versions, get_classifier, spec_of
+from db.models import Calibration, CalibrationStatus, Classifier
+from db.session import transaction
+from labelq import calibration
+from labelq.errors import InputError, LabelqError, NotFound
+from labelq.scoring import Item, ItemResult, Scorer
+from labelq.settings import Settings
+from labelq.spec import ClassifierSpec
+from service.dispatch import Dispatcher, queue_for
+from service.jobs import iter_items
+
+log = logging.getLogger(__name__)
+
+ScorerFor = Callable[[str], Scorer]
+
+
+class CalibrationRequest(BaseModel):
+    method: str = Field(
+        description="temperature | vector | platt | isotonic | contextual | batch | conformal"
+    )
+    job_id: str | None = Field(None, description="job whose gold-labelled results to fit on")
+    version: int | None = Field(None, description="classifier version; default: the job's")
+    holdout: float = Field(0.2, ge=0, lt=1)
+    seed: int = 0
+    bins: int = Field(15, ge=1, le=1000)
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="method options: alpha, score (conformal); inputs (contextual) ...",
+    )
+    activate: bool = Field(False, description="activate once fitted")
+
+
+class CalibrationOut(BaseModel):
+    id: int
+    classifier: str
+    version: int
+    method: str
+    status: CalibrationStatus
+    active: bool
+    params: dict[str, Any]
+    fitted_on: dict[str, Any]
+    metrics: dict[str, Any]
+    error: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Calibration, classifier: Classifier) -> CalibrationOut:
+        return cls(
+            id=row.id,
+            classifier=classifier.name,
+            version=classifier.version,
+            method=row.method,
+            status=CalibrationStatus(row.status),
+            active=row.active,
+            params=row.params,
+            fitted_on=row.fitted_on,
+            metrics=row.metrics,
+            error=row.error,
+            created_at=row.created_at,
+        )
+
+
+# -- the API side --------------------------------------------------------------------------------
+def request_fit(
+    s: Session, dispatcher: Dispatcher, settings: Settings, name: str, body: CalibrationRequest
+) -> CalibrationOut:
+    """Store a calibration in `fitting` and hand the fit to a worker of the model's queue."""
+    calibrator = calibration.make(body.method, **body.options)  # checks method and options
+    if body.job_id:
+        job = job_rows.get_job(s, body.job_id)
+        classifier = job_rows.job_classifier(s, job)
+        if classifier.name != name:
+            raise InputError(
+                f"job {body.job_id} ran classifier {classifier.name!r}", field="job_id"
+            )
+        if body.version is not None and body.version != classifier.version:
+            raise InputError(f"job {body.job_id} ran version {classifier.version}", field="version")
+        model = job.model
+    else:
+        if not isinstance(calibrator, calibration.ContextualCalibration):
+            raise InputError(f"{body.method} is fitted on a job's results", field="job_id")
+        classifier = get_classifier(s, name, body.version)
+        model = spec_of(classifier).model or settings.model or ""
+        if not model:
+            raise InputError("no model to score content-free inputs", field="classifier")
+    fitted_on = {
+        "job_id": body.job_id,
+        "holdout": body.holdout,
+        "seed": body.seed,
+        "bins": body.bins,
+        "options": body.options,
+        "model": model,
+        "activate": body.activate,
+    }
+    row = calibration_rows.add_calibration(s, classifier.id, body.method, fitted_on)
+    s.commit()
+    dispatcher.dispatch_fit(row.id, queue_for(model))
+    return CalibrationOut.of(row, classifier)
+
+
+def list_for(s: Session, name: str, version: int | None = None) -> list[CalibrationOut]:
+    classifiers = {
+        c.id: c for c in classifier_versions(s, name) if version is None or c.version == version
+    }
+    return [
+        CalibrationOut.of(row, classifiers[row.classifier_id])
+        for row in calibration_rows.list_calibrations(s, classifiers)
+    ]
+
+
+def _of_classifier(s: Session, name: str, calibration_id: int) -> tuple[Calibration, Classifier]:
+    row = calibration_rows.get_calibration(s, calibration_id)
+    classifier = s.get_one(Classifier, row.classifier_id)
+    if classifier.name != name:
+        raise NotFound(f"calibration {calibration_id} is not of {name!r}", field="calibration")
+    return row, classifier
+
+
+def get(s: Session, name: str, calibration_id: int) -> CalibrationOut:
+    return CalibrationOut.of(*_of_classifier(s, name, calibration_id))
+
+
+def activate(s: Session, name: str, calibration_id: int) -> CalibrationOut:
+    """Make this the classifier version's active calibration, in one transaction."""
+    row, classifier = _of_classifier(s, name, calibration_id)
+    calibration_rows.activate(s, row)
+    s.commit()
+    return CalibrationOut.of(row, classifier)
+
+
+# -- the worker side -----------------------------------------------------------------------------
+def apply_active(
+    s: Session, classifier_id: int, spec: ClassifierSpec, rows: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Rows under the classifier's active calibration, and its id (None: none is active). Each
+    chunk is its own batch for batch calibration."""
+    active = calibration_rows.active_calibration(s, classifier_id)
+    if active is None:
+        return rows, None
+    calibrator = calibration.load(active.method, active.params)
+    info = {"id": active.id, "method": active.method}
+    return calibration.calibrate_rows(
+        rows, spec.label_names, spec.bias_vector(), calibrator, info
+    ), active.id
+
+
+def content_free_log_probs(scorer: Scorer, spec: ClassifierSpec, inputs: list[str]) -> np.ndarray:
+    """Score content-free inputs ("N/A", "", "[MASK]") in the classifier's own prompt: every
+    template field is filled with the content-free text."""
+    items = [Item(fields=dict.fromkeys(spec.template_variables, text)) for text in inputs]
+    rows = []
+    for result in scorer.score_batch(spec, items):
+        if not isinstance(result, ItemResult):
+            raise InputError(
+                f"content-free input failed: {result.error}", field="content_free_inputs"
+            )
+        rows.append(result.model_dump())
+    return calibration.result_log_probs(rows, spec.label_names, spec.bias_vector())
+
+
+def fit(factory: sessionmaker[Session], scorer_for: ScorerFor, calibration_id: int) -> None:
+    """Fit a calibration the API stored in `fitting` and record the outcome. Reading the job's
+    results and recording the fit are separate short transactions: the fit itself may score."""
+    try:
+        _fit(factory, scorer_for, calibration_id)
+    except LabelqError as exc:
+        with transaction(factory) as s:
+            calibration_rows.record_fit(s, calibration_id, error=str(exc))
+    except Exception as exc:
+        log.exception("fitting calibration %d failed", calibration_id)
+        with transaction(factory) as s:
+            calibration_rows.record_fit(s, calibration_id, error=f"fit failed: {exc}")
+
+
+def _fit(factory: sessionmaker[Session], scorer_for: ScorerFor, calibration_id: int) -> None:
+    with factory() as s:
+        row = calibration_rows.get_calibration(s, calibration_id)
+        if row.status != CalibrationStatus.fitting:
+            return
+        spec = spec_of(s.get_one(Classifier, row.classifier_id))
+        request = dict(row.fitted_on)
+        method = row.method
+    labels = spec.label_names
+    index = {label: k for k, label in enumerate(labels)}
+    calibrator = calibration.make(method, **dict(request.get("options") or {}))
+    results: list[dict[str, Any]] = []
+    y: np.ndarray | None = None
+    if request.get("job_id"):
+        scored = [i for i in iter_items(factory, request["job_id"]) if i.result is not None]
+        labelled = [i for i in scored if i.gold_label is not None]
+        if labelled:
+            y = np.array([index[i.gold_label or ""] for i in labelled], dtype=np.int64)
+            results = [i.result or {} for i in labelled]
+        elif not calibrator.needs_labels:
+            # Label-free methods fit on every scored item (and report no held-out metrics).
+            results = [i.result or {} for i in scored]
+    z = calibration.result_log_probs(results, labels, spec.bias_vector())
+    content_free = None
+    if isinstance(calibrator, calibration.ContextualCalibration):
+        content_free = content_free_log_probs(scorer_for(request["model"]), spec, calibrator.inputs)
+    elif calibrator.needs_labels and y is None:
+        raise InputError(
+            f"{method} needs gold labels: POST /v1/jobs/{{id}}/labels first", field="job_id"
+        )
+    elif not len(z):
+        raise InputError(f"{method} calibration needs a job with scored items", field="job_id")
+    report = calibration.fit_with_holdout(
+        calibrator,
+        z,
+        y,
+        holdout=float(request.get("holdout", 0.2)),
+        seed=int(request.get("seed", 0)),
+        bins=int(request.get("bins", 15)),
+        content_free=content_free,
+    )
+    with transaction(factory) as s:
+        row = calibration_rows.record_fit(
+            s,
+            calibration_id,
+            params=report.params,
+            metrics=report.model_dump(mode="json", exclude={"params"}),
+            fitted_on={
+                "n_fit": report.n_fit,
+                "n_holdout": report.n_holdout,
+                "labelled_items": 0 if y is None else len(y),
+            },
+        )
+        if request.get("activate"):
+            calibration_rows.activate(s, row)

@@ -1,0 +1,213 @@
+"""Scoring one chunk of a job: claim it under a lease, score it in one batch while the lease is
+renewed, write every result in one transaction.
+
+Three short transactions on purpose: none is held open while the engine scores. What can go
+wrong ends somewhere:
+- an item that cannot be scored fails alone (its error is its result);
+- the engine failing for the whole batch (a model that cannot load, a dead engine) hands the
+  chunk back to be retried after a backoff, a bounded number of times, then fails its items and
+  the job's unclaimed chunks with the engine's error;
+- the worker dying lets the lease expire, and the reconciler sends the chunk again;
+- the database going away while writing is retried for a while, then left to the lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from db import jobs as job_rows
+from db.jobs import ChunkWork, ItemOutcome
+from db.session import transaction
+from labelq.scoring import Item, ItemError, ItemResult, ScoredItem, Scorer
+from labelq.settings import Settings
+from labelq.spec import ClassifierSpec
+from service.calibrations import apply_active
+
+log = logging.getLogger(__name__)
+
+ScorerFor = Callable[[str], Scorer]
+
+# A database that restarts comes back in seconds; past this the lease takes over.
+_write_retry = retry(
+    retry=retry_if_exception_type((OperationalError, DBAPIError)),
+    wait=wait_exponential(multiplier=0.5, max=10),
+    stop=stop_after_delay(120),
+    reraise=True,
+)
+
+
+class EngineFailure(Exception):
+    """The engine failed for a whole batch: not the items' fault."""
+
+
+def score_items(scorer: Scorer, spec: ClassifierSpec, items: Sequence[Item]) -> list[ScoredItem]:
+    """Score a batch; if the batch as a whole fails, find the items at fault one by one. When
+    every item fails alone too, the fault is the engine's: `EngineFailure`."""
+    try:
+        return scorer.score_batch(spec, items)
+    except Exception as batch_error:
+        log.warning("batch of %d failed (%s); scoring one by one", len(items), batch_error)
+        out: list[ScoredItem] = []
+        failures = 0
+        for item in items:
+            try:
+                out.extend(scorer.score_batch(spec, [item]))
+            except Exception as exc:
+                failures += 1
+                out.append(
+                    ItemError(
+                        custom_id=item.custom_id, line=item.line, error=f"scoring failed: {exc}"
+                    )
+                )
+        if failures == len(items):
+            raise EngineFailure(f"{type(batch_error).__name__}: {batch_error}") from batch_error
+        return out
+
+
+class LeaseKeeper:
+    """Renews a claimed chunk's lease every third of its length until stopped. A renewal that
+    fails (database away) is retried at the next beat; a lost claim is logged."""
+
+    def __init__(self, factory: sessionmaker[Session], work: ChunkWork, lease_seconds: float):
+        self.factory, self.work, self.lease = factory, work, lease_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"lease-{work.chunk_id}", daemon=True
+        )
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease / 3):
+            try:
+                with transaction(self.factory) as s:
+                    held = job_rows.renew_lease(s, self.work.chunk_id, self.work.owner, self.lease)
+                if not held:
+                    log.warning(
+                        "lost the claim on chunk %s/%d; its results will not be written",
+                        self.work.job_id,
+                        self.work.seq,
+                    )
+                    return
+            except Exception as exc:
+                log.warning("could not renew the lease of chunk %d: %s", self.work.chunk_id, exc)
+
+
+@dataclass
+class ChunkRunner:
+    """Runs chunks for one worker: `name` identifies it in leases; `discard` drops a model's
+    engine after it failed, so the next attempt loads it afresh."""
+
+    factory: sessionmaker[Session]
+    scorer_for: ScorerFor
+    settings: Settings
+    name: str
+    discard: Callable[[str], None] | None = None
+    calibrate: bool = True
+    _busy: int = field(default=0, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    @property
+    def busy(self) -> bool:
+        return self._busy > 0
+
+    def run(self, job_id: str, seq: int) -> bool:
+        """Score chunk `seq` of a job; False when there was nothing to write (done, cancelled,
+        held by another worker, not yet due, or handed back after an engine failure)."""
+        with self._lock:
+            self._busy += 1
+        try:
+            return self._run(job_id, seq)
+        finally:
+            with self._lock:
+                self._busy -= 1
+
+    def _run(self, job_id: str, seq: int) -> bool:
+        s = self.settings
+        owner = f"{self.name}/{uuid.uuid4().hex[:8]}"
+        with transaction(self.factory) as session:
+            work = job_rows.claim_chunk(
+                session,
+                job_id,
+                seq,
+                owner,
+                lease_seconds=s.lease_seconds,
+                max_attempts=s.max_chunk_attempts,
+            )
+        if work is None:
+            return False
+        with LeaseKeeper(self.factory, work, s.lease_seconds):
+            try:
+                scored = self._score(work)
+            except EngineFailure as exc:
+                self._hand_back(work, str(exc))
+                return False
+        return self._write(work, scored)
+
+    def _score(self, work: ChunkWork) -> list[ScoredItem]:
+        if not work.items:
+            return []
+        try:
+            scorer = self.scorer_for(work.model)
+        except Exception as exc:
+            raise EngineFailure(f"model {work.model} could not be loaded: {exc}") from exc
+        try:
+            return score_items(scorer, work.spec, [item for _, item in work.items])
+        except EngineFailure:
+            if self.discard is not None:
+                self.discard(work.model)
+            raise
+
+    def _hand_back(self, work: ChunkWork, error: str) -> None:
+        retry_in = min(self.settings.engine_retry_backoff * 2 ** (work.attempt - 1), 600.0)
+        log.error(
+            "engine failed on chunk %s/%d (attempt %d of %d): %s",
+            work.job_id,
+            work.seq,
+            work.attempt,
+            self.settings.max_chunk_attempts,
+            error,
+        )
+        with transaction(self.factory) as session:
+            job_rows.release_chunk(
+                session,
+                work,
+                error,
+                retry_in=retry_in,
+                max_attempts=self.settings.max_chunk_attempts,
+            )
+
+    @_write_retry
+    def _write(self, work: ChunkWork, scored: list[ScoredItem]) -> bool:
+        """The chunk's results, calibrated under the active calibration, in one transaction."""
+        succeeded = [row.model_dump(mode="json") for row in scored if isinstance(row, ItemResult)]
+        with transaction(self.factory) as session:
+            calibration_id = None
+            if self.calibrate and succeeded:
+                succeeded, calibration_id = apply_active(
+                    session, work.classifier_id, work.spec, succeeded
+                )
+            calibrated = iter(succeeded)
+            results: dict[int, ItemOutcome] = {}
+            for (item_id, _), row in zip(work.items, scored, strict=True):
+                results[item_id] = (
+                    (next(calibrated), None) if isinstance(row, ItemResult) else (None, row.error)
+                )
+            written = job_rows.complete_chunk(session, work, results, calibration_id)
+        if not written:
+            log.info("chunk %s/%d is no longer ours; results not written", work.job_id, work.seq)
+        return written

@@ -1,0 +1,67 @@
+"""Classifiers: immutable, versioned specs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
+from db import classifiers as classifier_rows
+from labelq.spec import ClassifierSpec
+
+
+class ClassifierCreated(BaseModel):
+    name: str
+    version: int
+    created: bool = Field(description="False when this exact spec already was that version.")
+    created_at: datetime
+
+
+class ClassifierVersion(BaseModel):
+    version: int
+    created_at: datetime
+    spec_hash: str
+
+
+class ClassifierSummary(BaseModel):
+    name: str
+    latest_version: int
+    created_at: datetime
+
+
+class ClassifierDetail(BaseModel):
+    name: str
+    latest: dict[str, Any] = Field(description="The latest version's spec.")
+    latest_version: int
+    versions: list[ClassifierVersion]
+
+
+def store(s: Session, spec: ClassifierSpec) -> ClassifierCreated:
+    """A changed spec under a name is a new version; the same spec returns its version."""
+    row, created = classifier_rows.store_version(s, spec)
+    s.commit()
+    return ClassifierCreated(
+        name=row.name, version=row.version, created=created, created_at=row.created_at
+    )
+
+
+def latest(s: Session) -> list[ClassifierSummary]:
+    return [
+        ClassifierSummary(name=c.name, latest_version=c.version, created_at=c.created_at)
+        for c in classifier_rows.latest_classifiers(s)
+    ]
+
+
+def detail(s: Session, name: str) -> ClassifierDetail:
+    versions = classifier_rows.classifier_versions(s, name)
+    return ClassifierDetail(
+        name=name,
+        latest=versions[-1].spec,
+        latest_version=versions[-1].version,
+        versions=[
+            ClassifierVersion(version=v.version, created_at=v.created_at, spec_hash=v.spec_hash)
+            for v in versions
+        ],
+    )

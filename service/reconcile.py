@@ -1,0 +1,69 @@
+"""The reconciler: the database is the source of truth, the broker only a doorbell.
+
+One sweep, run periodically (Celery beat in the distributed set-up, a thread in the embedded
+one), needs nothing from the broker's memory:
+- sends chunks that have no task: never sent (the broker was down at submission), handed back
+  after an engine failure and now due, or running under a lease that expired (their worker died);
+- re-sends pending chunks of a queue that stalled: sent long ago, yet no worker has claimed
+  anything there since and none holds a live lease (the tasks were lost, e.g. with a Redis
+  restart without persistence);
+- ends jobs whose chunks are all done;
+- forgets workers that stopped beating.
+
+A task sent twice is harmless: a chunk is claimed under a lease and written once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from datetime import timedelta
+
+from pydantic import BaseModel
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import jobs as job_rows
+from db import workers
+from db.models import utcnow
+from db.session import transaction
+from labelq.settings import Settings
+from service.dispatch import Dispatcher
+from service.jobs import send
+
+log = logging.getLogger(__name__)
+
+
+class SweepReport(BaseModel):
+    sent: int = 0
+    unsent: int = 0
+    jobs_ended: list[str] = []
+    workers_forgotten: int = 0
+
+
+def sweep(
+    factory: sessionmaker[Session], dispatcher: Dispatcher, settings: Settings
+) -> SweepReport:
+    now = utcnow()
+    report = SweepReport()
+    with transaction(factory) as s:
+        report.jobs_ended = job_rows.finish_done_jobs(s)
+        report.workers_forgotten = workers.forget_stale(
+            s, now - timedelta(seconds=10 * settings.worker_stale_after)
+        )
+        due = job_rows.chunks_to_send(s, now, now - timedelta(seconds=settings.stall_after))
+    by_job: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for ref in due:
+        by_job[(ref.job_id, ref.queue)].append(ref.seq)
+    for (job_id, queue), seqs in by_job.items():
+        if send(factory, dispatcher, job_id, queue, seqs):
+            report.sent += len(seqs)
+        else:
+            report.unsent += len(seqs)
+    if report.sent or report.unsent or report.jobs_ended:
+        log.info(
+            "reconciler: sent %d chunk(s), %d could not be sent, ended %d job(s)",
+            report.sent,
+            report.unsent,
+            len(report.jobs_ended),
+        )
+    return report

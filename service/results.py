@@ -1,0 +1,213 @@
+"""Results: a job's rows as stored or under any calibration, paged, exported, measured.
+
+Raw label scores are stored with every result, so any result can be served under any
+calibration: `resolve_view` picks how, `View.rows` recomputes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import calibrations as calibration_rows
+from db import jobs as job_rows
+from db.classifiers import spec_of
+from db.models import Calibration, CalibrationStatus, ItemStatus, JobItem
+from labelq import calibration, metrics
+from labelq.errors import Conflict, InputError
+from labelq.metrics import ReliabilityBin
+from service.jobs import iter_items
+
+CALIBRATION_CHOICES = "none, active or a calibration id"
+
+
+def result_record(item: JobItem) -> dict[str, Any]:
+    """One result row of a stored item: the scorer's fields for a scored item, else its status
+    and error."""
+    custom_id = (item.input or {}).get("custom_id", item.custom_id)
+    if item.status == ItemStatus.succeeded and item.result is not None:
+        row = {**item.result, "custom_id": custom_id, "status": item.status}
+        if item.gold_label is not None:
+            row["gold_label"] = item.gold_label
+        return row
+    row = {"custom_id": custom_id, "status": item.status}
+    if item.line is not None:
+        row["line"] = item.line
+    if item.error:
+        row["error"] = item.error
+    if item.error_field:
+        row["field"] = item.error_field
+    return row
+
+
+@dataclass
+class View:
+    """How results are served: as stored (`stored`), or recomputed under a calibrator (None:
+    uncalibrated)."""
+
+    stored: bool
+    labels: list[str]
+    bias: list[float]
+    calibrator: calibration.Calibrator | None = None
+    info: dict[str, Any] | None = None
+
+    def rows(self, items: list[JobItem]) -> list[dict[str, Any]]:
+        rows = [result_record(i) for i in items]
+        if self.stored:
+            return rows
+        scored = [k for k, i in enumerate(items) if i.status == ItemStatus.succeeded and i.result]
+        redone = calibration.calibrate_rows(
+            [rows[k] for k in scored], self.labels, self.bias, self.calibrator, self.info
+        )
+        for k, row in zip(scored, redone, strict=True):
+            rows[k] = row
+        return rows
+
+
+def _chosen_calibration(s: Session, classifier_id: int, choice: str) -> Calibration | None:
+    if choice == "active":
+        return calibration_rows.active_calibration(s, classifier_id)
+    try:
+        calibration_id = int(choice)
+    except ValueError:
+        raise InputError(
+            f"calibration must be {CALIBRATION_CHOICES}", field="calibration"
+        ) from None
+    return calibration_rows.get_calibration(s, calibration_id, {classifier_id})
+
+
+def resolve_view(factory: sessionmaker[Session], job_id: str, choice: str | None) -> View:
+    """`choice`: None (as stored), `none` (uncalibrated), `active` (uncalibrated when none is
+    active), or a calibration id of the job's classifier version."""
+    with factory() as s:
+        job = job_rows.get_job(s, job_id)
+        spec = spec_of(job_rows.job_classifier(s, job))
+        view = View(choice is None, spec.label_names, spec.bias_vector())
+        if choice is None or choice == "none":
+            return view
+        row = _chosen_calibration(s, job.classifier_id, choice)
+        if row is None:
+            return view
+        if row.status != CalibrationStatus.ready:
+            raise Conflict(f"calibration {row.id} is {row.status}", field="calibration")
+        method, params, view.info = row.method, row.params, {"id": row.id, "method": row.method}
+    if method == calibration.BatchCalibration.method:
+        # Served page by page, the batch is still the whole job: estimate its prior once.
+        scored = [i.result for i in iter_items(factory, job_id) if i.result is not None]
+        z = calibration.result_log_probs(scored, view.labels, view.bias)
+        view.calibrator = calibration.BatchCalibration.over_whole_batch(z)
+    else:
+        view.calibrator = calibration.load(method, params)
+    return view
+
+
+def iter_rows(
+    factory: sessionmaker[Session], job_id: str, view: View, batch: int = 1000
+) -> Iterator[dict[str, Any]]:
+    buffer: list[JobItem] = []
+    for item in iter_items(factory, job_id, batch=batch):
+        buffer.append(item)
+        if len(buffer) >= batch:
+            yield from view.rows(buffer)
+            buffer = []
+    yield from view.rows(buffer)
+
+
+class ResultsPage(BaseModel):
+    data: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def page(
+    factory: sessionmaker[Session], job_id: str, view: View, cursor: str | None, limit: int
+) -> ResultsPage:
+    try:
+        after = int(cursor) if cursor else -1
+    except ValueError:
+        raise InputError(
+            "cursor must be a next_cursor value from a previous page", field="cursor"
+        ) from None
+    with factory() as s:
+        items = job_rows.items_page(s, job_id, after, limit + 1)
+    shown, more = items[:limit], len(items) > limit
+    return ResultsPage(data=view.rows(shown), next_cursor=str(shown[-1].idx) if more else None)
+
+
+EXPORT_PIECE = 1 << 16  # one write per ~64 KiB, not one per row: per-write overhead dominated
+
+
+def export_jsonl(factory: sessionmaker[Session], job_id: str, view: View) -> Iterator[bytes]:
+    lines: list[str] = []
+    size = 0
+    for row in iter_rows(factory, job_id, view):
+        line = json.dumps(row, ensure_ascii=False) + "\n"
+        lines.append(line)
+        size += len(line)
+        if size > EXPORT_PIECE:
+            yield "".join(lines).encode()
+            lines, size = [], 0
+    yield "".join(lines).encode()
+
+
+CSV_FIELDS = ["custom_id", "status", "label", "confidence", "margin", "entropy", "energy"]
+
+
+def export_csv(factory: sessionmaker[Session], job_id: str, view: View) -> Iterator[bytes]:
+    labels = view.labels
+    header = [*CSV_FIELDS, *(f"p_{label}" for label in labels), "label_set", "line", "error"]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    for row in iter_rows(factory, job_id, view):
+        probs = row.get("probs", {})
+        label_set = row.get("label_set")
+        writer.writerow(
+            [row.get(k, "") for k in CSV_FIELDS]
+            + [probs.get(label, "") for label in labels]
+            + [
+                "|".join(label_set) if label_set is not None else "",
+                row.get("line", ""),
+                row.get("error", ""),
+            ]
+        )
+        if buf.tell() > EXPORT_PIECE:
+            yield buf.getvalue().encode()
+            buf.seek(0)
+            buf.truncate()
+    yield buf.getvalue().encode()
+
+
+class JobMetrics(BaseModel):
+    calibration: dict[str, Any] | None
+    metrics: metrics.MetricReport
+    reliability: list[ReliabilityBin]
+    set_coverage: float | None = None
+    mean_set_size: float | None = None
+
+
+def job_metrics(factory: sessionmaker[Session], job_id: str, view: View, bins: int) -> JobMetrics:
+    """How trustworthy the confidences are on the job's gold-labelled items."""
+    rows = [r for r in iter_rows(factory, job_id, view) if r.get("gold_label") and r.get("probs")]
+    if not rows:
+        raise Conflict("no scored item of this job has a gold label yet", field="labels")
+    index = {label: k for k, label in enumerate(view.labels)}
+    probs = np.array([[r["probs"][label] for label in view.labels] for r in rows])
+    y = np.array([index[r["gold_label"]] for r in rows])
+    out = JobMetrics(
+        calibration=view.info if view.calibrator else None,
+        metrics=metrics.report(probs, y, bins),
+        reliability=metrics.reliability_bins(probs, y, bins),
+    )
+    if any("label_set" in r for r in rows):
+        sets = np.array([[label in r.get("label_set", []) for label in view.labels] for r in rows])
+        out.set_coverage = metrics.set_coverage(sets, y)
+        out.mean_set_size = metrics.mean_set_size(sets)
+    return out

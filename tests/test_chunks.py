@@ -1,0 +1,186 @@
+"""Scoring a chunk (service/chunks.py) on the fake backend: what each kind of fault ends in."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.classifiers import store_version
+from db.models import Chunk, JobItem, utcnow
+from db.session import transaction
+from labelq.backends.fake import FakeBackend
+from labelq.scoring import Item, Scorer
+from labelq.settings import Settings
+from labelq.spec import parse_spec
+from service import jobs
+from service.chunks import ChunkRunner, EngineFailure, LeaseKeeper, score_items
+from service.reconcile import sweep
+
+SPEC = {
+    "name": "chunks",
+    "template": "Review: {{ text }}\nSentiment:",
+    "labels": {"positive": " positive", "negative": " negative"},
+}
+Factory = sessionmaker[Session]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, list[int]]] = []
+
+    def dispatch(self, job_id: str, queue_name: str, seqs: list[int]) -> None:
+        self.sent.append((job_id, list(seqs)))
+
+    def dispatch_fit(self, calibration_id: int, queue_name: str) -> None:
+        raise AssertionError("not expected")
+
+    def ping(self) -> bool:
+        return True
+
+
+def _settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {"model": "fake", "chunk_size": 4, "max_chunk_attempts": 3}
+    return Settings(**{**values, **overrides})
+
+
+def _job(factory: Factory, texts: list[str], settings: Settings) -> str:
+    with transaction(factory) as s:
+        store_version(s, parse_spec(SPEC))
+    items = [Item(custom_id=f"c{i}", fields={"text": t}, line=i + 1) for i, t in enumerate(texts)]
+    return jobs.submit_items(factory, Recorder(), settings, "chunks", items)
+
+
+def _status(factory: Factory, job_id: str, settings: Settings) -> jobs.JobStatus:
+    with factory() as s:
+        return jobs.job_status(s, job_id, settings)
+
+
+def _errors(factory: Factory, job_id: str) -> list[str | None]:
+    with factory() as s:
+        query = select(JobItem.error).where(JobItem.job_id == job_id).order_by(JobItem.idx)
+        return list(s.scalars(query))
+
+
+def test_an_item_the_engine_refuses_fails_alone() -> None:
+    scorer = Scorer(FakeBackend(fail_marker="poison"))
+    items = [Item(fields={"text": t}) for t in ["fine", "poison pill", "also fine"]]
+    out = score_items(scorer, parse_spec(SPEC), items)
+    assert [type(r).__name__ for r in out] == ["ItemResult", "ItemError", "ItemResult"]
+    assert "refuses" in out[1].error  # type: ignore[union-attr]
+
+
+def test_an_engine_that_fails_every_item_is_the_engines_fault() -> None:
+    scorer = Scorer(FakeBackend(down=True))
+    with pytest.raises(EngineFailure, match="fake engine is down"):
+        score_items(scorer, parse_spec(SPEC), [Item(fields={"text": "x"})] * 3)
+
+
+def test_chunk_with_a_bad_item_is_written_with_its_error(factory: Factory) -> None:
+    settings = _settings()
+    job_id = _job(factory, ["good", "poison", "positive", "x"], settings)
+    runner = ChunkRunner(
+        factory, lambda _: Scorer(FakeBackend(fail_marker="poison")), settings, "w"
+    )
+    assert runner.run(job_id, 0)
+    status = _status(factory, job_id, settings)
+    assert (status.state, status.succeeded, status.failed) == ("succeeded", 3, 1)
+    assert "scoring failed" in (_errors(factory, job_id)[1] or "")
+
+
+def _make_due(factory: Factory) -> None:
+    with transaction(factory) as s:
+        s.execute(update(Chunk).values(available_at=utcnow() - timedelta(seconds=1)))
+
+
+def test_engine_failure_is_retried_with_backoff_then_fails_the_job(factory: Factory) -> None:
+    settings = _settings(engine_retry_backoff=30)
+    job_id = _job(factory, [f"t{i}" for i in range(10)], settings)  # chunks of 4, 4, 2
+    discarded: list[str] = []
+    runner = ChunkRunner(
+        factory, lambda _: Scorer(FakeBackend(down=True)), settings, "w", discard=discarded.append
+    )
+    recorder = Recorder()
+    for attempt in range(1, 4):
+        assert not runner.run(job_id, 0)
+        with factory() as s:
+            chunk = s.scalars(select(Chunk).where(Chunk.job_id == job_id, Chunk.seq == 0)).one()
+            if attempt < 3:
+                assert (chunk.state, chunk.attempts, chunk.owner) == ("pending", attempt, None)
+                wait = (chunk.available_at - utcnow().replace(tzinfo=None)).total_seconds()
+                # backoff doubles: 30 s, then 60 s
+                assert 30 * 2 ** (attempt - 1) - 5 < wait <= 30 * 2 ** (attempt - 1)
+                assert chunk.last_error == "RuntimeError: fake engine is down"
+        if attempt < 3:
+            sent = len(recorder.sent)
+            sweep(factory, recorder, settings)
+            assert len(recorder.sent) == sent, "not sent again before it is due"
+            _make_due(factory)
+            sweep(factory, recorder, settings)
+            assert recorder.sent[sent:] == [(job_id, [0])]
+    status = _status(factory, job_id, settings)
+    assert (status.state, status.succeeded, status.failed) == ("failed", 0, 10)
+    errors = _errors(factory, job_id)
+    assert errors[0] == "gave up after 3 attempts: RuntimeError: fake engine is down"
+    assert errors[9] == ("not run: the engine failed on chunk 0: RuntimeError: fake engine is down")
+    assert discarded == ["fake"] * 3, "a failed engine is dropped so the next try reloads it"
+
+
+def test_a_model_that_cannot_load_ends_the_job(factory: Factory) -> None:
+    settings = _settings(max_chunk_attempts=1)
+    job_id = _job(factory, ["a", "b"], settings)
+
+    def cannot_load(model: str) -> Scorer:
+        raise OSError(f"{model} is not a model directory")
+
+    assert not ChunkRunner(factory, cannot_load, settings, "w").run(job_id, 0)
+    status = _status(factory, job_id, settings)
+    assert status.state == "failed"
+    assert "model fake could not be loaded: fake is not a model directory" in (
+        _errors(factory, job_id)[0] or ""
+    )
+
+
+def test_the_lease_is_renewed_while_scoring(factory: Factory) -> None:
+    settings = _settings(lease_seconds=0.6)
+    job_id = _job(factory, ["a"], settings)
+
+    class Slow(FakeBackend):
+        def token_logprobs(self, requests: Any) -> Any:
+            time.sleep(1.5)  # longer than the lease: only renewal keeps the chunk ours
+            return super().token_logprobs(requests)
+
+    assert ChunkRunner(factory, lambda _: Scorer(Slow()), settings, "w").run(job_id, 0)
+    assert _status(factory, job_id, settings).state == "succeeded"
+
+
+def test_a_lease_keeper_stops_renewing_once_the_claim_is_lost(factory: Factory) -> None:
+    from db import jobs as job_rows
+
+    settings = _settings()
+    job_id = _job(factory, ["a"], settings)
+    with transaction(factory) as s:
+        work = job_rows.claim_chunk(s, job_id, 0, "me", lease_seconds=0.3, max_attempts=3)
+    assert work is not None
+    with transaction(factory) as s:
+        s.execute(update(Chunk).values(owner="someone-else"))
+    with LeaseKeeper(factory, work, 0.3) as keeper:
+        time.sleep(0.5)
+        assert not keeper._thread.is_alive()
+
+
+def test_a_job_waiting_for_a_worker_says_so(factory: Factory) -> None:
+    from service import workers
+
+    settings = _settings()
+    job_id = _job(factory, ["a"], settings)
+    warnings = _status(factory, job_id, settings).warnings
+    assert len(warnings) == 1 and "no worker has been seen on queue labelq.fake." in warnings[0]
+    with factory() as s:
+        workers.beat(s, "w1", jobs.queue_for("fake"), "fake")
+        assert _status(factory, job_id, settings).warnings == []
+        assert [q.live_workers for q in workers.queues(s, 60)] == [1]

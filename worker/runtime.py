@@ -1,0 +1,103 @@
+"""What one worker process holds: its settings, database sessions, engines, the chunk runner
+and the heartbeat that tells the API its queue is served. Built once at the edge (the CLI or
+the embedded app) from settings passed in, and stopped before the process exits."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from labelq.settings import Settings
+from service import calibrations, workers
+from service.chunks import ChunkRunner
+from service.dispatch import Dispatcher, queue_for
+from service.reconcile import SweepReport, sweep
+from worker.engine import Engines
+
+log = logging.getLogger(__name__)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Heartbeat:
+    """Records this worker in the database every `interval` seconds until stopped."""
+
+    def __init__(
+        self, factory: sessionmaker[Session], name: str, queue: str, model: str, interval: float
+    ):
+        self.factory, self.name, self.queue, self.model = factory, name, queue, model
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="labelq-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._beat()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        try:
+            with self.factory() as s:
+                workers.leave(s, self.name)
+        except Exception as exc:
+            log.warning("could not remove worker %s: %s", self.name, exc)
+
+    def _beat(self) -> None:
+        try:
+            with self.factory() as s:
+                workers.beat(s, self.name, self.queue, self.model)
+        except Exception as exc:
+            log.warning("heartbeat failed: %s", exc)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._beat()
+
+
+class WorkerRuntime:
+    def __init__(
+        self,
+        settings: Settings,
+        factory: sessionmaker[Session],
+        model: str,
+        dispatcher: Dispatcher | None = None,
+        name: str | None = None,
+    ):
+        self.settings = settings
+        self.factory = factory
+        self.model = model
+        self.queue = queue_for(model)
+        self.name = name or worker_name()
+        self.dispatcher = dispatcher
+        self.engines = Engines(settings)
+        self.runner = ChunkRunner(
+            factory, self.engines.scorer_for, settings, self.name, discard=self.engines.discard
+        )
+        self.heartbeat = Heartbeat(factory, self.name, self.queue, model, settings.worker_heartbeat)
+
+    def score_chunk(self, job_id: str, seq: int) -> bool:
+        return self.runner.run(job_id, seq)
+
+    def fit_calibration(self, calibration_id: int) -> None:
+        calibrations.fit(self.factory, self.engines.scorer_for, calibration_id)
+
+    def reconcile(self) -> SweepReport:
+        if self.dispatcher is None:
+            raise RuntimeError("this worker has no dispatcher to re-send chunks with")
+        return sweep(self.factory, self.dispatcher, self.settings)
+
+    def start(self) -> None:
+        self.heartbeat.start()
+
+    def stop(self) -> None:
+        """Leave the worker list and stop the engines; no engine process outlives this."""
+        self.heartbeat.stop()
+        self.engines.close()
