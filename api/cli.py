@@ -9,14 +9,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from labelq.settings import Settings
 
 
 @contextmanager
-def embedded_app(settings: Settings) -> Iterator[Any]:
+def embedded_app(settings: Settings, preload: bool = False) -> Iterator[Any]:
     """The API with an in-process worker on SQLite (no Redis), on the configured model or the
     demo model. Unfinished chunks of earlier runs are sent again, so a restart loses nothing.
     The worker and its engine stop when the app shuts down (SIGTERM, SIGINT: uvicorn's
@@ -30,7 +29,7 @@ def embedded_app(settings: Settings) -> Iterator[Any]:
     from worker.runtime import WorkerRuntime, worker_name
 
     settings.home.mkdir(parents=True, exist_ok=True)
-    settings.model = default_model(settings.model, settings.home)
+    settings.model = default_model(settings.model, settings.home, settings.data_dir)
     url = settings.resolved_database_url()
     upgrade(url)
     factory = make_sessionmaker(make_engine(url))
@@ -47,6 +46,8 @@ def embedded_app(settings: Settings) -> Iterator[Any]:
             stopped.set()
             dispatcher.close()
 
+    if preload:  # load the engine now, not inside the first job
+        runtime.engines.scorer_for(settings.model)
     dispatcher.start(runtime)  # its first sweep sends every unfinished chunk
     app = create_app(settings, factory, dispatcher)
     app.router.add_event_handler("shutdown", stop)
@@ -60,14 +61,31 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     host, port = args.host or settings.api_host, args.port or settings.api_port
+    _require_free(host, port)
     if args.embedded:
         with embedded_app(settings) as app:
             uvicorn.run(app, host=host, port=port)
     else:
         from api.app import create_app
+        from db.migrate import require_current
 
+        require_current(settings.resolved_database_url())
         uvicorn.run(create_app(settings), host=host, port=port)
     return 0
+
+
+def _require_free(host: str, port: int) -> None:
+    from labelq.errors import LabelqError
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise LabelqError(
+                f"cannot listen on {host}:{port} ({exc.strerror}): pass --port or set "
+                "LABELQ_API_PORT",
+                field="port",
+            ) from None
 
 
 def _free_port() -> int:
@@ -121,41 +139,9 @@ def stop_on_sigterm() -> Iterator[None]:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    """Set up the embedded service, submit the sample reviews as a job, wait, print results."""
-    from importlib.resources import files
+    from api.demo import run
 
-    from labelq.client import LabelqClient
-
-    samples = files("labelq") / "samples"
-    output = settings.home / "demo-results.jsonl"
-    with (
-        stop_on_sigterm(),
-        embedded_app(settings) as app,
-        BackgroundServer(app) as server,
-        LabelqClient(server.url) as client,
-    ):
-        print(f"embedded labelq at {server.url} (database {settings.resolved_database_url()})")
-        created = client.create_classifier((samples / "sentiment.yaml").read_text())
-        print(f"classifier {created['name']} version {created['version']}")
-        job = client.submit_jsonl(Path(str(samples / "reviews.jsonl")), created["name"])
-        print(f"job {job['id']}: {job['total']} items, {job['failed']} rejected at upload")
-        job = client.wait(job["id"], progress=True, timeout=args.timeout)
-        print(f"job {job['state']}: {job['succeeded']} succeeded, {job['failed']} failed")
-        client.results_jsonl(job["id"], output)
-        for row in client.results(job["id"]):
-            if row["status"] == "succeeded":
-                probs = "  ".join(f"{k}={v:.3f}" for k, v in row["probs"].items())
-                print(
-                    f"{row['custom_id']!s:<6} {row['label']:<10} "
-                    f"confidence={row['confidence']:.3f}  {probs}"
-                )
-            else:
-                print(
-                    f"{row['custom_id']!s:<6} {row['status']} (line {row.get('line')}): "
-                    f"{row.get('error')}"
-                )
-        print(f"results written to {output}")
-        return 0 if job["state"] == "succeeded" else 1
+    return run(settings, args.timeout)
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:

@@ -14,14 +14,24 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.classifiers import spec_of
-from db.models import Chunk, ChunkState, Classifier, ItemStatus, Job, JobItem, JobState, utcnow
+from db.models import (
+    Chunk,
+    ChunkState,
+    Classifier,
+    ItemStatus,
+    Job,
+    JobItem,
+    JobState,
+    as_utc,
+    utcnow,
+)
 from db.session import rowcount
 from labelq.errors import Conflict, NotFound
 from labelq.scoring import Item as ScoreItem
@@ -556,13 +566,8 @@ def stalled_queues(s: Session, now: datetime, since: datetime) -> list[str]:
     return [
         queue
         for queue, last_claim, live in rows
-        if not live and (last_claim is None or _aware(last_claim) < since)
+        if not live and (last_claim is None or as_utc(last_claim) < since)
     ]
-
-
-def _aware(value: datetime) -> datetime:
-    """SQLite hands datetimes back without their zone; they are stored in UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def finish_done_jobs(s: Session) -> list[str]:

@@ -17,6 +17,32 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+def require_current(url: str) -> None:
+    """Refuse to serve a database that `labelq db upgrade` has not brought to the newest
+    revision, with one line saying so (not a traceback on the first request)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from db.session import make_engine
+    from labelq.errors import LabelqError
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    except Exception as exc:
+        raise LabelqError(f"cannot reach the database at {url.split('@')[-1]}: {exc}") from None
+    finally:
+        engine.dispose()
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    if current != head:
+        raise LabelqError(
+            f"the database at {url.split('@')[-1]} is at revision {current or 'none'}, not "
+            f"{head}: run `labelq db upgrade`",
+            field="database_url",
+        )
+
+
 def upgrade(url: str, revision: str = "head") -> None:
     """Bring the database at `url` to `revision` (the newest by default)."""
     from db.session import make_engine

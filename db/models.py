@@ -25,6 +25,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime) -> datetime:
+    """A stored time with its zone: SQLite hands times back without it (they are UTC)."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 # BIGINT on PostgreSQL; INTEGER on SQLite, where only that is an auto-incrementing rowid.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 

@@ -8,13 +8,13 @@ The core's own commands live here (`classify`, `calibrate eval`). Commands that 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from labelq import logs
 from labelq.errors import LabelqError
 from labelq.settings import Settings
 
@@ -24,6 +24,7 @@ Handler = Callable[[argparse.Namespace, Settings], int]
 def _cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
     from labelq.backends.vllm_backend import VllmBackend
     from labelq.classify import classify_file
+    from labelq.formats import parse_mapping
     from labelq.scoring import Scorer
     from labelq.spec import load_spec
 
@@ -38,15 +39,17 @@ def _cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
             spec,
             args.input,
             args.output,
+            input_format=args.input_format,
+            output_format=args.output_format,
+            fields=parse_mapping(args.field),
+            calibration_file=args.calibration,
             batch_size=args.batch_size or settings.batch_size,
-            progress=not args.quiet,
+            progress=not args.quiet and args.output != "-",
         )
     finally:
         backend.close()
-    print(
-        f"wrote {report.written} results to {args.output} ({report.failed} failed)",
-        file=sys.stderr,
-    )
+    where = "stdout" if args.output == "-" else args.output
+    print(f"wrote {report.written} results to {where} ({report.failed} failed)", file=sys.stderr)
     return 0
 
 
@@ -58,14 +61,25 @@ def _client(args: argparse.Namespace, settings: Settings) -> Any:
 
 
 def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from labelq.formats import detect, parse_mapping
+
+    fmt = detect(args.file, args.format)
+    mapping = parse_mapping(args.field)
     with _client(args, settings) as client:
-        job = client.submit_jsonl(args.file, args.classifier, args.version, args.idempotency_key)
+        if fmt == "jsonl" and not mapping and str(args.file) != "-":
+            job = client.submit_jsonl(
+                args.file, args.classifier, args.version, args.idempotency_key
+            )
+        else:
+            job = client.submit_records(
+                args.file, fmt, mapping, args.classifier, args.version, args.idempotency_key
+            )
         print(f"job {job['id']} {job['state']}: {job['total']} items", file=sys.stderr)
         if not args.wait:
             print(job["id"])
             return 0
         job = client.wait(job["id"], progress=True)
-        output = args.output or args.file.with_suffix(".results.jsonl")
+        output = args.output or Path(f"{job['id']}.results.jsonl")
         client.results_jsonl(job["id"], output)
         print(
             f"job {job['state']}: {job['succeeded']} succeeded, {job['failed']} failed; "
@@ -157,6 +171,31 @@ def _cmd_calibrate_activate(args: argparse.Namespace, settings: Settings) -> int
     return 0
 
 
+def _cmd_calibrate_export(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    with _client(args, settings) as client:
+        row = client.calibration(args.classifier, args.id)
+        detail = client.classifier(args.classifier)
+        version = next(v for v in detail["versions"] if v["version"] == row["version"])
+        labels = list(client.classifier_spec(args.classifier, version["version"])["labels"])
+    exported = {
+        "id": row["id"],
+        "classifier": row["classifier"],
+        "version": row["version"],
+        "method": row["method"],
+        "params": row["params"],
+        "labels": labels,
+    }
+    text = json.dumps(exported, indent=2)
+    if args.output:
+        args.output.write_text(text + "\n", encoding="utf-8")
+        print(f"calibration {row['id']} written to {args.output}", file=sys.stderr)
+    else:
+        print(text)
+    return 0
+
+
 def _add_client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help="API base URL (default: http://LABELQ_API_HOST:LABELQ_API_PORT)")
     p.add_argument("--api-key", help="API key (default: LABELQ_API_KEY)")
@@ -166,20 +205,35 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     parser = argparse.ArgumentParser(
         prog="labelq", description="An LLM as a calibrated text classifier for batch work."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log engine messages")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="engine messages and full tracebacks"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("classify", help="score a JSONL file with a classifier spec")
+    p = sub.add_parser("classify", help="score a file of items with a classifier spec")
     p.add_argument("--spec", required=True, type=Path, help="classifier spec (YAML or JSON)")
-    p.add_argument("--input", required=True, type=Path, help="JSONL, one item per line")
-    p.add_argument("--output", required=True, type=Path, help="JSONL results, in input order")
+    p.add_argument("--input", required=True, help="JSONL, CSV or Parquet; - for stdin (JSONL)")
+    p.add_argument("--output", required=True, help="results, in input order; - for stdout")
+    p.add_argument("--input-format", choices=["jsonl", "csv", "parquet"], help="default: by name")
+    p.add_argument("--output-format", choices=["jsonl", "csv", "parquet"], help="default: by name")
+    p.add_argument(
+        "--field",
+        action="append",
+        metavar="FIELD=COLUMN",
+        help="take template field FIELD from column COLUMN (repeatable), e.g. text=review",
+    )
+    p.add_argument(
+        "--calibration", type=Path, help="apply a calibration file (`labelq calibrate export`)"
+    )
     p.add_argument("--model", help="model path or hub id (overrides the spec's)")
     p.add_argument("--batch-size", type=int, help="items per engine call")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_classify)
 
-    p = sub.add_parser("submit", help="submit a JSONL file as a job to the API")
-    p.add_argument("file", type=Path)
+    p = sub.add_parser("submit", help="submit a file of items (JSONL, CSV, Parquet) as a job")
+    p.add_argument("file", type=Path, help="- for stdin (JSONL)")
+    p.add_argument("--format", choices=["jsonl", "csv", "parquet"], help="default: by name")
+    p.add_argument("--field", action="append", metavar="FIELD=COLUMN", help="as for classify")
     p.add_argument("--classifier", required=True)
     p.add_argument("--version", type=int)
     p.add_argument("--idempotency-key")
@@ -223,6 +277,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     p.add_argument("--classifier", required=True)
     _add_client_options(p)
     p.set_defaults(handler=_cmd_calibrate_list)
+    p = cal_sub.add_parser("export", help="a calibration as JSON, for classify --calibration")
+    p.add_argument("--classifier", required=True)
+    p.add_argument("id", type=int)
+    p.add_argument("--output", "-o", type=Path, help="file (default: stdout)")
+    _add_client_options(p)
+    p.set_defaults(handler=_cmd_calibrate_export)
     p = cal_sub.add_parser("activate", help="make a calibration the active one")
     p.add_argument("--classifier", required=True)
     p.add_argument("id", type=int)
@@ -236,19 +296,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     for ep in entry_points(group="labelq.commands"):
         ep.load()(sub)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(args.verbose)
     try:
         handler: Handler = args.handler
         return handler(args, Settings())
     except LabelqError as exc:
+        if args.verbose:
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; stopped cleanly", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.verbose:
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (run with -v for details)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

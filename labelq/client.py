@@ -91,6 +91,55 @@ class LabelqClient:
             self._request("POST", "/v1/jobs", params=params, content=body(), headers=headers)
         )
 
+    def submit_records(
+        self,
+        path: Path,
+        fmt: str,
+        fields: dict[str, str],
+        classifier: str,
+        version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Stream any supported file (CSV, Parquet, JSONL with renamed columns, stdin) as JSONL.
+        A record that cannot be read is sent as a line the API reports with its number."""
+        import json
+
+        from labelq import formats
+        from labelq.errors import InputError
+
+        params: dict[str, Any] = {"classifier": classifier}
+        if version is not None:
+            params["version"] = version
+        headers = {"Content-Type": "application/x-ndjson"}
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+
+        def body() -> Iterator[bytes]:
+            lines: list[str] = []
+            for record in formats.read(path, fmt, fields):  # type: ignore[arg-type]
+                if isinstance(record, InputError):
+                    lines.append(json.dumps(f"unreadable record: {record}"))
+                else:
+                    lines.append(json.dumps(record[1], ensure_ascii=False, default=str))
+                if len(lines) >= 1000:
+                    yield ("\n".join(lines) + "\n").encode()
+                    lines = []
+            if lines:
+                yield ("\n".join(lines) + "\n").encode()
+
+        return dict(
+            self._request("POST", "/v1/jobs", params=params, content=body(), headers=headers)
+        )
+
+    def classifier(self, name: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/v1/classifiers/{name}"))
+
+    def classifier_spec(self, name: str, version: int) -> dict[str, Any]:
+        detail = self.classifier(name)
+        if detail["latest_version"] == version:
+            return dict(detail["latest"])
+        return dict(self._request("GET", f"/v1/classifiers/{name}/versions/{version}")["spec"])
+
     def submit(self, classifier: str, items: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         return dict(
             self._request(
@@ -128,6 +177,14 @@ class LabelqClient:
                     raise LabelqError(f"job {job_id} still {job['state']} after {timeout}s")
                 time.sleep(poll)
                 job = self.job(job_id)
+
+    def set_labels(self, job_id: str, labels: dict[str, str]) -> dict[str, Any]:
+        """Gold labels by custom_id; the answer reports what was rejected and why."""
+        return dict(self._request("POST", f"/v1/jobs/{job_id}/labels", json=labels))
+
+    def metrics(self, job_id: str, calibration: str | None = None) -> dict[str, Any]:
+        params = {"calibration": calibration} if calibration else {}
+        return dict(self._request("GET", f"/v1/jobs/{job_id}/metrics", params=params))
 
     def fit_calibration(self, classifier: str, **body: Any) -> dict[str, Any]:
         return dict(self._request("POST", f"/v1/classifiers/{classifier}/calibrations", json=body))

@@ -20,7 +20,11 @@ def read_records(
     """Yield (line number, object) for each non-blank line, or an `InputError` naming the line
     when it is not valid JSON or not a JSON object."""
     for number, raw in enumerate(lines, start=start_line):
-        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+        try:
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        except UnicodeDecodeError as exc:
+            yield InputError(f"not valid UTF-8 (byte {exc.start + 1})", line=number)
+            continue
         if not text.strip():
             continue
         try:

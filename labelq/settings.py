@@ -19,6 +19,10 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy URL; unset: a SQLite file under `home`."
     )
     broker_url: str = "redis://127.0.0.1:6379/0"
+    data_dir: Path | None = Field(
+        default=None,
+        description="Folder with sst2/ for the demo model; unset: ../shared/data of a checkout.",
+    )
 
     # The model and its engine.
     model: str | None = Field(default=None, description="Default model path or hub id.")

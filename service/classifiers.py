@@ -65,3 +65,22 @@ def detail(s: Session, name: str) -> ClassifierDetail:
             for v in versions
         ],
     )
+
+
+class ClassifierVersionDetail(BaseModel):
+    name: str
+    version: int
+    spec: dict[str, Any]
+    spec_hash: str
+    created_at: datetime
+
+
+def version(s: Session, name: str, number: int) -> ClassifierVersionDetail:
+    row = classifier_rows.get_classifier(s, name, number)
+    return ClassifierVersionDetail(
+        name=row.name,
+        version=row.version,
+        spec=row.spec,
+        spec_hash=row.spec_hash,
+        created_at=row.created_at,
+    )

@@ -86,7 +86,8 @@ def pg_url() -> Iterator[str]:
     from sqlalchemy import create_engine, text
 
     name = f"labelq_test_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    # pre-ping: the end-to-end tests restart PostgreSQL, which cuts pooled connections.
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
@@ -96,19 +97,7 @@ def pg_url() -> Iterator[str]:
     admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A migrated, empty database: a SQLite file, or the session's PostgreSQL database emptied."""
-    from db.migrate import upgrade
-
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'labelq.db'}"
-        upgrade(url)
-        yield url
-        return
-    url = request.getfixturevalue("pg_url")
-    upgrade(url)
-    yield url
+def _empty_postgres(url: str) -> None:
     from sqlalchemy import create_engine, text
 
     engine = create_engine(url)
@@ -120,6 +109,24 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
             )
         )
     engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database: a SQLite file, or the session's PostgreSQL database emptied
+    (before and after: other modules share it)."""
+    from db.migrate import upgrade
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'labelq.db'}"
+        upgrade(url)
+        yield url
+        return
+    url = request.getfixturevalue("pg_url")
+    upgrade(url)
+    _empty_postgres(url)
+    yield url
+    _empty_postgres(url)
 
 
 @pytest.fixture

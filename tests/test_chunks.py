@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.classifiers import store_version
-from db.models import Chunk, JobItem, utcnow
+from db.models import Chunk, JobItem, as_utc, utcnow
 from db.session import transaction
 from labelq.backends.fake import FakeBackend
 from labelq.scoring import Item, Scorer
@@ -111,7 +111,8 @@ def test_engine_failure_is_retried_with_backoff_then_fails_the_job(factory: Fact
             chunk = s.scalars(select(Chunk).where(Chunk.job_id == job_id, Chunk.seq == 0)).one()
             if attempt < 3:
                 assert (chunk.state, chunk.attempts, chunk.owner) == ("pending", attempt, None)
-                wait = (chunk.available_at - utcnow().replace(tzinfo=None)).total_seconds()
+                assert chunk.available_at is not None
+                wait = (as_utc(chunk.available_at) - utcnow()).total_seconds()
                 # backoff doubles: 30 s, then 60 s
                 assert 30 * 2 ** (attempt - 1) - 5 < wait <= 30 * 2 ** (attempt - 1)
                 assert chunk.last_error == "RuntimeError: fake engine is down"

@@ -58,18 +58,15 @@ def _check_output(rows: list[dict[str, Any]]) -> None:
         assert row["completion_logprobs"]["positive"].keys() == {" positive", " good"}
 
 
-@pytest.mark.slow
-def test_classify_file_in_process(tmp_path: Path, vllm_backend: Any) -> None:
+def test_classify_file_in_process(tmp_path: Path, scorer: Scorer) -> None:
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text("\n".join(LINES) + "\n", encoding="utf-8")
-    report = classify_file(
-        Scorer(vllm_backend), parse_spec(SPEC), src, dst, batch_size=2, progress=False
-    )
+    report = classify_file(scorer, parse_spec(SPEC), src, dst, batch_size=2, progress=False)
     rows = [json.loads(line) for line in dst.read_text(encoding="utf-8").splitlines()]
     assert report.written == 7 and report.failed == 4
     _check_output(rows)
     # The same items scored directly give the same numbers.
-    direct = Scorer(vllm_backend).score(parse_spec(SPEC), [Item(fields={"text": "warm and funny"})])
+    direct = scorer.score(parse_spec(SPEC), [Item(fields={"text": "warm and funny"})])
     assert rows[0]["probs"] == pytest.approx(direct[0].model_dump()["probs"], abs=1e-6)
 
 

@@ -23,6 +23,9 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.model_copy(
         update={"model": model, "in_process_engine": args.pool == "prefork"}
     )
+    from db.migrate import require_current
+
+    require_current(settings.resolved_database_url())
     factory = make_sessionmaker(make_engine(settings.resolved_database_url()))
     runtime = WorkerRuntime(settings, factory, model, CeleryDispatcher(settings.broker_url))
     app = worker_app(runtime)

@@ -9,7 +9,12 @@ from api.deps import SessionDep, StateDep, require_key
 from labelq.errors import SpecError
 from labelq.spec import loads_spec
 from service import classifiers
-from service.classifiers import ClassifierCreated, ClassifierDetail, ClassifierSummary
+from service.classifiers import (
+    ClassifierCreated,
+    ClassifierDetail,
+    ClassifierSummary,
+    ClassifierVersionDetail,
+)
 
 router = APIRouter(
     prefix="/v1/classifiers", tags=["classifiers"], dependencies=[Depends(require_key)]
@@ -59,3 +64,8 @@ def list_classifiers(s: SessionDep) -> list[ClassifierSummary]:
 @router.get("/{name}", response_model=ClassifierDetail)
 def get_classifier(name: str, s: SessionDep) -> ClassifierDetail:
     return classifiers.detail(s, name)
+
+
+@router.get("/{name}/versions/{version}", response_model=ClassifierVersionDetail)
+def get_version(name: str, version: int, s: SessionDep) -> ClassifierVersionDetail:
+    return classifiers.version(s, name, version)

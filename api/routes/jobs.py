@@ -28,8 +28,9 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip()
 
 
-async def _stream_lines(request: Request) -> AsyncIterator[tuple[int, str]]:
-    """Lines of the body as they arrive, numbered from 1, without holding the whole body."""
+async def _stream_lines(request: Request) -> AsyncIterator[tuple[int, bytes]]:
+    """Lines of the body as they arrive, numbered from 1, without holding the whole body. They
+    stay bytes: a line that is not UTF-8 fails alone, with its number."""
     buffer = b""
     number = 0
     async for chunk in request.stream():
@@ -37,9 +38,9 @@ async def _stream_lines(request: Request) -> AsyncIterator[tuple[int, str]]:
         *lines, buffer = buffer.split(b"\n")
         for line in lines:
             number += 1
-            yield number, line.decode("utf-8", errors="replace")
+            yield number, line
     if buffer:
-        yield number + 1, buffer.decode("utf-8", errors="replace")
+        yield number + 1, buffer
 
 
 def _status(st: StateDep, job_id: str) -> JobStatus:

@@ -20,12 +20,16 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import time
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from labelq.backends import reaper
 from labelq.backends.base import ScoreRequest
+from labelq.backends.precision import engine_dtype
+from labelq.errors import LabelqError
 from labelq.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,9 +67,17 @@ class VllmBackend:
                 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
             from vllm import LLM
 
+            looks_local = self.model.startswith((os.sep, ".", "~"))
+            if looks_local and not Path(self.model).expanduser().exists():
+                raise LabelqError(
+                    f"model path {self.model} does not exist: set LABELQ_MODEL, the spec's "
+                    "`model` or --model to a model folder or hub id",
+                    field="model",
+                )
+            dtype, why = engine_dtype(s.dtype)
             kwargs: dict[str, Any] = {
                 "model": self.model,
-                "dtype": s.dtype,
+                "dtype": dtype,
                 "enforce_eager": s.enforce_eager,
                 "gpu_memory_utilization": s.memory_fraction,
                 "enable_prefix_caching": True,
@@ -75,11 +87,18 @@ class VllmBackend:
                 kwargs["max_model_len"] = s.max_model_len
             if s.block_size:
                 kwargs["block_size"] = s.block_size
-            log.info("loading model %s", self.model)
+            started = time.monotonic()
             before = reaper.children_now()
             self._llm = LLM(**kwargs)
             # If this process dies without close() (SIGKILL, OOM), the engine processes die too.
             self._reaper = reaper.watch(reaper.new_children(before))
+            log.info(
+                "loaded model %s in %s (%s) in %.1f s",
+                self.model,
+                self._llm.llm_engine.model_config.dtype,
+                why,
+                time.monotonic() - started,
+            )
         return self._llm
 
     def load(self) -> None:

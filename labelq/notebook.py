@@ -1,0 +1,161 @@
+"""labelq from Python (a notebook, a script): load a spec, score a list of dicts or a pandas
+DataFrame, get a DataFrame back with the same fields as `ItemResult`.
+
+    from labelq.notebook import Classifier
+
+    with Classifier.load("spec.yaml", model="/models/qwen2.5-1.5b") as clf:
+        out = clf.classify(df, fields={"text": "review"})   # a DataFrame, one row per input
+        out[["custom_id", "label", "confidence"]]
+
+The engine starts on the first call and stops with `close()` (or the `with` block).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from labelq import calibration
+from labelq.backends.base import ScoringBackend
+from labelq.classify import ExportedCalibration, output_line
+from labelq.errors import InputError, LabelqError
+from labelq.scoring import Item, ItemResult, Scorer, batches
+from labelq.settings import Settings
+from labelq.spec import ClassifierSpec, load_spec, parse_spec
+
+COLUMNS = [
+    "custom_id",
+    "label",
+    "confidence",
+    "margin",
+    "entropy",
+    "energy",
+    "probs",
+    "logprobs",
+    "completion_logprobs",
+    "prompt_tokens",
+    "truncated",
+    "warnings",
+    "extra",
+    "error",
+    "field",
+]
+
+
+class Classifier:
+    """A spec and a scoring backend (vLLM by default) in one object."""
+
+    def __init__(
+        self,
+        spec: ClassifierSpec,
+        backend: ScoringBackend,
+        calibration_file: Path | None = None,
+    ):
+        self.spec = spec
+        self.backend = backend
+        self.scorer = Scorer(backend)
+        self.calibrated = (
+            ExportedCalibration.load(calibration_file, spec) if calibration_file else None
+        )
+
+    @classmethod
+    def load(
+        cls,
+        spec: str | Path | Mapping[str, Any],
+        model: str | None = None,
+        settings: Settings | None = None,
+        calibration_file: str | Path | None = None,
+    ) -> Classifier:
+        """A spec file (or a dict) on `model` (default: the spec's, then LABELQ_MODEL)."""
+        from labelq.backends.vllm_backend import VllmBackend
+
+        parsed = parse_spec(dict(spec)) if isinstance(spec, Mapping) else load_spec(spec)
+        settings = settings or Settings()
+        chosen = model or parsed.model or settings.model
+        if not chosen:
+            raise LabelqError("no model: pass model=, set `model` in the spec or LABELQ_MODEL")
+        return cls(
+            parsed,
+            VllmBackend(chosen, settings),
+            Path(calibration_file) if calibration_file else None,
+        )
+
+    def classify_records(
+        self,
+        records: Iterable[Mapping[str, Any]],
+        fields: Mapping[str, str] | None = None,
+        batch_size: int = 64,
+    ) -> list[dict[str, Any]]:
+        """One result dict per record, in order; a record that cannot be scored gets `error`
+        (and `field`) instead of a label. `fields` maps template fields to record keys."""
+        calibrator = (
+            calibration.load(self.calibrated.method, self.calibrated.params)
+            if self.calibrated
+            else None
+        )
+        out: list[dict[str, Any]] = []
+        for batch in batches(enumerate(records, start=1), batch_size):
+            entries: list[Item | InputError] = []
+            for number, record in batch:
+                data = dict(record)
+                for field, key in (fields or {}).items():
+                    if key in data:
+                        data[field] = data.pop(key)
+                try:
+                    entries.append(Item.from_record(data, line=number))
+                except InputError as exc:
+                    entries.append(exc)
+            items = [e for e in entries if isinstance(e, Item)]
+            scored = iter(self.scorer.score_batch(self.spec, items) if items else ())
+            rows = []
+            for entry in entries:
+                if isinstance(entry, Item):
+                    row = next(scored)
+                    line = output_line(row)
+                    if calibrator is not None and isinstance(row, ItemResult):
+                        assert self.calibrated is not None
+                        line = calibration.calibrate_rows(
+                            [line],
+                            self.spec.label_names,
+                            self.spec.bias_vector(),
+                            calibrator,
+                            self.calibrated.info(),
+                        )[0]
+                    rows.append(line)
+                else:
+                    rows.append({"line": entry.line, "error": entry.message, "field": entry.field})
+            out.extend(rows)
+        return out
+
+    def classify(
+        self,
+        data: Any,
+        fields: Mapping[str, str] | None = None,
+        batch_size: int = 64,
+    ) -> Any:
+        """A pandas DataFrame of results for a DataFrame or a list of dicts, one row per input
+        in order (the input's index is kept for a DataFrame)."""
+        import pandas as pd
+
+        if isinstance(data, pd.DataFrame):
+            records = data.to_dict(orient="records")
+            index = data.index
+        else:
+            records, index = list(data), None
+        rows = self.classify_records(records, fields, batch_size)
+        frame = pd.DataFrame(rows, columns=[c for c in COLUMNS if any(c in r for r in rows)])
+        if index is not None:
+            frame.index = index
+        return frame
+
+    def close(self) -> None:
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> Classifier:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
