@@ -67,13 +67,7 @@ class VllmBackend:
                 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
             from vllm import LLM
 
-            looks_local = self.model.startswith((os.sep, ".", "~"))
-            if looks_local and not Path(self.model).expanduser().exists():
-                raise LabelqError(
-                    f"model path {self.model} does not exist: set LABELQ_MODEL, the spec's "
-                    "`model` or --model to a model folder or hub id",
-                    field="model",
-                )
+            self._check_path()
             dtype, why = engine_dtype(s.dtype)
             kwargs: dict[str, Any] = {
                 "model": self.model,
@@ -117,9 +111,19 @@ class VllmBackend:
                     self._reaper.wait(timeout=5)
                     self._reaper = None
 
+    def _check_path(self) -> None:
+        looks_local = self.model.startswith((os.sep, ".", "~"))
+        if looks_local and not Path(self.model).expanduser().exists():
+            raise LabelqError(
+                f"model path {self.model} does not exist: set LABELQ_MODEL, the spec's "
+                "`model` or --model to a model folder or hub id",
+                field="model",
+            )
+
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
+            self._check_path()
             from transformers import AutoTokenizer
 
             self._tokenizer = AutoTokenizer.from_pretrained(self.model)
