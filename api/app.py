@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api import errors
 from api.deps import AppState
 from api.metrics import Metrics
-from api.routes import calibrations, classifiers, health, jobs
+from api.routes import calibrations, classifiers, health, jobs, pipelines
 from db.session import make_engine, make_sessionmaker
 from labelq import __version__
 from labelq.settings import Settings
@@ -34,7 +34,7 @@ def create_app(
     metrics = Metrics()
     app.state.labelq = AppState(settings, factory, dispatcher, metrics)
     errors.install(app)
-    for module in (health, classifiers, calibrations, jobs):
+    for module in (health, classifiers, calibrations, jobs, pipelines):
         app.include_router(module.router)
 
     @app.middleware("http")

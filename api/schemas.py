@@ -15,6 +15,7 @@ class JobCreate(BaseModel):
     version: int | None = None
     items: list[Any] = Field(description="Objects with an optional custom_id and the fields.")
     metadata: dict[str, Any] = Field(default_factory=dict)
+    webhook_url: str | None = Field(None, description="POSTed a signed event when the job ends")
 
 
 class JobList(BaseModel):

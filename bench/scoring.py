@@ -60,6 +60,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--block-size", type=int, default=None, help="KV block size")
     parser.add_argument(
+        "--skip-precision", action="store_true", help="skip bfloat16 vs float32 (a second engine)"
+    )
+    parser.add_argument(
         "--model-dir", type=Path, default=Path(tempfile.gettempdir()) / "labelq-bench-model"
     )
     args = parser.parse_args()
@@ -132,6 +135,10 @@ def main() -> None:
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
+
+    precision: dict[str, float] = {}
+    if not args.skip_precision:
+        precision = compare_precision(args, model, settings, shared, single, items)
     shared.close()
 
     med = {name: statistics.median(ts) for name, ts in times.items()}
@@ -150,6 +157,47 @@ def main() -> None:
     print(f"\nsingle-token labels vs prefill: {single_ratio:.3f}  (target <= 1.05)")
     print(f"multi-token labels vs prefill:  {multi_ratio:.3f}  (target <= 1.5)")
     print(f"per-candidate / shared, multi:  {speedup:.2f}x  (target >= 2.5)")
+    if precision:
+        print(
+            f"\nprecision (single-token labels, same prompts, median of {args.repeats}): "
+            f"labelq's default here is {precision['default']}"
+        )
+        print(f"  vLLM's own default (bfloat16) / float32 time: {precision['ratio']:.2f}x")
+        print(f"  largest |log-prob difference| bfloat16 vs float32: {precision['max_diff']:.2e}")
+
+
+def compare_precision(
+    args: argparse.Namespace,
+    model: Path,
+    settings: Any,
+    float32: Any,
+    spec: Any,
+    items: list[Any],
+) -> dict[str, Any]:
+    """vLLM's `dtype="auto"` (bfloat16 for this float32 checkpoint) against float32, on two
+    engines in this process, runs interleaved."""
+    from labelq.backends.precision import engine_dtype
+    from labelq.backends.vllm_backend import VllmBackend
+    from labelq.scoring import ItemResult, Scorer
+
+    bf16 = VllmBackend(str(model), settings.model_copy(update={"dtype": "bfloat16"}))
+    scorers = {"float32": Scorer(float32), "bfloat16": Scorer(bf16)}
+    results = {name: sc.score(spec, items, batch_size=len(items)) for name, sc in scorers.items()}
+    times: dict[str, list[float]] = {name: [] for name in scorers}
+    for _ in range(args.repeats):
+        for name, sc in scorers.items():
+            start = time.perf_counter()
+            sc.score(spec, items, batch_size=len(items))
+            times[name].append(time.perf_counter() - start)
+    diffs = [
+        abs(a.logprobs[label] - b.logprobs[label])
+        for a, b in zip(results["float32"], results["bfloat16"], strict=True)
+        if isinstance(a, ItemResult) and isinstance(b, ItemResult)
+        for label in a.logprobs
+    ]
+    bf16.close()
+    ratio = statistics.median(times["bfloat16"]) / statistics.median(times["float32"])
+    return {"ratio": ratio, "max_diff": max(diffs), "default": engine_dtype("auto")[0]}
 
 
 if __name__ == "__main__":

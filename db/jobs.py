@@ -91,6 +91,7 @@ def add_job(
     chunk_size: int,
     metadata: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
+    webhook_url: str | None = None,
 ) -> Job:
     """A new job row, queued, with no items yet (flushed, not committed)."""
     job = Job(
@@ -102,6 +103,7 @@ def add_job(
         chunk_size=chunk_size,
         metadata_=metadata or {},
         idempotency_key=idempotency_key,
+        webhook_url=webhook_url,
         total=0,
         succeeded=0,
         failed=0,

@@ -112,6 +112,7 @@ class Job(Base):
         ForeignKey("calibrations.id", name="fk_jobs_calibration_id")
     )
     error: Mapped[str | None] = mapped_column(Text)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -213,6 +214,99 @@ class Worker(Base):
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class RunState(enum.StrEnum):
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    skipped = "skipped"
+
+
+class Pipeline(Base):
+    """A classification that runs on a schedule: a source read past its watermark, a job, a
+    sink. `watermark` and processed files are committed only when a run succeeds."""
+
+    __tablename__ = "pipelines"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    definition: Mapped[dict[str, Any]]  # the spec as given (URLs may hold ${VARS})
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    watermark: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class PipelineRun(Base):
+    __tablename__ = "pipeline_runs"
+    __table_args__ = (Index("ix_pipeline_runs_pipeline_state", "pipeline_id", "state"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    pipeline_id: Mapped[int] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"))
+    state: Mapped[str] = mapped_column(String(16), default=RunState.running)
+    trigger: Mapped[str] = mapped_column(String(16), default="schedule")
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    rows_read: Mapped[int] = mapped_column(Integer, default=0)
+    job_id: Mapped[str | None] = mapped_column(String(36))
+    watermark_before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    watermark_after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    files: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class PipelineFile(Base):
+    """A source file a pipeline has processed: never again, whatever its name later holds,
+    unless its content changes."""
+
+    __tablename__ = "pipeline_files"
+    __table_args__ = (
+        UniqueConstraint("pipeline_id", "path", "sha256", name="uq_pipeline_files_content"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    pipeline_id: Mapped[int] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[int] = mapped_column(BigId)
+    processed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event to POST to a URL, with its attempts; delivered, or failed after the last."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),
+        UniqueConstraint("event_key", name="uq_webhook_deliveries_event_key"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    event_key: Mapped[str] = mapped_column(String(200))  # one delivery per event
+    event: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    job_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    pipeline_run_id: Mapped[int | None] = mapped_column(BigId)
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]
+
+
+class Lock(Base):
+    """A named lease (e.g. the one beat allowed to run)."""
+
+    __tablename__ = "locks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime]
+
+
 __all__ = [
     "ApiKey",
     "Base",
@@ -225,5 +319,11 @@ __all__ = [
     "Job",
     "JobItem",
     "JobState",
+    "Lock",
+    "Pipeline",
+    "PipelineFile",
+    "PipelineRun",
+    "RunState",
+    "WebhookDelivery",
     "Worker",
 ]

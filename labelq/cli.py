@@ -78,7 +78,7 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         if not args.wait:
             print(job["id"])
             return 0
-        job = client.wait(job["id"], progress=True)
+        job = client.follow(job["id"], progress=True)
         output = args.output or Path(f"{job['id']}.results.jsonl")
         client.results_jsonl(job["id"], output)
         print(
@@ -196,6 +196,39 @@ def _cmd_calibrate_export(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_pipelines(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    import yaml
+
+    with _client(args, settings) as client:
+        action = args.pipelines_command
+        if action == "create":
+            try:
+                data = yaml.safe_load(args.file.read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError) as exc:
+                raise LabelqError(f"cannot read {args.file}: {exc}") from None
+            out: Any = client.create_pipeline(data)
+        elif action == "list":
+            for row in client.pipelines():
+                last = row["last_run"] or {}
+                print(
+                    f"{row['name']:<24}{'enabled' if row['enabled'] else 'disabled':<10}"
+                    f"{last.get('state', '-'):<11}{last.get('started_at', '')}"
+                )
+            return 0
+        elif action == "show":
+            out = client.pipeline(args.name)
+        elif action == "run":
+            out = client.run_pipeline(args.name)
+        elif action == "runs":
+            out = client.pipeline_runs(args.name, args.limit)
+        else:
+            out = client.update_pipeline(args.name, {"enabled": action == "enable"})
+        print(json.dumps(out, indent=2))
+    return 0
+
+
 def _add_client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help="API base URL (default: http://LABELQ_API_HOST:LABELQ_API_PORT)")
     p.add_argument("--api-key", help="API key (default: LABELQ_API_KEY)")
@@ -253,6 +286,29 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     p.add_argument("--calibration", help="none | active | <calibration id>")
     _add_client_options(p)
     p.set_defaults(handler=_cmd_results)
+
+    pipes = sub.add_parser("pipelines", help="scheduled classification pipelines")
+    pipe_sub = pipes.add_subparsers(dest="pipelines_command", required=True)
+    p = pipe_sub.add_parser("create", help="store a pipeline from a YAML file")
+    p.add_argument("file", type=Path)
+    _add_client_options(p)
+    p.set_defaults(handler=_cmd_pipelines)
+    p = pipe_sub.add_parser("list", help="pipelines and their last run")
+    _add_client_options(p)
+    p.set_defaults(handler=_cmd_pipelines)
+    for action, text in [
+        ("show", "one pipeline (credentials masked)"),
+        ("run", "run now"),
+        ("runs", "its runs, newest first"),
+        ("enable", "enable it"),
+        ("disable", "disable it"),
+    ]:
+        p = pipe_sub.add_parser(action, help=text)
+        p.add_argument("name")
+        if action == "runs":
+            p.add_argument("--limit", type=int, default=20)
+        _add_client_options(p)
+        p.set_defaults(handler=_cmd_pipelines)
 
     cal = sub.add_parser("calibrate", help="fit, list, activate and evaluate calibrations")
     cal_sub = cal.add_subparsers(dest="calibrate_command", required=True)

@@ -178,6 +178,57 @@ class LabelqClient:
                 time.sleep(poll)
                 job = self.job(job_id)
 
+    def events(self, job_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The job's server-sent events, (event, data), until its `end`."""
+        import json
+
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=None) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise ApiError(response.status_code, response.json())
+            event = "message"
+            for line in response.iter_lines():
+                if line.startswith("event:"):
+                    event = line.partition(":")[2].strip()
+                elif line.startswith("data:"):
+                    yield event, json.loads(line.partition(":")[2])
+                    if event == "end":
+                        return
+
+    def follow(self, job_id: str, progress: bool = True) -> dict[str, Any]:
+        """Wait for a job by its event stream (no polling); with `progress`, a progress bar."""
+        from tqdm import tqdm
+
+        job = self.job(job_id)
+        with tqdm(
+            total=job["total"], unit="item", desc=f"job {job_id[:8]}", disable=not progress
+        ) as bar:
+            for _, data in self.events(job_id):
+                bar.total = data["total"]
+                bar.n = data["succeeded"] + data["failed"]
+                bar.refresh()
+                job = data
+        return job
+
+    # -- pipelines -------------------------------------------------------------------------
+    def create_pipeline(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._request("POST", "/v1/pipelines", json=spec))
+
+    def pipelines(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/v1/pipelines"))
+
+    def pipeline(self, name: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/v1/pipelines/{name}"))
+
+    def update_pipeline(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._request("PATCH", f"/v1/pipelines/{name}", json=changes))
+
+    def run_pipeline(self, name: str) -> dict[str, Any]:
+        return dict(self._request("POST", f"/v1/pipelines/{name}/run"))
+
+    def pipeline_runs(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
+        return list(self._request("GET", f"/v1/pipelines/{name}/runs", params={"limit": limit}))
+
     def set_labels(self, job_id: str, labels: dict[str, str]) -> dict[str, Any]:
         """Gold labels by custom_id; the answer reports what was rejected and why."""
         return dict(self._request("POST", f"/v1/jobs/{job_id}/labels", json=labels))

@@ -39,6 +39,8 @@ def configure(verbose: bool = False) -> None:
         # Libraries' notices about their own future (torch, vLLM): not the user's to act on.
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+        # ... and in the engine's own processes, which inherit the environment.
+        os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format=FORMAT, datefmt=DATE_FORMAT
     )

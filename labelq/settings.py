@@ -72,6 +72,16 @@ class Settings(BaseSettings):
     worker_stale_after: float = Field(
         default=60, gt=0, description="A worker unseen for this long is taken as gone."
     )
+    webhook_secret: str | None = Field(
+        default=None, description="HMAC-SHA256 key that signs webhook events."
+    )
+    webhook_retry_backoff: float = Field(
+        default=10, ge=0, description="First wait before a failed webhook is tried again."
+    )
+    webhook_max_attempts: int = Field(default=8, ge=1, description="Attempts per webhook.")
+    beat_lock_seconds: float = Field(
+        default=60, gt=0, description="The one beat's lock; another beat takes over after it."
+    )
     api_key: str | None = Field(default=None, description="Key the CLI's client sends.")
     api_host: str = "127.0.0.1"
     api_port: int = 8000

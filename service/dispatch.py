@@ -13,6 +13,7 @@ from typing import Protocol
 TASK_SCORE_CHUNK = "labelq.score_chunk"
 TASK_FIT_CALIBRATION = "labelq.fit_calibration"
 TASK_RECONCILE = "labelq.reconcile"
+TASK_RUN_PIPELINE = "labelq.run_pipeline"
 
 # Every worker also listens here, for tasks that need no model (the reconciler).
 CONTROL_QUEUE = "labelq.control"

@@ -246,9 +246,18 @@ def start(
     version: int | None,
     metadata: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
+    webhook_url: str | None = None,
 ) -> tuple[Job, ClassifierSpec, bool]:
     """Create the job row (no items yet). Returns (job, spec, created): an existing job with
     the same idempotency key is returned instead of a new one."""
+    if webhook_url is not None:
+        if not webhook_url.startswith(("http://", "https://")):
+            raise InputError("webhook_url must be an http(s) URL", field="webhook_url")
+        if not settings.webhook_secret:
+            raise InputError(
+                "webhooks are signed: set LABELQ_WEBHOOK_SECRET on the service first",
+                field="webhook_url",
+            )
     try:
         with transaction(factory) as s:
             classifier, spec, model = resolve_classifier(s, name, version, settings)
@@ -264,6 +273,7 @@ def start(
                 settings.chunk_size,
                 metadata,
                 idempotency_key,
+                webhook_url,
             )
             return job, spec, True
     except IntegrityError:

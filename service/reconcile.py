@@ -7,7 +7,8 @@ one), needs nothing from the broker's memory:
 - re-sends pending chunks of a queue that stalled: sent long ago, yet no worker has claimed
   anything there since and none holds a live lease (the tasks were lost, e.g. with a Redis
   restart without persistence);
-- ends jobs whose chunks are all done;
+- ends jobs whose chunks are all done, and pipeline runs whose job ended;
+- delivers due webhooks;
 - forgets workers that stopped beating.
 
 A task sent twice is harmless: a chunk is claimed under a lease and written once.
@@ -27,6 +28,7 @@ from db import workers
 from db.models import utcnow
 from db.session import transaction
 from labelq.settings import Settings
+from service import pipelines, webhooks
 from service.dispatch import Dispatcher
 from service.jobs import send
 
@@ -38,6 +40,8 @@ class SweepReport(BaseModel):
     unsent: int = 0
     jobs_ended: list[str] = []
     workers_forgotten: int = 0
+    runs_ended: list[int] = []
+    webhooks_delivered: int = 0
 
 
 def sweep(
@@ -59,6 +63,9 @@ def sweep(
             report.sent += len(seqs)
         else:
             report.unsent += len(seqs)
+    # Pipeline runs whose job ended: sink, then watermark. Then the notifications.
+    report.runs_ended = pipelines.finish_runs(factory, settings)
+    report.webhooks_delivered = webhooks.deliver_due(factory, settings)
     if report.sent or report.unsent or report.jobs_ended:
         log.info(
             "reconciler: sent %d chunk(s), %d could not be sent, ended %d job(s)",

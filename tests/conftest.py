@@ -104,7 +104,8 @@ def _empty_postgres(url: str) -> None:
     with engine.begin() as conn:
         conn.execute(
             text(
-                "TRUNCATE items, chunks, jobs, calibrations, classifiers, api_keys, workers "
+                "TRUNCATE items, chunks, jobs, calibrations, classifiers, api_keys, workers, "
+                "pipeline_runs, pipeline_files, pipelines, webhook_deliveries, locks "
                 "RESTART IDENTITY CASCADE"
             )
         )

@@ -14,6 +14,7 @@ from service.dispatch import (
     CONTROL_QUEUE,
     TASK_FIT_CALIBRATION,
     TASK_RECONCILE,
+    TASK_RUN_PIPELINE,
     TASK_SCORE_CHUNK,
 )
 from worker.runtime import WorkerRuntime
@@ -77,6 +78,10 @@ def worker_app(runtime: WorkerRuntime) -> Celery:
     @app.task(name=TASK_RECONCILE, ignore_result=True)
     def reconcile() -> None:
         runtime.reconcile()
+
+    @app.task(name=TASK_RUN_PIPELINE, ignore_result=True, **retry_db)
+    def run_pipeline(name: str) -> None:
+        runtime.run_pipeline(name)
 
     def _ready(**_: Any) -> None:
         runtime.start()

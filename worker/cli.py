@@ -50,13 +50,21 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _beat(args: argparse.Namespace, settings: Settings) -> int:
+    from db.migrate import require_current
     from worker.app import make_celery
+    from worker.scheduler import DatabaseScheduler
 
-    settings.home.mkdir(parents=True, exist_ok=True)
+    require_current(settings.resolved_database_url())
+    DatabaseScheduler.settings = settings
     app = make_celery(settings, "labelq-beat")
-    schedule = settings.home / "celerybeat-schedule"
-    print(f"beat: reconciler every {settings.reconcile_interval:g} s", flush=True)
-    app.start(["beat", "--loglevel", args.loglevel, "--schedule", str(schedule)])
+    print(
+        f"beat: reconciler every {settings.reconcile_interval:g} s, pipelines from the "
+        "database; one beat sends at a time (a lock in the database)",
+        flush=True,
+    )
+    app.start(
+        ["beat", "--loglevel", args.loglevel, "--scheduler", "worker.scheduler:DatabaseScheduler"]
+    )
     return 0
 
 

@@ -39,12 +39,16 @@ class ThreadDispatcher:
         self.runtime: WorkerRuntime | None = runtime_for
         self._worker = threading.Thread(target=self._run, name="labelq-worker", daemon=True)
         self._sweeper = threading.Thread(target=self._sweep, name="labelq-reconciler", daemon=True)
+        self._scheduler = threading.Thread(
+            target=self._schedule, name="labelq-scheduler", daemon=True
+        )
 
     def start(self, runtime: WorkerRuntime) -> None:
         self.runtime = runtime
         runtime.start()
         self._worker.start()
         self._sweeper.start()
+        self._scheduler.start()
 
     # -- Dispatcher ------------------------------------------------------------------------
     def dispatch(self, job_id: str, queue_name: str, seqs: list[int]) -> None:
@@ -65,8 +69,9 @@ class ThreadDispatcher:
         self._queue.put(None)
         if self._worker.is_alive():
             self._worker.join(timeout=timeout)
-        if self._sweeper.is_alive():
-            self._sweeper.join(timeout=5)
+        for thread in (self._sweeper, self._scheduler):
+            if thread.is_alive():
+                thread.join(timeout=5)
         if self.runtime is not None:
             self.runtime.stop()
 
@@ -81,6 +86,20 @@ class ThreadDispatcher:
             except Exception:
                 # The chunk stays claimable (its lease expires); the reconciler sends it again.
                 log.exception("task %s failed", task)
+
+    def _schedule(self) -> None:
+        """Pipelines, as beat runs them in the distributed set-up."""
+        from service import pipelines
+
+        assert self.runtime is not None
+        while not self._stopping.wait(1.0):
+            try:
+                with self.runtime.factory() as s:
+                    due = pipelines.due_now(s)
+                for name in due:
+                    self.runtime.run_pipeline(name)
+            except Exception:
+                log.exception("pipeline scheduler tick failed")
 
     def _sweep(self) -> None:
         assert self.runtime is not None

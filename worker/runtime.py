@@ -12,7 +12,7 @@ import threading
 from sqlalchemy.orm import Session, sessionmaker
 
 from labelq.settings import Settings
-from service import calibrations, workers
+from service import calibrations, pipelines, workers
 from service.chunks import ChunkRunner
 from service.dispatch import Dispatcher, queue_for
 from service.reconcile import SweepReport, sweep
@@ -93,6 +93,11 @@ class WorkerRuntime:
         if self.dispatcher is None:
             raise RuntimeError("this worker has no dispatcher to re-send chunks with")
         return sweep(self.factory, self.dispatcher, self.settings)
+
+    def run_pipeline(self, name: str, trigger: str = "schedule") -> None:
+        if self.dispatcher is None:
+            raise RuntimeError("this worker has no dispatcher to send a run's chunks with")
+        pipelines.start_run(self.factory, self.dispatcher, self.settings, name, trigger)
 
     def start(self) -> None:
         self.heartbeat.start()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -13,13 +15,16 @@ from pydantic import ValidationError
 from api.deps import SessionDep, StateDep, require_key
 from api.errors import input_error
 from api.schemas import JobCreate, JobList
+from db.jobs import get_job as get_job_row
+from db.models import JobState
 from labelq.errors import InputError, LabelqError
 from labelq.jsonl import JSONL_TYPES, NDJSON, read_items
 from labelq.scoring import Item as ScoreItem
-from service import jobs, labels, results
+from service import jobs, labels, results, webhooks
 from service.jobs import JobStatus
 from service.labels import LabelsReport
 from service.results import JobMetrics, ResultsPage
+from service.webhooks import DeliveryOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_key)])
 
@@ -67,6 +72,7 @@ async def create_job(
     st: StateDep,
     classifier: str | None = Query(None, description="with a JSONL body: the classifier name"),
     version: int | None = Query(None, description="with a JSONL body: the classifier version"),
+    webhook_url: str | None = Query(None, description="with a JSONL body: notified at the end"),
     idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=200),
 ) -> JSONResponse:
     """Submit a job. JSON: `{"classifier", "version"?, "items", "metadata"?}`. JSONL: one item per
@@ -78,16 +84,16 @@ async def create_job(
     if streamed:
         if not classifier:
             raise InputError("a JSONL upload needs ?classifier=NAME", field="classifier")
-        name, ver, metadata = classifier, version, {}
+        name, ver, metadata, hook = classifier, version, {}, webhook_url
     else:
         try:
             body = JobCreate.model_validate_json(await request.body())
         except ValidationError as exc:
             raise input_error(exc, "job body") from None
-        name, ver, metadata = body.classifier, body.version, body.metadata
+        name, ver, metadata, hook = body.classifier, body.version, body.metadata, body.webhook_url
 
     job, spec, created = await run_in_threadpool(
-        jobs.start, st.factory, st.settings, name, ver, metadata, idempotency_key
+        jobs.start, st.factory, st.settings, name, ver, metadata, idempotency_key, hook
     )
     if not created:
         out = await run_in_threadpool(_status, st, job.id)
@@ -210,3 +216,45 @@ def job_metrics(
     and the reliability diagram, under any calibration."""
     view = results.resolve_view(st.factory, job_id, calibration)
     return results.job_metrics(st.factory, job_id, view, bins)
+
+
+@router.get("/{job_id}/events")
+async def job_events(
+    job_id: str,
+    st: StateDep,
+    interval: float = Query(0.5, ge=0.1, le=10, description="seconds between looks"),
+) -> StreamingResponse:
+    """Server-sent events: `progress` with the job's state and counts whenever they change,
+    ending with `end` and its final state."""
+    first = await run_in_threadpool(_status, st, job_id)  # 404 before the stream starts
+
+    async def stream() -> AsyncIterator[bytes]:
+        last: dict[str, Any] | None = None
+        status = first
+        quiet = 0.0
+        while True:
+            shown = status.model_dump(mode="json")
+            changed = {k: shown[k] for k in ("state", "total", "succeeded", "failed")}
+            if changed != last:
+                yield f"event: progress\ndata: {json.dumps(shown)}\n\n".encode()
+                last, quiet = changed, 0.0
+            if JobState(status.state).finished:
+                yield f"event: end\ndata: {json.dumps(shown)}\n\n".encode()
+                return
+            await asyncio.sleep(interval)
+            quiet += interval
+            if quiet >= 15:
+                yield b": still running\n\n"  # keeps proxies from closing an idle stream
+                quiet = 0.0
+            status = await run_in_threadpool(_status, st, job_id)
+
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
+
+
+@router.get("/{job_id}/webhooks", response_model=list[DeliveryOut])
+def job_webhooks(job_id: str, s: SessionDep) -> list[DeliveryOut]:
+    """Deliveries of this job's webhook event, with every attempt's outcome."""
+    get_job_row(s, job_id)  # 404 for an unknown job
+    return webhooks.deliveries(s, job_id=job_id)

@@ -1,0 +1,378 @@
+"""Scheduled pipelines through the API: SQL and files sources, SQL and files sinks, watermarks
+committed only after success, overlap, checks at creation, schedules, webhooks and the job
+event stream. Chunks are scored inline by the fake backend; runs end in the sweep."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from labelq.pipeline import Schedule
+from service.reconcile import sweep
+from service.schedules import due
+from tests.conftest import make_client
+
+CLASSIFIER = {
+    "name": "news",
+    "template": "{{ title }}: {{ description }}",
+    "labels": {"positive": " positive", "negative": " negative"},
+}
+
+
+class Source:
+    """A table of articles in a SQL database of the test's own (SQLite or PostgreSQL)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = create_engine(url)
+        with self.engine.begin() as c:
+            c.execute(text("DROP TABLE IF EXISTS articles"))
+            c.execute(text("DROP TABLE IF EXISTS article_labels"))
+            c.execute(text("CREATE TABLE articles (id INTEGER PRIMARY KEY, title TEXT, body TEXT)"))
+        self.next_id = 1
+
+    def add(self, n: int) -> None:
+        rows = []
+        for _ in range(n):
+            word = "positive" if self.next_id % 2 else "negative"
+            rows.append({"id": self.next_id, "t": f"story {self.next_id}", "b": f"a {word} day"})
+            self.next_id += 1
+        with self.engine.begin() as c:
+            c.execute(text("INSERT INTO articles (id, title, body) VALUES (:id, :t, :b)"), rows)
+
+    def sink_rows(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as c:
+            return [
+                dict(r)
+                for r in c.execute(text("SELECT * FROM article_labels ORDER BY key")).mappings()
+            ]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def source(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Source]:
+    if request.param == "sqlite":
+        src = Source(f"sqlite:///{tmp_path / 'news.db'}")
+    else:
+        src = Source(request.getfixturevalue("pg_url"))
+    yield src
+    with src.engine.begin() as c:  # the PostgreSQL database is labelq's too: leave it clean
+        c.execute(text("DROP TABLE IF EXISTS articles"))
+        c.execute(text("DROP TABLE IF EXISTS article_labels"))
+    src.engine.dispose()
+
+
+def _pipeline(name: str, **changes: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "name": name,
+        "classifier": "news",
+        "schedule": {"cron": "*/15 * * * *", "timezone": "Europe/Berlin"},
+        "source": {
+            "kind": "sql",
+            "url": "${NEWS_DB_URL}",
+            "table": "articles",
+            "key": "id",
+            "watermark": "id",
+            "fields": {"title": "title", "description": "body"},
+            "page_size": 7,
+        },
+        "sink": {"kind": "sql", "url": "${NEWS_DB_URL}", "table": "article_labels"},
+    }
+    spec.update(changes)
+    return spec
+
+
+@pytest.fixture
+def api(factory: Any, fake_scorer: Any) -> Iterator[Any]:
+    c, d = make_client(factory, fake_scorer, webhook_secret="s3cret", webhook_retry_backoff=0)
+    with c:
+        assert c.post("/v1/classifiers", json=CLASSIFIER).status_code == 201
+        yield c, d, factory
+
+
+def _settle(client: Any, dispatcher: Any, factory: Any) -> None:
+    sweep(factory, dispatcher, client.app.state.labelq.settings)
+
+
+def test_sql_pipeline_runs_twice_then_survives_a_failed_sink(
+    api: Any, source: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c, d, factory = api
+    monkeypatch.setenv("NEWS_DB_URL", source.url)
+    source.add(20)
+    created = c.post("/v1/pipelines", json=_pipeline("news-topics"))
+    assert created.status_code == 201, created.text
+    run = c.post("/v1/pipelines/news-topics/run").json()
+    assert run["state"] == "running" and run["rows_read"] == 20 and run["job_id"]
+    _settle(c, d, factory)
+    rows = source.sink_rows()
+    assert [int(r["key"]) for r in rows] == list(range(1, 21))
+    assert all(r["label"] == ("positive" if int(r["key"]) % 2 else "negative") for r in rows)
+    assert {r["run_id"] for r in rows} == {run["id"]} and rows[0]["classifier_version"] == 1
+
+    source.add(5)
+    second = c.post("/v1/pipelines/news-topics/run").json()
+    assert second["rows_read"] == 5
+    assert second["watermark_before"]["order"]["value"] == 20
+    _settle(c, d, factory)
+    assert len(source.sink_rows()) == 25
+
+    # The sink goes away: the run fails and the watermark stays where it was.
+    source.add(3)
+    monkeypatch.setenv("SINK_URL", "sqlite:////nonexistent/folder/sink.db")
+    patched = c.patch(
+        "/v1/pipelines/news-topics",
+        json={"sink": {"kind": "sql", "url": "${SINK_URL}", "table": "article_labels"}},
+    )
+    assert patched.status_code == 200, patched.text
+    c.post("/v1/pipelines/news-topics/run")
+    _settle(c, d, factory)
+    failed = c.get("/v1/pipelines/news-topics/runs").json()[0]
+    assert failed["state"] == "failed" and "unable to open database file" in failed["error"]
+    assert c.get("/v1/pipelines/news-topics").json()["watermark"]["order"]["value"] == 25
+    # Back: the next run catches up, nothing written twice.
+    monkeypatch.setenv("SINK_URL", source.url)
+    again = c.post("/v1/pipelines/news-topics/run").json()
+    assert again["rows_read"] == 3
+    _settle(c, d, factory)
+    keys = [int(r["key"]) for r in source.sink_rows()]
+    assert keys == list(range(1, 29))
+    history = c.get("/v1/pipelines/news-topics/runs").json()
+    assert [r["state"] for r in history] == ["succeeded", "failed", "succeeded", "succeeded"]
+
+
+def test_a_run_still_going_makes_the_next_one_skipped(
+    factory: Any, source: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEWS_DB_URL", source.url)
+    source.add(3)
+    c, _ = make_client(factory, None)  # chunks stay queued: the first run keeps going
+    with c:
+        c.post("/v1/classifiers", json=CLASSIFIER)
+        c.post("/v1/pipelines", json=_pipeline("slow"))
+        first = c.post("/v1/pipelines/slow/run").json()
+        second = c.post("/v1/pipelines/slow/run").json()
+        assert first["state"] == "running"
+        assert second["state"] == "skipped" and f"run {first['id']}" in second["error"]
+
+
+def test_checked_at_creation(api: Any, source: Source, monkeypatch: pytest.MonkeyPatch) -> None:
+    c, _, _ = api
+    monkeypatch.setenv("NEWS_DB_URL", source.url)
+    cases = [
+        ({"schedule": {"cron": "61 * * * *"}}, "schedule.cron", "invalid cron"),
+        ({"schedule": {"cron": "* * *"}}, "schedule.cron", "5 fields"),
+        ({"schedule": {"cron": "* * * * *", "timezone": "Mars/Olympus"}}, "schedule.timezone", ""),
+        ({"schedule": {"every": 0}}, "schedule.every", ""),
+        ({"classifier": "nope"}, "classifier", "does not exist"),
+        (
+            {
+                "source": {
+                    **_pipeline("x")["source"],
+                    "table": None,
+                    "query": "DELETE FROM articles",
+                }
+            },
+            "source.query",
+            "read-only",
+        ),
+        (
+            {"source": {**_pipeline("x")["source"], "fields": {"title": "headline"}}},
+            "source.fields.title",
+            "no column 'headline'",
+        ),
+        ({"source": {**_pipeline("x")["source"], "url": "${NOT_SET}"}}, "source.url", "NOT_SET"),
+    ]
+    for changes, field, words in cases:
+        r = c.post("/v1/pipelines", json=_pipeline("bad", **changes))
+        assert r.status_code == 422, (changes, r.text)
+        assert r.json()["field"] == field and words in r.json()["error"], r.json()
+
+
+def test_credentials_are_masked(api: Any, source: Source, monkeypatch: pytest.MonkeyPatch) -> None:
+    from labelq.pipeline import mask_url
+
+    c, _, _ = api
+    monkeypatch.setenv("NEWS_DB_URL", source.url)
+    spec = _pipeline("masked")
+    spec["sink"] = {
+        "kind": "sql",
+        "url": "postgresql+psycopg://writer:hunter2@127.0.0.1:5432/warehouse",
+        "table": "labels",
+    }
+    r = c.post("/v1/pipelines", json=spec)
+    assert r.status_code == 201, r.text
+    assert r.json()["spec"]["sink"]["url"] == (
+        "postgresql+psycopg://writer:***@127.0.0.1:5432/warehouse"
+    )
+    assert r.json()["spec"]["source"]["url"] == "${NEWS_DB_URL}"
+    for page in ("/v1/pipelines", "/v1/pipelines/masked"):
+        assert "hunter2" not in c.get(page).text
+    assert mask_url("mysql://u:p%40ss@h/db") == "mysql://u:***@h/db"
+
+
+def test_files_source_never_twice_and_waits_for_a_file_being_written(
+    api: Any, tmp_path: Path
+) -> None:
+    c, d, factory = api
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    old = time.time() - 3600
+
+    def write(name: str, rows: list[str], settled: bool) -> None:
+        path = inbox / name
+        path.write_text(
+            "".join(json.dumps({"id": f"{name}-{i}", "title": t, "description": t}) + "\n"
+                    for i, t in enumerate(rows)),
+            encoding="utf-8",
+        )  # fmt: skip
+        if settled:
+            os.utime(path, (old, old))
+
+    write("a.jsonl", ["positive one", "negative two"], settled=True)
+    write("b.jsonl", ["still being written"], settled=False)
+    spec = _pipeline(
+        "files",
+        source={
+            "kind": "files",
+            "path": str(inbox),
+            "glob": "*.jsonl",
+            "key": "id",
+            "settle_seconds": 30,
+        },
+        sink={"kind": "files", "path": str(outbox), "format": "jsonl"},
+    )
+    assert c.post("/v1/pipelines", json=spec).status_code == 201
+    first = c.post("/v1/pipelines/files/run").json()
+    assert first["rows_read"] == 2 and [Path(f["path"]).name for f in first["files"]] == ["a.jsonl"]
+    _settle(c, d, factory)
+    os.utime(inbox / "b.jsonl", (old, old))
+    second = c.post("/v1/pipelines/files/run").json()
+    assert [Path(f["path"]).name for f in second["files"]] == ["b.jsonl"]
+    _settle(c, d, factory)
+    third = c.post("/v1/pipelines/files/run").json()
+    assert third["rows_read"] == 0 and third["state"] == "succeeded"
+    written = sorted(p.name for p in outbox.iterdir())
+    assert written == [f"files-run{first['id']}.jsonl", f"files-run{second['id']}.jsonl"]
+    rows = [json.loads(x) for x in (outbox / written[0]).read_text().splitlines()]
+    assert [r["custom_id"] for r in rows] == ["a.jsonl-0", "a.jsonl-1"]
+    assert [r["label"] for r in rows] == ["positive", "negative"]
+
+
+def test_schedules() -> None:
+    now = datetime.now(UTC)
+    every = Schedule(every=60)
+    assert due(every, now - timedelta(seconds=30), now)[0] is False
+    assert due(every, now - timedelta(seconds=61), now)[0] is True
+    cron = Schedule(cron="0 3 * * *", timezone="Asia/Tokyo")
+    is_due, next_in = due(cron, now - timedelta(minutes=1), now)
+    assert not is_due and 0 < next_in <= 24 * 3600
+
+
+class Receiver:
+    """A webhook receiver on loopback: answers 500 the first time, then 200."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[dict[str, str], bytes, int]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                status = 500 if not receiver.calls else 200
+                receiver.calls.append((dict(self.headers), body, status))
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}/hook"
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_webhook_is_signed_and_retried_after_a_500(api: Any) -> None:
+    c, d, factory = api
+    receiver = Receiver()
+    try:
+        job = c.post(
+            "/v1/jobs",
+            json={"classifier": "news", "items": [{"title": "a", "description": "b"}],
+                  "webhook_url": receiver.url},
+        ).json()  # fmt: skip
+        assert job["state"] == "succeeded"
+        _settle(c, d, factory)
+        _settle(c, d, factory)
+        _settle(c, d, factory)  # delivered: nothing more is sent
+    finally:
+        receiver.close()
+    assert [status for _, _, status in receiver.calls] == [500, 200]
+    for headers, body, _ in receiver.calls:
+        want = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+        assert headers["X-Labelq-Signature"] == want
+        event = json.loads(body)
+        assert event["event"] == "job.succeeded" and event["job"]["id"] == job["id"]
+    deliveries = c.get(f"/v1/jobs/{job['id']}/webhooks").json()
+    assert [(x["status"], x["attempts"], x["last_status"]) for x in deliveries] == [
+        ("delivered", 2, 200)
+    ]
+
+
+def test_webhooks_need_a_secret(factory: Any, fake_scorer: Any) -> None:
+    c, _ = make_client(factory, fake_scorer)
+    with c:
+        c.post("/v1/classifiers", json=CLASSIFIER)
+        r = c.post(
+            "/v1/jobs",
+            json={"classifier": "news", "items": [], "webhook_url": "http://127.0.0.1:9/x"},
+        )
+        assert r.status_code == 422 and r.json()["field"] == "webhook_url"
+
+
+def test_event_stream_shows_counts_rising_and_ends(factory: Any, fake_scorer: Any) -> None:
+    c, d = make_client(factory, None)
+    with c:
+        c.post("/v1/classifiers", json=CLASSIFIER)
+        items = [{"title": f"t{i}", "description": "x"} for i in range(12)]  # 3 chunks of 4
+        job = c.post("/v1/jobs", json={"classifier": "news", "items": items}).json()
+        d.scorer = fake_scorer
+
+        def run_chunks() -> None:
+            for seq in range(3):
+                time.sleep(0.4)
+                d.runner.run(job["id"], seq)
+
+        worker = threading.Thread(target=run_chunks)
+        worker.start()
+        events = []
+        with c.stream("GET", f"/v1/jobs/{job['id']}/events", params={"interval": 0.1}) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            event = None
+            for line in r.iter_lines():
+                if line.startswith("event:"):
+                    event = line.split(":", 1)[1].strip()
+                elif line.startswith("data:"):
+                    events.append((event, json.loads(line.split(":", 1)[1])))
+        worker.join()
+    done = [data["succeeded"] for kind, data in events if kind == "progress"]
+    assert done == sorted(done) and done[0] == 0 and done[-1] == 12 and len(set(done)) >= 3
+    assert events[-1][0] == "end" and events[-1][1]["state"] == "succeeded"
