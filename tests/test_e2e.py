@@ -42,6 +42,7 @@ TIMERS = {
     "LABELQ_WORKER_HEARTBEAT": "2",
     "LABELQ_WORKER_STALE_AFTER": "10",
     "LABELQ_ENGINE_RETRY_BACKOFF": "1",
+    "LABELQ_BEAT_LOCK_SECONDS": "6",
 }
 
 
@@ -181,7 +182,7 @@ def service(
 
     state["start"] = start
     state["worker"] = start("worker", "worker", "--loglevel", "WARNING")
-    start("beat", "beat", "--loglevel", "WARNING")
+    state["beat"] = start("beat", "beat", "--loglevel", "WARNING")
     settings = Settings(
         database_url=pg_url,
         broker_url=redis.url,
@@ -448,3 +449,83 @@ def _answers(url: str) -> bool:
         return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def _beat_lock_owner(db: str) -> str | None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(db)
+    with engine.connect() as c:
+        owner = c.execute(text("SELECT owner FROM locks WHERE name = 'beat'")).scalar()
+    engine.dispose()
+    return owner
+
+
+def test_beat_runs_pipelines_and_only_one_beat_sends(service: dict[str, Any]) -> None:
+    from sqlalchemy import create_engine, text
+
+    client, db = service["client"], service["db"]
+    engine = create_engine(db)
+    with engine.begin() as c:
+        c.execute(text("CREATE TABLE e2e_articles (id SERIAL PRIMARY KEY, body TEXT)"))
+        c.execute(
+            text("INSERT INTO e2e_articles (body) VALUES (:b)"),
+            [{"b": f"review {i}: warm and funny"} for i in range(50)],
+        )
+    try:
+        pipeline = {
+            "name": "every-two-seconds",
+            "classifier": "e2e",
+            "schedule": {"every": 2},
+            "source": {
+                "kind": "sql",
+                "url": db,
+                "table": "e2e_articles",
+                "key": "id",
+                "watermark": "id",
+                "fields": {"text": "body"},
+            },
+            "sink": {"kind": "sql", "url": db, "table": "e2e_labels"},
+        }
+        client.create_pipeline(pipeline)
+        # A run whose job cannot progress (no worker serves its model) blocks later ticks.
+        client.create_classifier(
+            json.dumps({**SPEC, "name": "stuck", "model": "/models/none"}), False
+        )
+        client.create_pipeline({**pipeline, "name": "stuck", "classifier": "stuck", "sink": None})
+
+        def states(name: str) -> list[str]:
+            return [r["state"] for r in client.pipeline_runs(name, 50)]
+
+        _wait_for(lambda: "succeeded" in states("every-two-seconds"), 120, "a scheduled run")
+        _wait_for(lambda: "skipped" in states("stuck"), 120, "a skipped tick")
+        skipped = next(r for r in client.pipeline_runs("stuck", 50) if r["state"] == "skipped")
+        assert "is still going" in skipped["error"]
+        assert states("stuck").count("running") == 1, "never two runs at once"
+        with engine.connect() as c:
+            keys = c.execute(text("SELECT key FROM e2e_labels ORDER BY key")).scalars().all()
+        assert [int(k) for k in keys] == list(range(1, 51))
+        first = client.pipeline_runs("every-two-seconds", 50)[-1]
+        assert first["rows_read"] == 50 and first["trigger"] == "schedule"
+
+        # A second beat waits while the first holds the lock, and takes over when it dies.
+        owner = _beat_lock_owner(db)
+        assert owner is not None and owner.endswith(f":{service['beat'].pid}")
+        second = service["start"]("beat-2", "beat", "--loglevel", "WARNING")
+        time.sleep(8)
+        assert second.proc.poll() is None and _beat_lock_owner(db) == owner
+        service["beat"].signal(signal.SIGKILL)
+        _wait_for(
+            lambda: (_beat_lock_owner(db) or "").endswith(f":{second.pid}"),
+            30,
+            "the second beat to take the lock",
+        )
+        service["beat"] = second
+    finally:
+        for name in ("every-two-seconds", "stuck"):
+            with contextlib.suppress(Exception):
+                client.update_pipeline(name, {"enabled": False})
+        with engine.begin() as c:
+            c.execute(text("DROP TABLE IF EXISTS e2e_articles"))
+            c.execute(text("DROP TABLE IF EXISTS e2e_labels"))
+        engine.dispose()
