@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request, Response
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import errors
-from api.deps import AppState
+from api.deps import AppState, RateLimiter
 from api.metrics import Metrics
 from api.routes import calibrations, classifiers, health, jobs, pipelines
 from db.session import make_engine, make_sessionmaker
@@ -32,8 +32,11 @@ def create_app(
         description="An LLM as a calibrated text classifier for batch work.",
     )
     metrics = Metrics()
-    app.state.labelq = AppState(settings, factory, dispatcher, metrics)
+    app.state.labelq = AppState(
+        settings, factory, dispatcher, metrics, RateLimiter(settings.submissions_per_minute)
+    )
     errors.install(app)
+    app.add_middleware(errors.BodyLimit, limit=settings.max_body_bytes)
     for module in (health, classifiers, calibrations, jobs, pipelines):
         app.include_router(module.router)
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import threading
+import time
+from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -12,9 +16,34 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import Unauthorized
 from api.metrics import Metrics
+from labelq.errors import RateLimited
 from labelq.settings import Settings
 from service import keys
 from service.dispatch import Dispatcher
+
+
+class RateLimiter:
+    """At most `per_minute` events per identity in any 60 s (a sliding window, per API
+    process)."""
+
+    def __init__(self, per_minute: int):
+        self.per_minute = per_minute
+        self._seen: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, who: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            window = self._seen.setdefault(who, deque())
+            while window and window[0] <= now - 60:
+                window.popleft()
+            if len(window) >= self.per_minute:
+                raise RateLimited(
+                    f"more than {self.per_minute} submissions a minute "
+                    "(LABELQ_SUBMISSIONS_PER_MINUTE)",
+                    retry_after=60 - (now - window[0]),
+                )
+            window.append(now)
 
 
 @dataclass
@@ -23,6 +52,7 @@ class AppState:
     factory: sessionmaker[Session]
     dispatcher: Dispatcher
     metrics: Metrics
+    submissions: RateLimiter = field(default_factory=lambda: RateLimiter(120))
 
 
 def state(request: Request) -> AppState:
@@ -50,6 +80,17 @@ def _is_loopback(host: str | None) -> bool:
         return host is not None and ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def submission_quota(request: Request, st: StateDep) -> None:
+    """Counts a submission against its API key's (or, with no keys, its client's) rate."""
+    token = request.headers.get("authorization", "")
+    who = (
+        hashlib.sha256(token.encode()).hexdigest()
+        if token
+        else (request.client.host if request.client else "unknown")
+    )
+    st.submissions.take(who)
 
 
 def require_key(request: Request, s: SessionDep) -> None:

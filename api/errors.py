@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from labelq.errors import Conflict, InputError, LabelqError, NotFound, SpecError, field_of
+from labelq.errors import (
+    Conflict,
+    InputError,
+    LabelqError,
+    NotFound,
+    RateLimited,
+    SpecError,
+    TooLarge,
+    field_of,
+)
 
 
 class Unauthorized(LabelqError):
@@ -20,6 +32,8 @@ STATUS: dict[type[LabelqError], int] = {
     NotFound: 404,
     Conflict: 409,
     Unauthorized: 401,
+    TooLarge: 413,
+    RateLimited: 429,
 }
 
 
@@ -40,7 +54,11 @@ def input_error(exc: ValidationError, what: str) -> InputError:
 def install(app: FastAPI) -> None:
     @app.exception_handler(LabelqError)
     async def _labelq_error(_: Request, exc: LabelqError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        headers = None
+        if isinstance(exc, Unauthorized):
+            headers = {"WWW-Authenticate": "Bearer"}
+        elif isinstance(exc, RateLimited):
+            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
         return JSONResponse(exc.to_dict(), status_code=status_of(exc), headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -53,3 +71,38 @@ def install(app: FastAPI) -> None:
             {"error": first["error"], "field": first["field"], "problems": problems},
             status_code=422,
         )
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes is refused with 413, by its
+    Content-Length at once, or as soon as a streamed body passes the limit (the route sees
+    `TooLarge` and keeps what it accepted before, saying so)."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            error = TooLarge(f"request body over {self.limit} bytes (LABELQ_MAX_BODY_BYTES)")
+            response = JSONResponse({**error.to_dict(), "field": "body"}, status_code=413)
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise TooLarge(
+                        f"request body over {self.limit} bytes (LABELQ_MAX_BODY_BYTES)",
+                        field="body",
+                    )
+            return message
+
+        await self.app(scope, counted, send)

@@ -131,6 +131,7 @@ def main() -> None:
         "LABELQ_MODEL": str(model),
         "LABELQ_CHUNK_SIZE": str(args.chunk_size),
         "LABELQ_API_PORT": str(port),
+        "LABELQ_MODELS": '["no-worker"]',  # the ingest-only classifier's model
     }
     api = spawn(["serve"], env, work / "api.log")
     worker = spawn(

@@ -52,6 +52,18 @@ class Conflict(LabelqError):
     """The request contradicts the current state (e.g. cancelling a finished job)."""
 
 
+class TooLarge(LabelqError):
+    """A request or an upload is over a configured limit."""
+
+
+class RateLimited(LabelqError):
+    """Too many requests; `retry_after` seconds until the next is accepted."""
+
+    def __init__(self, message: str, retry_after: float, **kwargs: object):
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
 def field_of(error: Mapping[str, Any]) -> str | None:
     """The dotted field path of one pydantic error (`error["loc"]`), without the `body` root
     FastAPI adds; None for an error on the whole value."""

@@ -14,11 +14,27 @@ NDJSON = "application/x-ndjson"
 JSONL_TYPES = (NDJSON, "application/jsonl", "application/x-jsonlines")
 
 
+def depth(value: Any, limit: int) -> int:
+    """How deeply `value` nests lists and objects, counted up to `limit + 1` (iteratively)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if deepest > limit:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 def read_records(
-    lines: Iterable[str | bytes], start_line: int = 1
+    lines: Iterable[str | bytes], start_line: int = 1, max_depth: int = 32
 ) -> Iterator[tuple[int, dict[str, Any]] | InputError]:
     """Yield (line number, object) for each non-blank line, or an `InputError` naming the line
-    when it is not valid JSON or not a JSON object."""
+    when it is not UTF-8, not valid JSON, not a JSON object, or nested deeper than
+    `max_depth`."""
     for number, raw in enumerate(lines, start=start_line):
         try:
             text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
@@ -32,6 +48,12 @@ def read_records(
         except json.JSONDecodeError as exc:
             yield InputError(f"invalid JSON: {exc.msg} (column {exc.colno})", line=number)
             continue
+        except RecursionError:
+            yield InputError(f"nested deeper than {max_depth} levels", line=number)
+            continue
+        if depth(record, max_depth) > max_depth:
+            yield InputError(f"nested deeper than {max_depth} levels", line=number)
+            continue
         if not isinstance(record, dict):
             yield InputError(
                 f"a line must be a JSON object, got {type(record).__name__}", line=number
@@ -40,9 +62,11 @@ def read_records(
         yield number, record
 
 
-def read_items(lines: Iterable[str | bytes], start_line: int = 1) -> Iterator[Item | InputError]:
+def read_items(
+    lines: Iterable[str | bytes], start_line: int = 1, max_depth: int = 32
+) -> Iterator[Item | InputError]:
     """Yield an `Item` for each non-blank line, or an `InputError` naming the line."""
-    for entry in read_records(lines, start_line):
+    for entry in read_records(lines, start_line, max_depth):
         if isinstance(entry, InputError):
             yield entry
             continue

@@ -26,6 +26,11 @@ class Settings(BaseSettings):
 
     # The model and its engine.
     model: str | None = Field(default=None, description="Default model path or hub id.")
+    models: list[str] = Field(
+        default_factory=list,
+        description="Models the service serves: paths or hub ids, each optionally `alias=path`. "
+        "Unset: only `model`. A classifier naming another model is refused.",
+    )
     dtype: str = "auto"
     max_model_len: int | None = None
     memory_fraction: float = Field(
@@ -82,9 +87,52 @@ class Settings(BaseSettings):
     beat_lock_seconds: float = Field(
         default=60, gt=0, description="The one beat's lock; another beat takes over after it."
     )
+    # Limits on what the API accepts.
+    max_body_bytes: int = Field(default=512 * 2**20, ge=1, description="Largest request body.")
+    max_line_bytes: int = Field(default=2**20, ge=1, description="Largest JSONL line (item).")
+    max_items_per_job: int = Field(default=1_000_000, ge=1)
+    max_json_depth: int = Field(default=32, ge=2, description="Deepest nesting in one item.")
+    max_fields_per_item: int = Field(default=256, ge=1)
+    submissions_per_minute: int = Field(
+        default=120, ge=1, description="Job submissions per API key (or client) per minute."
+    )
     api_key: str | None = Field(default=None, description="Key the CLI's client sends.")
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+
+    def allowed_models(self) -> dict[str, str]:
+        """Alias or model -> the model served (a model is its own alias)."""
+        out: dict[str, str] = {}
+        for entry in [*self.models, *([self.model] if self.model else [])]:
+            alias, sep, path = entry.partition("=")
+            if sep and alias and path:
+                out[alias] = path
+                out[path] = path
+            else:
+                out[entry] = entry
+        return out
+
+    def resolve_model(self, requested: str | None) -> str:
+        """The model a classifier runs on: its own (by alias or name) if the service serves
+        it, else the default; a `LabelqError` naming the field and the allowed models."""
+        from labelq.errors import InputError
+
+        allowed = self.allowed_models()
+        if requested is None:
+            if not self.model:
+                raise InputError(
+                    "the classifier names no model and the service has no default (LABELQ_MODEL)",
+                    field="model",
+                )
+            return self.model
+        if requested not in allowed:
+            shown = sorted({k for k, v in allowed.items() if k != v} | set(allowed.values()))
+            raise InputError(
+                f"model {requested!r} is not served here; allowed: {shown or 'none configured'}"
+                " (LABELQ_MODELS)",
+                field="model",
+            )
+        return allowed[requested]
 
     def resolved_database_url(self) -> str:
         if self.database_url:

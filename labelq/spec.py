@@ -133,6 +133,26 @@ class ClassifierSpec(BaseModel):
         return [self.label_bias.get(label, 0.0) for label in self.labels]
 
 
+def check_template(spec: ClassifierSpec) -> None:
+    """Render the template (and few-shot examples) once in the sandbox on a synthetic item
+    with every variable it reads: a template the sandbox refuses is refused now, naming the
+    field, not item by item at scoring time."""
+    from jinja2.exceptions import SecurityError, TemplateError
+
+    sample = dict.fromkeys(spec.template_variables, "sample text")
+    try:
+        template = jinja_environment().from_string(spec.template)
+        template.render(**sample)
+        for example in spec.few_shot:
+            template.render(**example.fields())
+    except SecurityError as exc:
+        raise SpecError(
+            f"the template is refused by the sandbox: {exc}", field="template"
+        ) from None
+    except (TemplateError, TypeError, ValueError, AttributeError) as exc:
+        raise SpecError(f"the template does not render: {exc}", field="template") from None
+
+
 def _spec_error_from(exc: ValidationError) -> SpecError:
     """One `SpecError` listing every problem, its field the first one's."""
     problems = []

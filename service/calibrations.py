@@ -96,9 +96,7 @@ def request_fit(
         if not isinstance(calibrator, calibration.ContextualCalibration):
             raise InputError(f"{body.method} is fitted on a job's results", field="job_id")
         classifier = get_classifier(s, name, body.version)
-        model = spec_of(classifier).model or settings.model or ""
-        if not model:
-            raise InputError("no model to score content-free inputs", field="classifier")
+        model = settings.resolve_model(spec_of(classifier).model)
     fitted_on = {
         "job_id": body.job_id,
         "holdout": body.holdout,

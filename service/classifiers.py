@@ -9,7 +9,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from db import classifiers as classifier_rows
-from labelq.spec import ClassifierSpec
+from labelq.settings import Settings
+from labelq.spec import ClassifierSpec, check_template
 
 
 class ClassifierCreated(BaseModel):
@@ -38,8 +39,11 @@ class ClassifierDetail(BaseModel):
     versions: list[ClassifierVersion]
 
 
-def store(s: Session, spec: ClassifierSpec) -> ClassifierCreated:
-    """A changed spec under a name is a new version; the same spec returns its version."""
+def store(s: Session, spec: ClassifierSpec, settings: Settings) -> ClassifierCreated:
+    """A changed spec under a name is a new version; the same spec returns its version. Its
+    model must be one the service serves, and its template must render in the sandbox."""
+    settings.resolve_model(spec.model)
+    check_template(spec)
     row, created = classifier_rows.store_version(s, spec)
     s.commit()
     return ClassifierCreated(

@@ -23,7 +23,8 @@ from db.classifiers import get_classifier, spec_of
 from db.jobs import INSERT_BATCH
 from db.models import Classifier, ItemStatus, Job, JobState, utcnow
 from db.session import transaction
-from labelq.errors import InputError
+from labelq.errors import InputError, TooLarge
+from labelq.jsonl import depth
 from labelq.scoring import Item as ScoreItem
 from labelq.settings import Settings
 from labelq.spec import ClassifierSpec
@@ -110,12 +111,10 @@ def resolve_classifier(
     """A classifier version, its spec and the model that serves it."""
     classifier = get_classifier(s, name, version)
     spec = spec_of(classifier)
-    model = spec.model or settings.model
-    if not model:
-        raise InputError(
-            f"classifier {name!r} names no model and the service has no default (LABELQ_MODEL)",
-            field="classifier",
-        )
+    try:
+        model = settings.resolve_model(spec.model)
+    except InputError as exc:
+        raise InputError(f"classifier {name!r}: {exc.message}", field="classifier") from None
     return classifier, spec, model
 
 
@@ -131,7 +130,17 @@ class Submission:
     item naming its line and field, so nothing accepted is lost and results keep input order),
     `flush` when `full` (from a thread, in async code), then `seal`."""
 
-    def __init__(self, factory: sessionmaker[Session], job: Job, spec: ClassifierSpec):
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        job: Job,
+        spec: ClassifierSpec,
+        settings: Settings | None = None,
+    ):
+        limits = settings or Settings()
+        self.max_items = limits.max_items_per_job
+        self.max_fields = limits.max_fields_per_item
+        self.max_depth = limits.max_json_depth
         self.factory = factory
         self.job_id = job.id
         self.queue = job.queue
@@ -145,6 +154,19 @@ class Submission:
         return len(self.rows) >= INSERT_BATCH
 
     def add(self, entry: ScoreItem | InputError) -> None:
+        if self.report.total >= self.max_items:
+            raise TooLarge(
+                f"a job holds at most {self.max_items} items (LABELQ_MAX_ITEMS_PER_JOB)",
+                field="items",
+            )
+        if isinstance(entry, ScoreItem):
+            if len(entry.fields) > self.max_fields:
+                entry = InputError(
+                    f"{len(entry.fields)} fields; at most {self.max_fields} per item",
+                    line=entry.line,
+                )
+            elif depth(entry.fields, self.max_depth) > self.max_depth:
+                entry = InputError(f"nested deeper than {self.max_depth} levels", line=entry.line)
         idx = self.report.total
         row: dict[str, Any] = {
             "job_id": self.job_id,
@@ -295,7 +317,7 @@ def submit_items(
 ) -> str:
     """A whole job from an iterable of entries (what the scheduler and tests use); its id."""
     job, spec, _ = start(factory, settings, name, version, metadata)
-    submission = Submission(factory, job, spec)
+    submission = Submission(factory, job, spec, settings)
     submission.add_all(entries)
     submission.seal(dispatcher)
     return job.id

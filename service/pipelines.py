@@ -290,7 +290,7 @@ def _read_into_job(
                 spec.version,
                 {"pipeline": spec.name, "run_id": run_id},
             )
-            submission = jobs.Submission(factory, job, job_spec)
+            submission = jobs.Submission(factory, job, job_spec, run_settings)
         for record in records:
             if isinstance(record, InputError):
                 submission.add(record)

@@ -183,10 +183,17 @@ def service(
     state["start"] = start
     state["worker"] = start("worker", "worker", "--loglevel", "WARNING")
     state["beat"] = start("beat", "beat", "--loglevel", "WARNING")
+    broken = logs / "not-a-model"
+    broken.mkdir()
+    (broken / "README").write_text("no weights here")
+    state["broken"] = broken
     settings = Settings(
         database_url=pg_url,
         broker_url=redis.url,
         model=str(tiny_model),
+        # The models this service serves: the tiny one, one no worker serves, one that
+        # cannot load.
+        models=["/models/none", str(broken)],
         chunk_size=64,
         worker_stale_after=10,
     )
@@ -352,11 +359,8 @@ def test_postgres_restart(service: dict[str, Any], tmp_path: Path) -> None:
     print(f"\npostgres restart: job done {time.monotonic() - restarted_at:.1f} s after it")
 
 
-def test_a_model_that_cannot_load_fails_the_job(service: dict[str, Any], tmp_path: Path) -> None:
-    client = service["client"]
-    broken = tmp_path / "not-a-model"
-    broken.mkdir()
-    (broken / "README").write_text("no weights here")
+def test_a_model_that_cannot_load_fails_the_job(service: dict[str, Any]) -> None:
+    client, broken = service["client"], service["broken"]
     service["start"]("broken-worker", "worker", "--model", str(broken), "--loglevel", "WARNING")
     client.create_classifier(json.dumps({**SPEC, "name": "broken", "model": str(broken)}), False)
     items = [{"custom_id": f"b{i}", "text": f"t{i}"} for i in range(200)]

@@ -48,7 +48,7 @@ async def create_classifier(
 
     def store() -> ClassifierCreated:
         with st.factory() as s:
-            return classifiers.store(s, spec)
+            return classifiers.store(s, spec, st.settings)
 
     created = await run_in_threadpool(store)
     if not created.created:

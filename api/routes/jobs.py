@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
-from api.deps import SessionDep, StateDep, require_key
+from api.deps import SessionDep, StateDep, require_key, submission_quota
 from api.errors import input_error
 from api.schemas import JobCreate, JobList
 from db.jobs import get_job as get_job_row
@@ -33,19 +33,30 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip()
 
 
-async def _stream_lines(request: Request) -> AsyncIterator[tuple[int, bytes]]:
+async def _stream_lines(
+    request: Request, max_line: int
+) -> AsyncIterator[tuple[int, bytes | InputError]]:
     """Lines of the body as they arrive, numbered from 1, without holding the whole body. They
-    stay bytes: a line that is not UTF-8 fails alone, with its number."""
+    stay bytes: a line that is not UTF-8 fails alone, with its number; so does a line longer
+    than `max_line` bytes, which is skipped as it arrives, never held."""
     buffer = b""
     number = 0
+    overlong = False
+
+    def too_long(n: int) -> InputError:
+        return InputError(f"line longer than {max_line} bytes (LABELQ_MAX_LINE_BYTES)", line=n)
+
     async for chunk in request.stream():
         buffer += chunk
         *lines, buffer = buffer.split(b"\n")
         for line in lines:
             number += 1
-            yield number, line
-    if buffer:
-        yield number + 1, buffer
+            yield number, too_long(number) if overlong or len(line) > max_line else line
+            overlong = False
+        if len(buffer) > max_line:
+            overlong, buffer = True, b""
+    if buffer or overlong:
+        yield number + 1, too_long(number + 1) if overlong else buffer
 
 
 def _status(st: StateDep, job_id: str) -> JobStatus:
@@ -57,6 +68,7 @@ def _status(st: StateDep, job_id: str) -> JobStatus:
     "",
     status_code=202,
     response_model=JobStatus,
+    dependencies=[Depends(submission_quota)],
     openapi_extra={
         "requestBody": {
             "content": {
@@ -99,11 +111,15 @@ async def create_job(
         out = await run_in_threadpool(_status, st, job.id)
         return JSONResponse(out.model_dump(mode="json"), status_code=200)
 
-    submission = jobs.Submission(st.factory, job, spec)
+    submission = jobs.Submission(st.factory, job, spec, st.settings)
     try:
         if body is None:
-            async for number, line in _stream_lines(request):
-                for parsed in read_items([line], start_line=number):
+            max_depth = st.settings.max_json_depth
+            async for number, line in _stream_lines(request, st.settings.max_line_bytes):
+                if isinstance(line, InputError):
+                    submission.add(line)
+                    continue
+                for parsed in read_items([line], start_line=number, max_depth=max_depth):
                     submission.add(parsed)
                 if submission.full:
                     await run_in_threadpool(submission.flush)
@@ -150,7 +166,12 @@ def cancel_job(job_id: str, s: SessionDep, st: StateDep) -> JobStatus:
     return jobs.job_status(s, job_id, st.settings)
 
 
-@router.post("/{job_id}/retry", status_code=202, response_model=JobStatus)
+@router.post(
+    "/{job_id}/retry",
+    status_code=202,
+    response_model=JobStatus,
+    dependencies=[Depends(submission_quota)],
+)
 def retry_failed(job_id: str, st: StateDep) -> JobStatus:
     """A new job of this job's failed (and cancelled) items that have an input, with the same
     classifier version and custom_ids; its metadata names the original. Lines that were not
