@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api import errors
 from api.deps import AppState, RateLimiter
 from api.metrics import Metrics
-from api.routes import calibrations, classifiers, health, jobs, pipelines
+from api.routes import calibrations, classifiers, health, jobs, keys, pipelines
 from db.session import make_engine, make_sessionmaker
 from labelq import __version__
 from labelq.settings import Settings
@@ -37,7 +37,7 @@ def create_app(
     )
     errors.install(app)
     app.add_middleware(errors.BodyLimit, limit=settings.max_body_bytes)
-    for module in (health, classifiers, calibrations, jobs, pipelines):
+    for module in (health, classifiers, calibrations, jobs, pipelines, keys):
         app.include_router(module.router)
 
     @app.middleware("http")

@@ -7,19 +7,20 @@ import ipaddress
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.errors import Unauthorized
+from api.errors import Forbidden, Unauthorized
 from api.metrics import Metrics
 from labelq.errors import RateLimited
 from labelq.settings import Settings
 from service import keys
 from service.dispatch import Dispatcher
+from service.keys import Principal
 
 
 class RateLimiter:
@@ -93,20 +94,36 @@ def submission_quota(request: Request, st: StateDep) -> None:
     st.submissions.take(who)
 
 
-def require_key(request: Request, s: SessionDep) -> None:
-    """`Authorization: Bearer <key>`. With no keys stored the service is open, but only to
-    clients on loopback (the embedded default on a laptop)."""
+def principal(request: Request, s: SessionDep) -> Principal:
+    """Who is asking: `Authorization: Bearer <key>` names a tenant and scopes. With no keys
+    stored the service is open, but only to clients on loopback (the embedded default)."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     bearer = token.strip() if scheme.lower() == "bearer" else None
-    allowed = keys.authorise(s, bearer)
-    if allowed is None:
+    found = keys.authenticate(s, bearer)
+    if found is None:
         if _is_loopback(request.client.host if request.client else None):
-            return
+            return keys.LOCAL
         raise Unauthorized(
             "no API keys exist: only loopback clients are served until one "
             "is created with `labelq keys create`"
         )
     if not bearer:
         raise Unauthorized("missing `Authorization: Bearer <key>` header", field="Authorization")
-    if not allowed:
+    if found.key_id is None:
         raise Unauthorized("unknown or revoked API key", field="Authorization")
+    return found
+
+
+def scoped(scope: str) -> Callable[[Principal], Principal]:
+    def check(who: Principal = Depends(principal)) -> Principal:
+        if not who.can(scope):
+            raise Forbidden(f"this key lacks the {scope!r} scope", field="Authorization")
+        return who
+
+    return check
+
+
+Reader = Annotated[Principal, Depends(scoped("read"))]
+Submitter = Annotated[Principal, Depends(scoped("submit"))]
+Calibrator = Annotated[Principal, Depends(scoped("calibrate"))]
+Admin = Annotated[Principal, Depends(scoped("admin"))]

@@ -26,12 +26,17 @@ class Unauthorized(LabelqError):
     """Missing or wrong API key."""
 
 
+class Forbidden(LabelqError):
+    """A valid key without the scope the request needs."""
+
+
 STATUS: dict[type[LabelqError], int] = {
     SpecError: 422,
     InputError: 422,
     NotFound: 404,
     Conflict: 409,
     Unauthorized: 401,
+    Forbidden: 403,
     TooLarge: 413,
     RateLimited: 429,
 }

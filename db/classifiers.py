@@ -9,7 +9,7 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import Classifier
+from db.models import DEFAULT_TENANT, Classifier
 from labelq.errors import Conflict, NotFound
 from labelq.spec import ClassifierSpec
 
@@ -23,18 +23,26 @@ def spec_of(classifier: Classifier) -> ClassifierSpec:
     return ClassifierSpec.model_validate(classifier.spec)
 
 
-def store_version(s: Session, spec: ClassifierSpec) -> tuple[Classifier, bool]:
-    """`spec` as the next version of its name, or its existing version (created: False). A
-    concurrent writer taking the same version number is retried in a savepoint."""
+def store_version(
+    s: Session, spec: ClassifierSpec, tenant: str = DEFAULT_TENANT
+) -> tuple[Classifier, bool]:
+    """`spec` as the next version of its name in `tenant`, or its existing version (created:
+    False). A concurrent writer taking the same version number is retried in a savepoint."""
     digest = spec_hash(spec)
+    mine = Classifier.tenant == tenant
     for _ in range(5):
         found = s.scalar(
-            select(Classifier).where(Classifier.name == spec.name, Classifier.spec_hash == digest)
+            select(Classifier).where(
+                mine, Classifier.name == spec.name, Classifier.spec_hash == digest
+            )
         )
         if found:
             return found, False
-        latest = s.scalar(select(func.max(Classifier.version)).where(Classifier.name == spec.name))
+        latest = s.scalar(
+            select(func.max(Classifier.version)).where(mine, Classifier.name == spec.name)
+        )
         row = Classifier(
+            tenant=tenant,
             name=spec.name,
             version=(latest or 0) + 1,
             spec=spec.model_dump(mode="json"),
@@ -49,9 +57,11 @@ def store_version(s: Session, spec: ClassifierSpec) -> tuple[Classifier, bool]:
     raise Conflict(f"could not store classifier {spec.name!r}: too many concurrent writers")
 
 
-def get_classifier(s: Session, name: str, version: int | None = None) -> Classifier:
-    """A version of a classifier (the latest when `version` is None)."""
-    query = select(Classifier).where(Classifier.name == name)
+def get_classifier(
+    s: Session, name: str, version: int | None = None, tenant: str = DEFAULT_TENANT
+) -> Classifier:
+    """A version of a tenant's classifier (the latest when `version` is None)."""
+    query = select(Classifier).where(Classifier.tenant == tenant, Classifier.name == name)
     if version is not None:
         query = query.where(Classifier.version == version)
     row = s.scalar(query.order_by(Classifier.version.desc()).limit(1))
@@ -61,18 +71,23 @@ def get_classifier(s: Session, name: str, version: int | None = None) -> Classif
     return row
 
 
-def classifier_versions(s: Session, name: str) -> list[Classifier]:
+def classifier_versions(s: Session, name: str, tenant: str = DEFAULT_TENANT) -> list[Classifier]:
     rows = list(
-        s.scalars(select(Classifier).where(Classifier.name == name).order_by(Classifier.version))
+        s.scalars(
+            select(Classifier)
+            .where(Classifier.tenant == tenant, Classifier.name == name)
+            .order_by(Classifier.version)
+        )
     )
     if not rows:
         raise NotFound(f"classifier {name!r} does not exist", field="classifier")
     return rows
 
 
-def latest_classifiers(s: Session) -> list[Classifier]:
+def latest_classifiers(s: Session, tenant: str = DEFAULT_TENANT) -> list[Classifier]:
     latest = (
         select(Classifier.name, func.max(Classifier.version).label("v"))
+        .where(Classifier.tenant == tenant)
         .group_by(Classifier.name)
         .subquery()
     )
@@ -80,6 +95,7 @@ def latest_classifiers(s: Session) -> list[Classifier]:
         s.scalars(
             select(Classifier)
             .join(latest, and_(Classifier.name == latest.c.name, Classifier.version == latest.c.v))
+            .where(Classifier.tenant == tenant)
             .order_by(Classifier.name)
         )
     )

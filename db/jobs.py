@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from db.classifiers import spec_of
 from db.models import (
+    DEFAULT_TENANT,
     Chunk,
     ChunkState,
     Classifier,
@@ -93,9 +94,10 @@ def add_job(
     idempotency_key: str | None = None,
     webhook_url: str | None = None,
 ) -> Job:
-    """A new job row, queued, with no items yet (flushed, not committed)."""
+    """A new job row of the classifier's tenant, queued, with no items yet (flushed)."""
     job = Job(
         id=str(uuid.uuid4()),
+        tenant=classifier.tenant,
         classifier_id=classifier.id,
         model=model,
         queue=queue,
@@ -115,9 +117,10 @@ def add_job(
     return job
 
 
-def get_job(s: Session, job_id: str, *, for_update: bool = False) -> Job:
+def get_job(s: Session, job_id: str, *, for_update: bool = False, tenant: str | None = None) -> Job:
+    """A job; with `tenant`, only that tenant's (another's is NotFound, as a missing one)."""
     job = s.get(Job, job_id, with_for_update=for_update)
-    if job is None:
+    if job is None or (tenant is not None and job.tenant != tenant):
         raise NotFound(f"job {job_id} does not exist", field="job_id")
     return job
 
@@ -126,11 +129,14 @@ def job_classifier(s: Session, job: Job) -> Classifier:
     return s.get_one(Classifier, job.classifier_id)
 
 
-def list_jobs(s: Session, limit: int = 50) -> list[tuple[Job, Classifier]]:
-    """The newest jobs with their classifier versions."""
+def list_jobs(
+    s: Session, limit: int = 50, tenant: str = DEFAULT_TENANT
+) -> list[tuple[Job, Classifier]]:
+    """A tenant's newest jobs with their classifier versions."""
     rows = s.execute(
         select(Job, Classifier)
         .join(Classifier, Classifier.id == Job.classifier_id)
+        .where(Job.tenant == tenant)
         .order_by(Job.created_at.desc(), Job.id.desc())
         .limit(limit)
     ).all()
@@ -450,9 +456,9 @@ def _complete(
 
 
 # -- cancel --------------------------------------------------------------------------------------
-def cancel_job(s: Session, job_id: str) -> Job:
+def cancel_job(s: Session, job_id: str, tenant: str | None = None) -> Job:
     """Stop pending chunks now; a chunk being scored finishes and is kept."""
-    job = get_job(s, job_id, for_update=True)
+    job = get_job(s, job_id, for_update=True, tenant=tenant)
     mark_cancelling(job)
     pending = s.scalars(
         select(Chunk.id).where(Chunk.job_id == job_id, Chunk.state == ChunkState.pending)

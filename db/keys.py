@@ -1,27 +1,42 @@
-"""API keys, stored as SHA-256 hashes: a key is shown once, when it is made."""
+"""API keys, stored as SHA-256 hashes: a key is shown once, when it is made. Each belongs to a
+tenant and carries scopes."""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
+from collections.abc import Sequence
+from datetime import timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import ApiKey
+from db.models import DEFAULT_TENANT, SCOPES, ApiKey, utcnow
 
 KEY_PREFIX = "lq_"
+PREFIX_LENGTH = 12
 
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def add_key(s: Session, name: str) -> str:
-    """Store a new key (hashed); return the key itself."""
+def add_key(
+    s: Session, name: str, tenant: str = DEFAULT_TENANT, scopes: Sequence[str] = SCOPES
+) -> tuple[ApiKey, str]:
+    """Store a new key (hashed); return its row and the key itself."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    s.add(ApiKey(name=name, prefix=key[:10], key_hash=hash_key(key)))
-    return key
+    row = ApiKey(
+        name=name,
+        tenant=tenant,
+        scopes=list(scopes),
+        prefix=key[:PREFIX_LENGTH],
+        key_hash=hash_key(key),
+    )
+    s.add(row)
+    s.flush()
+    return row, key
 
 
 def any_keys(s: Session) -> bool:
@@ -29,8 +44,34 @@ def any_keys(s: Session) -> bool:
     return bool(count)
 
 
-def key_is_valid(s: Session, key: str) -> bool:
-    row = s.scalar(
-        select(ApiKey.id).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
-    )
-    return row is not None
+def find_key(s: Session, key: str) -> ApiKey | None:
+    """The live key row for `key`: looked up by its prefix, its hash compared in constant time.
+    Its last-used time is kept to the minute (not a write per request)."""
+    digest = hash_key(key)
+    candidates = s.scalars(
+        select(ApiKey).where(ApiKey.prefix == key[:PREFIX_LENGTH], ApiKey.revoked_at.is_(None))
+    ).all()
+    for row in candidates:
+        if hmac.compare_digest(row.key_hash, digest):
+            now = utcnow()
+            last = row.last_used_at
+            if last is None or (last.replace(tzinfo=now.tzinfo) < now - timedelta(minutes=1)):
+                row.last_used_at = now
+            return row
+    return None
+
+
+def list_keys(s: Session, tenant: str | None = None) -> list[ApiKey]:
+    query = select(ApiKey).order_by(ApiKey.id)
+    if tenant is not None:
+        query = query.where(ApiKey.tenant == tenant)
+    return list(s.scalars(query))
+
+
+def revoke(s: Session, key_id: int, tenant: str | None = None) -> ApiKey | None:
+    row = s.get(ApiKey, key_id)
+    if row is None or (tenant is not None and row.tenant != tenant):
+        return None
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+    return row

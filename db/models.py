@@ -20,6 +20,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+DEFAULT_TENANT = "default"
+SCOPES = ("read", "submit", "calibrate", "admin")
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -79,11 +82,12 @@ class Classifier(Base):
 
     __tablename__ = "classifiers"
     __table_args__ = (
-        UniqueConstraint("name", "version", name="uq_classifiers_name_version"),
-        UniqueConstraint("name", "spec_hash", name="uq_classifiers_name_spec_hash"),
+        UniqueConstraint("tenant", "name", "version", name="uq_classifiers_tenant_name_version"),
+        UniqueConstraint("tenant", "name", "spec_hash", name="uq_classifiers_tenant_name_hash"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
     name: Mapped[str] = mapped_column(String(128))
     version: Mapped[int] = mapped_column(Integer)
     spec: Mapped[dict[str, Any]]
@@ -96,6 +100,7 @@ class Job(Base):
     __table_args__ = (Index("ix_jobs_created_at", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT, index=True)
     classifier_id: Mapped[int] = mapped_column(ForeignKey("classifiers.id"), index=True)
     model: Mapped[str] = mapped_column(Text)
     queue: Mapped[str] = mapped_column(String(200))
@@ -195,6 +200,8 @@ class ApiKey(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
+    tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=lambda: list(SCOPES))
     prefix: Mapped[str] = mapped_column(String(16))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -227,8 +234,11 @@ class Pipeline(Base):
 
     __tablename__ = "pipelines"
 
+    __table_args__ = (UniqueConstraint("tenant", "name", name="uq_pipelines_tenant_name"),)
+
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    name: Mapped[str] = mapped_column(String(128), unique=True)
+    tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
+    name: Mapped[str] = mapped_column(String(128))
     definition: Mapped[dict[str, Any]]  # the spec as given (URLs may hold ${VARS})
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     watermark: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import calibrations as calibration_rows
 from db import jobs as job_rows
 from db.classifiers import classifier_versions, get_classifier, spec_of
-from db.models import Calibration, CalibrationStatus, Classifier
+from db.models import DEFAULT_TENANT, Calibration, CalibrationStatus, Classifier
 from db.session import transaction
 from labelq import calibration
 from labelq.errors import InputError, LabelqError, NotFound
@@ -78,12 +78,17 @@ class CalibrationOut(BaseModel):
 
 # -- the API side --------------------------------------------------------------------------------
 def request_fit(
-    s: Session, dispatcher: Dispatcher, settings: Settings, name: str, body: CalibrationRequest
+    s: Session,
+    dispatcher: Dispatcher,
+    settings: Settings,
+    name: str,
+    body: CalibrationRequest,
+    tenant: str = DEFAULT_TENANT,
 ) -> CalibrationOut:
     """Store a calibration in `fitting` and hand the fit to a worker of the model's queue."""
     calibrator = calibration.make(body.method, **body.options)  # checks method and options
     if body.job_id:
-        job = job_rows.get_job(s, body.job_id)
+        job = job_rows.get_job(s, body.job_id, tenant=tenant)
         classifier = job_rows.job_classifier(s, job)
         if classifier.name != name:
             raise InputError(
@@ -95,7 +100,7 @@ def request_fit(
     else:
         if not isinstance(calibrator, calibration.ContextualCalibration):
             raise InputError(f"{body.method} is fitted on a job's results", field="job_id")
-        classifier = get_classifier(s, name, body.version)
+        classifier = get_classifier(s, name, body.version, tenant)
         model = settings.resolve_model(spec_of(classifier).model)
     fitted_on = {
         "job_id": body.job_id,
@@ -112,9 +117,13 @@ def request_fit(
     return CalibrationOut.of(row, classifier)
 
 
-def list_for(s: Session, name: str, version: int | None = None) -> list[CalibrationOut]:
+def list_for(
+    s: Session, name: str, version: int | None = None, tenant: str = DEFAULT_TENANT
+) -> list[CalibrationOut]:
     classifiers = {
-        c.id: c for c in classifier_versions(s, name) if version is None or c.version == version
+        c.id: c
+        for c in classifier_versions(s, name, tenant)
+        if version is None or c.version == version
     }
     return [
         CalibrationOut.of(row, classifiers[row.classifier_id])
@@ -122,21 +131,27 @@ def list_for(s: Session, name: str, version: int | None = None) -> list[Calibrat
     ]
 
 
-def _of_classifier(s: Session, name: str, calibration_id: int) -> tuple[Calibration, Classifier]:
+def _of_classifier(
+    s: Session, name: str, calibration_id: int, tenant: str
+) -> tuple[Calibration, Classifier]:
     row = calibration_rows.get_calibration(s, calibration_id)
     classifier = s.get_one(Classifier, row.classifier_id)
+    if classifier.tenant != tenant:
+        raise NotFound(f"calibration {calibration_id} does not exist", field="calibration")
     if classifier.name != name:
         raise NotFound(f"calibration {calibration_id} is not of {name!r}", field="calibration")
     return row, classifier
 
 
-def get(s: Session, name: str, calibration_id: int) -> CalibrationOut:
-    return CalibrationOut.of(*_of_classifier(s, name, calibration_id))
+def get(s: Session, name: str, calibration_id: int, tenant: str = DEFAULT_TENANT) -> CalibrationOut:
+    return CalibrationOut.of(*_of_classifier(s, name, calibration_id, tenant))
 
 
-def activate(s: Session, name: str, calibration_id: int) -> CalibrationOut:
+def activate(
+    s: Session, name: str, calibration_id: int, tenant: str = DEFAULT_TENANT
+) -> CalibrationOut:
     """Make this the classifier version's active calibration, in one transaction."""
-    row, classifier = _of_classifier(s, name, calibration_id)
+    row, classifier = _of_classifier(s, name, calibration_id, tenant)
     calibration_rows.activate(s, row)
     s.commit()
     return CalibrationOut.of(row, classifier)

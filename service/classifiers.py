@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from db import classifiers as classifier_rows
+from db.models import DEFAULT_TENANT
 from labelq.settings import Settings
 from labelq.spec import ClassifierSpec, check_template
 
@@ -39,27 +40,29 @@ class ClassifierDetail(BaseModel):
     versions: list[ClassifierVersion]
 
 
-def store(s: Session, spec: ClassifierSpec, settings: Settings) -> ClassifierCreated:
+def store(
+    s: Session, spec: ClassifierSpec, settings: Settings, tenant: str = DEFAULT_TENANT
+) -> ClassifierCreated:
     """A changed spec under a name is a new version; the same spec returns its version. Its
     model must be one the service serves, and its template must render in the sandbox."""
     settings.resolve_model(spec.model)
     check_template(spec)
-    row, created = classifier_rows.store_version(s, spec)
+    row, created = classifier_rows.store_version(s, spec, tenant)
     s.commit()
     return ClassifierCreated(
         name=row.name, version=row.version, created=created, created_at=row.created_at
     )
 
 
-def latest(s: Session) -> list[ClassifierSummary]:
+def latest(s: Session, tenant: str = DEFAULT_TENANT) -> list[ClassifierSummary]:
     return [
         ClassifierSummary(name=c.name, latest_version=c.version, created_at=c.created_at)
-        for c in classifier_rows.latest_classifiers(s)
+        for c in classifier_rows.latest_classifiers(s, tenant)
     ]
 
 
-def detail(s: Session, name: str) -> ClassifierDetail:
-    versions = classifier_rows.classifier_versions(s, name)
+def detail(s: Session, name: str, tenant: str = DEFAULT_TENANT) -> ClassifierDetail:
+    versions = classifier_rows.classifier_versions(s, name, tenant)
     return ClassifierDetail(
         name=name,
         latest=versions[-1].spec,
@@ -79,8 +82,10 @@ class ClassifierVersionDetail(BaseModel):
     created_at: datetime
 
 
-def version(s: Session, name: str, number: int) -> ClassifierVersionDetail:
-    row = classifier_rows.get_classifier(s, name, number)
+def version(
+    s: Session, name: str, number: int, tenant: str = DEFAULT_TENANT
+) -> ClassifierVersionDetail:
+    row = classifier_rows.get_classifier(s, name, number, tenant)
     return ClassifierVersionDetail(
         name=row.name,
         version=row.version,

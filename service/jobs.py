@@ -21,9 +21,9 @@ from db import jobs as job_rows
 from db import workers
 from db.classifiers import get_classifier, spec_of
 from db.jobs import INSERT_BATCH
-from db.models import Classifier, ItemStatus, Job, JobState, utcnow
+from db.models import DEFAULT_TENANT, Classifier, ItemStatus, Job, JobState, utcnow
 from db.session import transaction
-from labelq.errors import InputError, TooLarge
+from labelq.errors import Conflict, InputError, TooLarge
 from labelq.jsonl import depth
 from labelq.scoring import Item as ScoreItem
 from labelq.settings import Settings
@@ -85,8 +85,8 @@ def no_worker_warning(queue: str, model: str, stale_after: float) -> str:
     )
 
 
-def job_status(s: Session, job_id: str, settings: Settings) -> JobStatus:
-    job = job_rows.get_job(s, job_id)
+def job_status(s: Session, job_id: str, settings: Settings, tenant: str | None = None) -> JobStatus:
+    job = job_rows.get_job(s, job_id, tenant=tenant)
     classifier = job_rows.job_classifier(s, job)
     cancelled = (
         job_rows.count_items(s, job_id, ItemStatus.cancelled)
@@ -101,15 +101,17 @@ def job_status(s: Session, job_id: str, settings: Settings) -> JobStatus:
     return JobStatus.of(job, classifier, cancelled, warnings)
 
 
-def list_jobs(s: Session, limit: int) -> list[JobStatus]:
-    return [JobStatus.of(job, classifier) for job, classifier in job_rows.list_jobs(s, limit)]
+def list_jobs(s: Session, limit: int, tenant: str = DEFAULT_TENANT) -> list[JobStatus]:
+    return [
+        JobStatus.of(job, classifier) for job, classifier in job_rows.list_jobs(s, limit, tenant)
+    ]
 
 
 def resolve_classifier(
-    s: Session, name: str, version: int | None, settings: Settings
+    s: Session, name: str, version: int | None, settings: Settings, tenant: str = DEFAULT_TENANT
 ) -> tuple[Classifier, ClassifierSpec, str]:
     """A classifier version, its spec and the model that serves it."""
-    classifier = get_classifier(s, name, version)
+    classifier = get_classifier(s, name, version, tenant)
     spec = spec_of(classifier)
     try:
         model = settings.resolve_model(spec.model)
@@ -269,6 +271,7 @@ def start(
     metadata: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
     webhook_url: str | None = None,
+    tenant: str = DEFAULT_TENANT,
 ) -> tuple[Job, ClassifierSpec, bool]:
     """Create the job row (no items yet). Returns (job, spec, created): an existing job with
     the same idempotency key is returned instead of a new one."""
@@ -282,10 +285,10 @@ def start(
             )
     try:
         with transaction(factory) as s:
-            classifier, spec, model = resolve_classifier(s, name, version, settings)
+            classifier, spec, model = resolve_classifier(s, name, version, settings, tenant)
             if idempotency_key:
                 found = job_rows.find_job_by_idempotency_key(s, idempotency_key)
-                if found:
+                if found and found.tenant == tenant:
                     return found, spec, False
             job = job_rows.add_job(
                 s,
@@ -303,6 +306,10 @@ def start(
             found = job_rows.find_job_by_idempotency_key(s, idempotency_key or "")
             if found is None:
                 raise
+            if found.tenant != tenant:  # another tenant's key: say nothing of its job
+                raise Conflict(
+                    "this Idempotency-Key is taken: use another", field="Idempotency-Key"
+                ) from None
             return found, spec_of(job_rows.job_classifier(s, found)), False
 
 
@@ -323,17 +330,22 @@ def submit_items(
     return job.id
 
 
-def cancel(s: Session, job_id: str) -> None:
+def cancel(s: Session, job_id: str, tenant: str | None = None) -> None:
     """Pending chunks stop at once; a chunk being scored finishes and keeps its results."""
-    job_rows.cancel_job(s, job_id)
+    job_rows.cancel_job(s, job_id, tenant)
     s.commit()
 
 
-def retry(factory: sessionmaker[Session], dispatcher: Dispatcher, job_id: str) -> str:
+def retry(
+    factory: sessionmaker[Session],
+    dispatcher: Dispatcher,
+    job_id: str,
+    tenant: str | None = None,
+) -> str:
     """A new job of this job's failed and cancelled items that have an input, with the same
     classifier version and custom_ids; its metadata names the original. Returns its id."""
     with factory() as s:
-        original = job_rows.get_job(s, job_id)
+        original = job_rows.get_job(s, job_id, tenant=tenant)
         classifier = job_rows.job_classifier(s, original)
         metadata = {**original.metadata_, "retry_of": job_id}
         model, queue, chunk_size = original.model, original.queue, original.chunk_size

@@ -52,9 +52,11 @@ def parse_labels(body: bytes, jsonl: bool) -> tuple[list[Entry], list[dict[str, 
     return entries, rejected
 
 
-def store_labels(s: Session, job_id: str, entries: list[Entry]) -> LabelsReport:
+def store_labels(
+    s: Session, job_id: str, entries: list[Entry], tenant: str | None = None
+) -> LabelsReport:
     """Check entries against the job's labels and items and store the good ones."""
-    job = job_rows.get_job(s, job_id)
+    job = job_rows.get_job(s, job_id, tenant=tenant)
     valid = set(spec_of(job_rows.job_classifier(s, job)).label_names)
     rejected: list[dict[str, Any]] = []
     wanted: dict[str, tuple[int | None, str]] = {}

@@ -22,6 +22,7 @@ from tenacity import retry, stop_after_attempt, wait_exponential
 from db import jobs as job_rows
 from db.classifiers import get_classifier
 from db.models import (
+    DEFAULT_TENANT,
     JobState,
     Pipeline,
     PipelineFile,
@@ -88,8 +89,10 @@ def spec_of(row: Pipeline) -> PipelineSpec:
     return PipelineSpec.model_validate(row.definition)
 
 
-def _get(s: Session, name: str, *, for_update: bool = False) -> Pipeline:
-    query = select(Pipeline).where(Pipeline.name == name)
+def _get(
+    s: Session, name: str, tenant: str = DEFAULT_TENANT, *, for_update: bool = False
+) -> Pipeline:
+    query = select(Pipeline).where(Pipeline.tenant == tenant, Pipeline.name == name)
     if for_update:
         query = query.with_for_update()
     row = s.scalar(query)
@@ -120,11 +123,11 @@ def _out(s: Session, row: Pipeline) -> PipelineOut:
     )
 
 
-def check(s: Session, spec: PipelineSpec) -> None:
+def check(s: Session, spec: PipelineSpec, tenant: str = DEFAULT_TENANT) -> None:
     """Everything that can be checked before 3 a.m.: the classifier, the source's columns or
     folder, the sink's URL."""
     try:
-        get_classifier(s, spec.classifier, spec.version)
+        get_classifier(s, spec.classifier, spec.version, tenant)
     except NotFound as exc:
         raise SpecError(exc.message, field="version" if spec.version else "classifier") from None
     if isinstance(spec.source, FilesSource):
@@ -139,10 +142,15 @@ def check(s: Session, spec: PipelineSpec) -> None:
         SqlWriter(spec.sink).close()
 
 
-def create(s: Session, data: Any) -> PipelineOut:
+def create(s: Session, data: Any, tenant: str = DEFAULT_TENANT) -> PipelineOut:
     spec = parse_pipeline(data)
-    check(s, spec)
-    row = Pipeline(name=spec.name, definition=spec.model_dump(mode="json"), enabled=spec.enabled)
+    check(s, spec, tenant)
+    row = Pipeline(
+        tenant=tenant,
+        name=spec.name,
+        definition=spec.model_dump(mode="json"),
+        enabled=spec.enabled,
+    )
     s.add(row)
     try:
         s.commit()
@@ -152,34 +160,37 @@ def create(s: Session, data: Any) -> PipelineOut:
     return _out(s, row)
 
 
-def update(s: Session, name: str, changes: dict[str, Any]) -> PipelineOut:
+def update(
+    s: Session, name: str, changes: dict[str, Any], tenant: str = DEFAULT_TENANT
+) -> PipelineOut:
     """Change fields of a pipeline (checked as at creation); effective at the next tick."""
-    row = _get(s, name)
+    row = _get(s, name, tenant)
     if "name" in changes and changes["name"] != name:
         raise InputError("a pipeline cannot be renamed: create a new one", field="name")
     spec = parse_pipeline({**row.definition, **changes})
-    check(s, spec)
+    check(s, spec, tenant)
     row.definition = spec.model_dump(mode="json")
     row.enabled = spec.enabled
     s.commit()
     return _out(s, row)
 
 
-def delete(s: Session, name: str) -> None:
-    s.delete(_get(s, name))
+def delete(s: Session, name: str, tenant: str = DEFAULT_TENANT) -> None:
+    s.delete(_get(s, name, tenant))
     s.commit()
 
 
-def get(s: Session, name: str) -> PipelineOut:
-    return _out(s, _get(s, name))
+def get(s: Session, name: str, tenant: str = DEFAULT_TENANT) -> PipelineOut:
+    return _out(s, _get(s, name, tenant))
 
 
-def list_all(s: Session) -> list[PipelineOut]:
-    return [_out(s, row) for row in s.scalars(select(Pipeline).order_by(Pipeline.name))]
+def list_all(s: Session, tenant: str = DEFAULT_TENANT) -> list[PipelineOut]:
+    query = select(Pipeline).where(Pipeline.tenant == tenant).order_by(Pipeline.name)
+    return [_out(s, row) for row in s.scalars(query)]
 
 
-def runs(s: Session, name: str, limit: int = 50) -> list[RunOut]:
-    row = _get(s, name)
+def runs(s: Session, name: str, limit: int = 50, tenant: str = DEFAULT_TENANT) -> list[RunOut]:
+    row = _get(s, name, tenant)
     return [
         RunOut.of(run, name)
         for run in s.scalars(
@@ -191,17 +202,17 @@ def runs(s: Session, name: str, limit: int = 50) -> list[RunOut]:
     ]
 
 
-def last_started(s: Session) -> dict[str, datetime]:
-    """Pipeline name -> when its last run (of any kind) started."""
+def last_started(s: Session) -> dict[tuple[str, str], datetime]:
+    """(tenant, pipeline name) -> when its last run (of any kind) started."""
     rows = s.execute(
-        select(Pipeline.name, PipelineRun.started_at)
+        select(Pipeline.tenant, Pipeline.name, PipelineRun.started_at)
         .join(PipelineRun, PipelineRun.pipeline_id == Pipeline.id)
         .order_by(PipelineRun.id)
     ).all()
-    return {name: started for name, started in rows}
+    return {(tenant, name): started for tenant, name, started in rows}
 
 
-def due_now(s: Session) -> list[str]:
+def due_now(s: Session) -> list[tuple[str, str]]:
     """Enabled pipelines whose schedule says they are due (the embedded default's scheduler;
     beat asks Celery's schedule classes the same question)."""
     from service.schedules import due
@@ -209,14 +220,17 @@ def due_now(s: Session) -> list[str]:
     last = last_started(s)
     names = []
     for row in s.scalars(select(Pipeline).where(Pipeline.enabled.is_(True))):
-        is_due, _ = due(spec_of(row).schedule, last.get(row.name), row.created_at)
+        last_run = last.get((row.tenant, row.name))
+        is_due, _ = due(spec_of(row).schedule, last_run, row.created_at)
         if is_due:
-            names.append(row.name)
+            names.append((row.tenant, row.name))
     return names
 
 
-def enabled_specs(s: Session) -> list[PipelineSpec]:
-    return [spec_of(row) for row in s.scalars(select(Pipeline).where(Pipeline.enabled.is_(True)))]
+def enabled_specs(s: Session) -> list[tuple[str, PipelineSpec]]:
+    """(tenant, spec) of every enabled pipeline."""
+    enabled = select(Pipeline).where(Pipeline.enabled.is_(True))
+    return [(row.tenant, spec_of(row)) for row in s.scalars(enabled)]
 
 
 # -- a run -----------------------------------------------------------------------------------
@@ -226,11 +240,12 @@ def start_run(
     settings: Settings,
     name: str,
     trigger: str = "schedule",
+    tenant: str = DEFAULT_TENANT,
 ) -> RunOut:
     """Read what is new in the source into a job. A run still going makes this one `skipped`
     (recorded, with the reason); never two at once."""
     with transaction(factory) as s:
-        row = _get(s, name, for_update=True)
+        row = _get(s, name, tenant, for_update=True)
         running = s.scalar(
             select(PipelineRun).where(
                 PipelineRun.pipeline_id == row.id, PipelineRun.state == RunState.running
@@ -253,7 +268,7 @@ def start_run(
         with factory() as s:
             return RunOut.of(s.get_one(PipelineRun, run_id), name)
     try:
-        _read_into_job(factory, dispatcher, settings, spec, run_id, pipeline_id, watermark)
+        _read_into_job(factory, dispatcher, settings, spec, run_id, pipeline_id, watermark, tenant)
     except Exception as exc:
         error = exc.message if isinstance(exc, LabelqError) else f"{type(exc).__name__}: {exc}"
         log.warning("pipeline %s run %d failed while reading: %s", name, run_id, error)
@@ -271,6 +286,7 @@ def _read_into_job(
     run_id: int,
     pipeline_id: int,
     watermark: dict[str, Any] | None,
+    tenant: str,
 ) -> None:
     submission: jobs.Submission | None = None
     rows_read = 0
@@ -289,6 +305,7 @@ def _read_into_job(
                 spec.classifier,
                 spec.version,
                 {"pipeline": spec.name, "run_id": run_id},
+                tenant=tenant,
             )
             submission = jobs.Submission(factory, job, job_spec, run_settings)
         for record in records:

@@ -84,11 +84,13 @@ def _chosen_calibration(s: Session, classifier_id: int, choice: str) -> Calibrat
     return calibration_rows.get_calibration(s, calibration_id, {classifier_id})
 
 
-def resolve_view(factory: sessionmaker[Session], job_id: str, choice: str | None) -> View:
+def resolve_view(
+    factory: sessionmaker[Session], job_id: str, choice: str | None, tenant: str | None = None
+) -> View:
     """`choice`: None (as stored), `none` (uncalibrated), `active` (uncalibrated when none is
     active), or a calibration id of the job's classifier version."""
     with factory() as s:
-        job = job_rows.get_job(s, job_id)
+        job = job_rows.get_job(s, job_id, tenant=tenant)
         spec = spec_of(job_rows.job_classifier(s, job))
         view = View(choice is None, spec.label_names, spec.bias_vector())
         if choice is None or choice == "none":

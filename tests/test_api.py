@@ -162,7 +162,7 @@ def test_auth_with_keys(factory: Any) -> None:
     with c:
         assert c.get("/v1/classifiers").status_code == 200  # no keys: loopback is open
         with factory() as s:
-            key = keys.create(s, "t")
+            key = keys.create(s, "t").key
         r = c.get("/v1/classifiers")
         assert r.status_code == 401 and r.json()["field"] == "Authorization"
         assert c.get("/v1/classifiers", headers={"Authorization": "Bearer nope"}).status_code == 401

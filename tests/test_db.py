@@ -304,12 +304,18 @@ def test_results_iterate_in_input_order_across_pages(factory: Factory) -> None:
         assert [i.idx for i in jobs.items_page(s, job.id, after_idx=20, limit=3)] == [21, 22, 23]
 
 
-def test_api_keys_are_stored_hashed(factory: Factory) -> None:
+def test_api_keys_are_stored_hashed_and_revocable(factory: Factory) -> None:
     with factory() as s:
         assert not keys.any_keys(s)
     with transaction(factory) as s:
-        key = keys.add_key(s, "ci")
-    with factory() as s:
-        assert keys.any_keys(s) and keys.key_is_valid(s, key)
-        assert not keys.key_is_valid(s, key + "x")
+        row, key = keys.add_key(s, "ci", "acme", ["read"])
+    with transaction(factory) as s:
+        assert keys.any_keys(s)
+        found = keys.find_key(s, key)
+        assert found is not None and (found.tenant, found.scopes) == ("acme", ["read"])
+        assert found.last_used_at is not None
+        assert keys.find_key(s, key + "x") is None
         assert key not in {k.key_hash for k in s.scalars(select(ApiKey))}
+        keys.revoke(s, row.id)
+    with factory() as s:
+        assert keys.find_key(s, key) is None and not keys.any_keys(s)

@@ -186,3 +186,74 @@ def test_a_model_alias_is_allowed(api: tuple[TestClient, Any]) -> None:
     assert r.status_code == 201, r.text
     job = c.post("/v1/jobs", json={"classifier": "aliased", "items": [{"text": "x"}]}).json()
     assert job["model"] == "/models/real"
+
+
+def test_scopes_and_tenants_are_isolated(factory: Any, fake_scorer: Any) -> None:
+    from service import keys
+
+    with factory() as s:
+        root = keys.create(s, "operator").key  # default tenant, every scope
+    c, _ = make_client(factory, fake_scorer)
+
+    def auth(key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+    with c:
+        assert c.get("/v1/jobs").status_code == 401  # keys exist: no more open loopback
+        made = {}
+        for name, tenant, scopes in [
+            ("a-writer", "acme", ["read", "submit"]),
+            ("a-reader", "acme", ["read"]),
+            ("b-writer", "bolt", ["read", "submit"]),
+        ]:
+            r = c.post(
+                "/v1/keys",
+                json={"name": name, "tenant": tenant, "scopes": scopes},
+                headers=auth(root),
+            )
+            assert r.status_code == 201, r.text
+            made[name] = r.json()["key"]
+        a, a_read, b = (auth(made[k]) for k in ("a-writer", "a-reader", "b-writer"))
+        bad = c.post("/v1/keys", json={"name": "x", "scopes": ["root"]}, headers=auth(root))
+        assert bad.status_code == 422 and bad.json()["field"] == "scopes"
+        assert (
+            c.post("/v1/keys", json={"name": "x", "scopes": ["read"]}, headers=a).status_code == 403
+        )
+
+        assert c.post("/v1/classifiers", json=SPEC, headers=a).status_code == 201
+        body = {"classifier": "hostile", "items": [{"custom_id": "k", "text": "x"}]}
+        job = c.post("/v1/jobs", json=body, headers=a).json()
+        r = c.post("/v1/jobs", json=body, headers=a_read)
+        assert r.status_code == 403 and "'submit' scope" in r.json()["error"]
+        assert c.get(f"/v1/jobs/{job['id']}", headers=a_read).status_code == 200
+
+        # Tenant B sees nothing of A's, by id or by listing; a 404, as for what does not exist.
+        jid = job["id"]
+        for method, path, kwargs in [
+            ("GET", f"/v1/jobs/{jid}", {}),
+            ("GET", f"/v1/jobs/{jid}/results", {}),
+            ("GET", f"/v1/jobs/{jid}/results?format=jsonl", {}),
+            ("POST", f"/v1/jobs/{jid}/cancel", {}),
+            ("POST", f"/v1/jobs/{jid}/labels", {"json": {"k": "positive"}}),
+            ("POST", f"/v1/jobs/{jid}/retry", {}),
+            ("GET", f"/v1/jobs/{jid}/metrics", {}),
+            ("GET", f"/v1/jobs/{jid}/events", {}),
+            ("GET", "/v1/classifiers/hostile", {}),
+        ]:
+            r = c.request(method, path, headers=b, **kwargs)
+            assert r.status_code == 404, (method, path, r.status_code, r.text)
+        assert c.get("/v1/jobs", headers=b).json()["data"] == []
+        assert c.get("/v1/classifiers", headers=b).json() == []
+        # B has its own namespace: the same classifier name is B's own version 1.
+        created = c.post("/v1/classifiers", json=SPEC, headers=b).json()
+        assert (created["version"], created["created"]) == (1, True)
+
+        # Revoked keys are refused; admins list keys with their last use, never the key.
+        a_id = next(
+            k["id"] for k in c.get("/v1/keys", headers=auth(root)).json() if k["name"] == "a-writer"
+        )
+        listed = c.get("/v1/keys", headers=auth(root)).json()
+        assert all("key" not in k for k in listed)
+        assert any(k["last_used_at"] for k in listed if k["name"] == "a-writer")
+        assert c.delete(f"/v1/keys/{a_id}", headers=auth(root)).status_code == 200
+        assert c.get("/v1/jobs", headers=a).status_code == 401

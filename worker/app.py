@@ -80,8 +80,8 @@ def worker_app(runtime: WorkerRuntime) -> Celery:
         runtime.reconcile()
 
     @app.task(name=TASK_RUN_PIPELINE, ignore_result=True, **retry_db)
-    def run_pipeline(name: str) -> None:
-        runtime.run_pipeline(name)
+    def run_pipeline(name: str, tenant: str = "default") -> None:
+        runtime.run_pipeline(name, tenant=tenant)
 
     def _ready(**_: Any) -> None:
         runtime.start()

@@ -96,8 +96,8 @@ class ThreadDispatcher:
             try:
                 with self.runtime.factory() as s:
                     due = pipelines.due_now(s)
-                for name in due:
-                    self.runtime.run_pipeline(name)
+                for tenant, name in due:
+                    self.runtime.run_pipeline(name, tenant=tenant)
             except Exception:
                 log.exception("pipeline scheduler tick failed")
 

@@ -94,10 +94,10 @@ class WorkerRuntime:
             raise RuntimeError("this worker has no dispatcher to re-send chunks with")
         return sweep(self.factory, self.dispatcher, self.settings)
 
-    def run_pipeline(self, name: str, trigger: str = "schedule") -> None:
+    def run_pipeline(self, name: str, trigger: str = "schedule", tenant: str = "default") -> None:
         if self.dispatcher is None:
             raise RuntimeError("this worker has no dispatcher to send a run's chunks with")
-        pipelines.start_run(self.factory, self.dispatcher, self.settings, name, trigger)
+        pipelines.start_run(self.factory, self.dispatcher, self.settings, name, trigger, tenant)
 
     def start(self) -> None:
         self.heartbeat.start()

@@ -57,11 +57,11 @@ class DatabaseScheduler(Scheduler):  # type: ignore[misc]
             specs = pipelines.enabled_specs(s)
             last = pipelines.last_started(s)
         wanted: dict[str, Any] = dict(self._static)
-        for spec in specs:
-            wanted[f"pipeline:{spec.name}"] = {
+        for tenant, spec in specs:
+            wanted[f"pipeline:{tenant}/{spec.name}"] = {
                 "task": TASK_RUN_PIPELINE,
                 "schedule": celery_schedule(spec.schedule),
-                "args": [spec.name],
+                "args": [spec.name, tenant],
                 "options": {"queue": CONTROL_QUEUE},
             }
         previous = dict(self.schedule)
@@ -69,7 +69,8 @@ class DatabaseScheduler(Scheduler):  # type: ignore[misc]
         for name, entry in self.schedule.items():
             if not name.startswith("pipeline:"):
                 continue
-            known = last.get(name.removeprefix("pipeline:"))
+            tenant, _, pipeline = name.removeprefix("pipeline:").partition("/")
+            known = last.get((tenant, pipeline))
             if known is not None and known.tzinfo is None:
                 known = known.replace(tzinfo=UTC)
             mine = previous[name].last_run_at if name in previous else None

@@ -1,11 +1,11 @@
-"""/v1/classifiers: immutable, versioned classifier specs."""
+"""/v1/classifiers: immutable, versioned classifier specs, per tenant."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import SessionDep, StateDep, require_key
+from api.deps import Reader, SessionDep, StateDep, Submitter
 from labelq.errors import SpecError
 from labelq.spec import loads_spec
 from service import classifiers
@@ -16,9 +16,7 @@ from service.classifiers import (
     ClassifierVersionDetail,
 )
 
-router = APIRouter(
-    prefix="/v1/classifiers", tags=["classifiers"], dependencies=[Depends(require_key)]
-)
+router = APIRouter(prefix="/v1/classifiers", tags=["classifiers"])
 
 
 @router.post(
@@ -36,10 +34,11 @@ router = APIRouter(
     },
 )
 async def create_classifier(
-    request: Request, response: Response, st: StateDep
+    request: Request, response: Response, st: StateDep, who: Submitter
 ) -> ClassifierCreated:
     """Store a spec (JSON or YAML body). A new spec under an existing name is a new version; the
-    same spec again returns its existing version with 200."""
+    same spec again returns its existing version with 200. Its model must be one the service
+    serves; its template is rendered once in the sandbox."""
     body = (await request.body()).decode("utf-8", errors="replace")
     if not body.strip():
         raise SpecError("empty body: send a classifier spec as JSON or YAML")
@@ -48,7 +47,7 @@ async def create_classifier(
 
     def store() -> ClassifierCreated:
         with st.factory() as s:
-            return classifiers.store(s, spec, st.settings)
+            return classifiers.store(s, spec, st.settings, who.tenant)
 
     created = await run_in_threadpool(store)
     if not created.created:
@@ -57,15 +56,15 @@ async def create_classifier(
 
 
 @router.get("", response_model=list[ClassifierSummary])
-def list_classifiers(s: SessionDep) -> list[ClassifierSummary]:
-    return classifiers.latest(s)
+def list_classifiers(s: SessionDep, who: Reader) -> list[ClassifierSummary]:
+    return classifiers.latest(s, who.tenant)
 
 
 @router.get("/{name}", response_model=ClassifierDetail)
-def get_classifier(name: str, s: SessionDep) -> ClassifierDetail:
-    return classifiers.detail(s, name)
+def get_classifier(name: str, s: SessionDep, who: Reader) -> ClassifierDetail:
+    return classifiers.detail(s, name, who.tenant)
 
 
 @router.get("/{name}/versions/{version}", response_model=ClassifierVersionDetail)
-def get_version(name: str, version: int, s: SessionDep) -> ClassifierVersionDetail:
-    return classifiers.version(s, name, version)
+def get_version(name: str, version: int, s: SessionDep, who: Reader) -> ClassifierVersionDetail:
+    return classifiers.version(s, name, version, who.tenant)

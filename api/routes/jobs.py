@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
-from api.deps import SessionDep, StateDep, require_key, submission_quota
+from api.deps import Reader, SessionDep, StateDep, Submitter, submission_quota
 from api.errors import input_error
 from api.schemas import JobCreate, JobList
 from db.jobs import get_job as get_job_row
@@ -26,7 +26,7 @@ from service.labels import LabelsReport
 from service.results import JobMetrics, ResultsPage
 from service.webhooks import DeliveryOut
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_key)])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
 def _media_type(request: Request) -> str:
@@ -59,9 +59,9 @@ async def _stream_lines(
         yield number + 1, too_long(number + 1) if overlong else buffer
 
 
-def _status(st: StateDep, job_id: str) -> JobStatus:
+def _status(st: StateDep, job_id: str, tenant: str | None = None) -> JobStatus:
     with st.factory() as s:
-        return jobs.job_status(s, job_id, st.settings)
+        return jobs.job_status(s, job_id, st.settings, tenant)
 
 
 @router.post(
@@ -82,6 +82,7 @@ def _status(st: StateDep, job_id: str) -> JobStatus:
 async def create_job(
     request: Request,
     st: StateDep,
+    who: Submitter,
     classifier: str | None = Query(None, description="with a JSONL body: the classifier name"),
     version: int | None = Query(None, description="with a JSONL body: the classifier version"),
     webhook_url: str | None = Query(None, description="with a JSONL body: notified at the end"),
@@ -105,7 +106,15 @@ async def create_job(
         name, ver, metadata, hook = body.classifier, body.version, body.metadata, body.webhook_url
 
     job, spec, created = await run_in_threadpool(
-        jobs.start, st.factory, st.settings, name, ver, metadata, idempotency_key, hook
+        jobs.start,
+        st.factory,
+        st.settings,
+        name,
+        ver,
+        metadata,
+        idempotency_key,
+        hook,
+        who.tenant,
     )
     if not created:
         out = await run_in_threadpool(_status, st, job.id)
@@ -150,20 +159,20 @@ async def create_job(
 
 
 @router.get("", response_model=JobList)
-def list_jobs(s: SessionDep, limit: int = Query(50, ge=1, le=500)) -> JobList:
-    return JobList(data=jobs.list_jobs(s, limit))
+def list_jobs(s: SessionDep, who: Reader, limit: int = Query(50, ge=1, le=500)) -> JobList:
+    return JobList(data=jobs.list_jobs(s, limit, who.tenant))
 
 
 @router.get("/{job_id}", response_model=JobStatus)
-def get_job(job_id: str, s: SessionDep, st: StateDep) -> JobStatus:
-    return jobs.job_status(s, job_id, st.settings)
+def get_job(job_id: str, s: SessionDep, st: StateDep, who: Reader) -> JobStatus:
+    return jobs.job_status(s, job_id, st.settings, who.tenant)
 
 
 @router.post("/{job_id}/cancel", response_model=JobStatus)
-def cancel_job(job_id: str, s: SessionDep, st: StateDep) -> JobStatus:
+def cancel_job(job_id: str, s: SessionDep, st: StateDep, who: Submitter) -> JobStatus:
     """Pending chunks stop at once; a chunk being scored finishes and keeps its results."""
-    jobs.cancel(s, job_id)
-    return jobs.job_status(s, job_id, st.settings)
+    jobs.cancel(s, job_id, who.tenant)
+    return jobs.job_status(s, job_id, st.settings, who.tenant)
 
 
 @router.post(
@@ -172,13 +181,13 @@ def cancel_job(job_id: str, s: SessionDep, st: StateDep) -> JobStatus:
     response_model=JobStatus,
     dependencies=[Depends(submission_quota)],
 )
-def retry_failed(job_id: str, st: StateDep) -> JobStatus:
+def retry_failed(job_id: str, st: StateDep, who: Submitter) -> JobStatus:
     """A new job of this job's failed (and cancelled) items that have an input, with the same
     classifier version and custom_ids; its metadata names the original. Lines that were not
     valid JSON cannot be retried: fix and resubmit them."""
-    new_id = jobs.retry(st.factory, st.dispatcher, job_id)
+    new_id = jobs.retry(st.factory, st.dispatcher, job_id, who.tenant)
     st.metrics.jobs_submitted.inc()
-    return _status(st, new_id)
+    return _status(st, new_id, who.tenant)
 
 
 CALIBRATION_QUERY = Query(
@@ -190,6 +199,7 @@ CALIBRATION_QUERY = Query(
 def get_results(
     job_id: str,
     st: StateDep,
+    who: Reader,
     format: Literal["json", "jsonl", "csv"] = Query("json"),
     cursor: str | None = Query(None, description="next_cursor of the previous page"),
     limit: int = Query(100, ge=1, le=1000),
@@ -197,7 +207,8 @@ def get_results(
 ) -> Any:
     """Results in input order: a page of JSON (follow `next_cursor`), or the whole job streamed
     as JSONL or CSV; under any calibration, recomputed from the stored raw scores."""
-    view = results.resolve_view(st.factory, job_id, calibration)  # 404s for an unknown job
+    # 404s for an unknown job (or another tenant's)
+    view = results.resolve_view(st.factory, job_id, calibration, who.tenant)
     if format == "jsonl":
         return StreamingResponse(results.export_jsonl(st.factory, job_id, view), media_type=NDJSON)
     if format == "csv":
@@ -210,7 +221,7 @@ def get_results(
 
 
 @router.post("/{job_id}/labels", response_model=LabelsReport)
-async def set_labels(job_id: str, request: Request, st: StateDep) -> LabelsReport:
+async def set_labels(job_id: str, request: Request, st: StateDep, who: Submitter) -> LabelsReport:
     """Gold labels: JSON `{"custom_id": label, ...}` or `[{"custom_id", "label"}, ...]`, or JSONL
     lines `{"custom_id": ..., "label": ...}`. Unknown ids and labels are reported, not dropped."""
     entries, rejected = labels.parse_labels(
@@ -219,7 +230,7 @@ async def set_labels(job_id: str, request: Request, st: StateDep) -> LabelsRepor
 
     def store() -> LabelsReport:
         with st.factory() as s:
-            return labels.store_labels(s, job_id, entries)
+            return labels.store_labels(s, job_id, entries, who.tenant)
 
     report = await run_in_threadpool(store)
     report.rejected = rejected + report.rejected
@@ -230,12 +241,13 @@ async def set_labels(job_id: str, request: Request, st: StateDep) -> LabelsRepor
 def job_metrics(
     job_id: str,
     st: StateDep,
+    who: Reader,
     calibration: str | None = CALIBRATION_QUERY,
     bins: int = Query(15, ge=1, le=1000),
 ) -> JobMetrics:
     """How trustworthy the confidences are on the job's gold-labelled items: the metric report
     and the reliability diagram, under any calibration."""
-    view = results.resolve_view(st.factory, job_id, calibration)
+    view = results.resolve_view(st.factory, job_id, calibration, who.tenant)
     return results.job_metrics(st.factory, job_id, view, bins)
 
 
@@ -243,11 +255,12 @@ def job_metrics(
 async def job_events(
     job_id: str,
     st: StateDep,
+    who: Reader,
     interval: float = Query(0.5, ge=0.1, le=10, description="seconds between looks"),
 ) -> StreamingResponse:
     """Server-sent events: `progress` with the job's state and counts whenever they change,
     ending with `end` and its final state."""
-    first = await run_in_threadpool(_status, st, job_id)  # 404 before the stream starts
+    first = await run_in_threadpool(_status, st, job_id, who.tenant)  # 404 before streaming
 
     async def stream() -> AsyncIterator[bytes]:
         last: dict[str, Any] | None = None
@@ -267,7 +280,7 @@ async def job_events(
             if quiet >= 15:
                 yield b": still running\n\n"  # keeps proxies from closing an idle stream
                 quiet = 0.0
-            status = await run_in_threadpool(_status, st, job_id)
+            status = await run_in_threadpool(_status, st, job_id, who.tenant)
 
     return StreamingResponse(
         stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
@@ -275,7 +288,7 @@ async def job_events(
 
 
 @router.get("/{job_id}/webhooks", response_model=list[DeliveryOut])
-def job_webhooks(job_id: str, s: SessionDep) -> list[DeliveryOut]:
+def job_webhooks(job_id: str, s: SessionDep, who: Reader) -> list[DeliveryOut]:
     """Deliveries of this job's webhook event, with every attempt's outcome."""
-    get_job_row(s, job_id)  # 404 for an unknown job
+    get_job_row(s, job_id, tenant=who.tenant)  # 404 for an unknown job
     return webhooks.deliveries(s, job_id=job_id)
