@@ -37,8 +37,9 @@ def create_app(
     )
     errors.install(app)
     app.add_middleware(errors.BodyLimit, limit=settings.max_body_bytes)
-    for module in (health, classifiers, calibrations, jobs, pipelines, keys):
-        app.include_router(module.router)
+    app.include_router(health.router)
+    for module in (classifiers, calibrations, jobs, pipelines, keys):
+        app.include_router(module.router, responses=errors.ERROR_RESPONSES)
 
     @app.middleware("http")
     async def _count(

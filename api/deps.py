@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi import Path as PathParam
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import Forbidden, Unauthorized
@@ -122,6 +123,9 @@ def scoped(scope: str) -> Callable[[Principal], Principal]:
 
     return check
 
+
+# Row ids and versions in paths: 64-bit, as the database stores them.
+RowId = Annotated[int, PathParam(ge=1, le=2**63 - 1)]
 
 Reader = Annotated[Principal, Depends(scoped("read"))]
 Submitter = Annotated[Principal, Depends(scoped("submit"))]

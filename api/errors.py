@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from labelq.errors import (
     Conflict,
@@ -39,6 +39,34 @@ STATUS: dict[type[LabelqError], int] = {
     Forbidden: 403,
     TooLarge: 413,
     RateLimited: 429,
+}
+
+
+class Problem(BaseModel):
+    field: str | None
+    error: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: what is wrong, and where (the field or line) when known."""
+
+    error: str
+    field: str | None = None
+    line: int | None = None
+    problems: list[Problem] | None = None
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in [
+        (401, "Missing, unknown or revoked API key"),
+        (403, "The key lacks the scope this needs"),
+        (404, "Not found (or another tenant's)"),
+        (409, "In conflict with the current state"),
+        (413, "Over a configured limit"),
+        (422, "Invalid input, naming the field or line"),
+        (429, "Too many submissions; see Retry-After"),
+    ]
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query
 
-from api.deps import Calibrator, Reader, SessionDep, StateDep
+from api.deps import Calibrator, Reader, RowId, SessionDep, StateDep
 from service import calibrations
 from service.calibrations import CalibrationOut, CalibrationRequest
 
@@ -28,12 +28,12 @@ def list_calibrations(
 
 
 @router.get("/{calibration_id}", response_model=CalibrationOut)
-def get_calibration(name: str, calibration_id: int, s: SessionDep, who: Reader) -> CalibrationOut:
+def get_calibration(name: str, calibration_id: RowId, s: SessionDep, who: Reader) -> CalibrationOut:
     return calibrations.get(s, name, calibration_id, who.tenant)
 
 
 @router.post("/{calibration_id}/activate", response_model=CalibrationOut)
-def activate(name: str, calibration_id: int, s: SessionDep, who: Calibrator) -> CalibrationOut:
+def activate(name: str, calibration_id: RowId, s: SessionDep, who: Calibrator) -> CalibrationOut:
     """Make this the classifier version's active calibration (one transaction). New results are
     written under it; past results can be read under it with `?calibration=active`."""
     return calibrations.activate(s, name, calibration_id, who.tenant)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import Reader, SessionDep, StateDep, Submitter
+from api.deps import Reader, RowId, SessionDep, StateDep, Submitter
 from labelq.errors import SpecError
 from labelq.spec import loads_spec
 from service import classifiers
@@ -66,5 +66,5 @@ def get_classifier(name: str, s: SessionDep, who: Reader) -> ClassifierDetail:
 
 
 @router.get("/{name}/versions/{version}", response_model=ClassifierVersionDetail)
-def get_version(name: str, version: int, s: SessionDep, who: Reader) -> ClassifierVersionDetail:
+def get_version(name: str, version: RowId, s: SessionDep, who: Reader) -> ClassifierVersionDetail:
     return classifiers.version(s, name, version, who.tenant)

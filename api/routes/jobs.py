@@ -195,7 +195,18 @@ CALIBRATION_QUERY = Query(
 )
 
 
-@router.get("/{job_id}/results", response_model=ResultsPage)
+@router.get(
+    "/{job_id}/results",
+    response_model=ResultsPage,
+    responses={
+        200: {
+            "content": {
+                NDJSON: {"schema": {"type": "string"}},
+                "text/csv": {"schema": {"type": "string"}},
+            }
+        }
+    },
+)
 def get_results(
     job_id: str,
     st: StateDep,
@@ -251,7 +262,11 @@ def job_metrics(
     return results.job_metrics(st.factory, job_id, view, bins)
 
 
-@router.get("/{job_id}/events")
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+)
 async def job_events(
     job_id: str,
     st: StateDep,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import Admin, SessionDep
+from api.deps import Admin, RowId, SessionDep
 from service import keys
 from service.keys import KeyCreate, KeyCreated, KeyOut
 
@@ -24,5 +24,5 @@ def list_keys(s: SessionDep, who: Admin) -> list[KeyOut]:
 
 
 @router.delete("/{key_id}", response_model=KeyOut)
-def revoke(key_id: int, s: SessionDep, who: Admin) -> KeyOut:
+def revoke(key_id: RowId, s: SessionDep, who: Admin) -> KeyOut:
     return keys.revoke(s, who, key_id)
