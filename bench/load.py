@@ -1,0 +1,137 @@
+"""Load on one API process over PostgreSQL: N concurrent clients (200 by default) poll job
+status and page through results for a fixed time. Prints requests per second, p50/p99 latency
+and the error count (target: zero errors, p99 under 200 ms here). A benchmark, not a test: the
+API runs in its own process (`labelq serve`), the clients in this one, all on loopback.
+
+    .venv/bin/python bench/load.py [--clients 200] [--seconds 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from pipeline import PG_ADMIN, SPEC, spawn, stop, wait_http  # noqa: E402
+
+
+async def client_loop(
+    http: object, job_ids: list[str], until: float, latencies: list[float], errors: list[str]
+) -> None:
+    import httpx
+
+    assert isinstance(http, httpx.AsyncClient)
+    n = 0
+    while time.monotonic() < until:
+        job = job_ids[n % len(job_ids)]
+        n += 1
+        paths = [f"/v1/jobs/{job}"]
+        cursor = None
+        for _ in range(3):  # three pages of results, following the cursor
+            paths.append(
+                f"/v1/jobs/{job}/results?limit=50" + (f"&cursor={cursor}" if cursor else "")
+            )
+            start = time.perf_counter()
+            try:
+                r = await http.get(paths[0])
+                latencies.append(time.perf_counter() - start)
+                if r.status_code != 200:
+                    errors.append(f"{r.status_code} {paths[0]}")
+                start = time.perf_counter()
+                r = await http.get(paths[-1])
+                latencies.append(time.perf_counter() - start)
+                if r.status_code != 200:
+                    errors.append(f"{r.status_code} {paths[-1]}")
+                    break
+                cursor = r.json()["next_cursor"]
+            except httpx.HTTPError as exc:
+                errors.append(f"{type(exc).__name__} {paths[-1]}")
+                break
+            if not cursor:
+                break
+
+
+async def load(
+    url: str, job_ids: list[str], clients: int, seconds: float
+) -> tuple[list[float], list[str], float]:
+    import httpx
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as http:
+        start = time.monotonic()
+        until = start + seconds
+        await asyncio.gather(
+            *(client_loop(http, job_ids, until, latencies, errors) for _ in range(clients))
+        )
+        elapsed = time.monotonic() - start
+    return latencies, errors, elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--jobs", type=int, default=20)
+    parser.add_argument("--items", type=int, default=500, help="items per job")
+    args = parser.parse_args()
+
+    from sqlalchemy import create_engine, text
+
+    from db.migrate import upgrade
+    from labelq.client import LabelqClient
+
+    work = Path(tempfile.mkdtemp(prefix="labelq-bench-load-"))
+    db_name = f"labelq_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{db_name}"'))
+    db_url = PG_ADMIN.rsplit("/", 1)[0] + f"/{db_name}"
+    upgrade(db_url)
+    port = 18000 + os.getpid() % 1000
+    env = {
+        "LABELQ_DATABASE_URL": db_url,
+        "LABELQ_MODEL": "no-worker",  # jobs stay queued: reads only, no engine in the way
+        "LABELQ_API_PORT": str(port),
+        "LABELQ_SUBMISSIONS_PER_MINUTE": "100000",
+    }
+    api = spawn(["serve"], env, work / "api.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url)
+        with LabelqClient(url) as client:
+            client.create_classifier(json.dumps(SPEC), yaml=False)
+            items = [{"custom_id": f"i{i}", "text": f"review {i}"} for i in range(args.items)]
+            job_ids = [client.submit("bench", items)["id"] for _ in range(args.jobs)]
+        latencies, errors, elapsed = asyncio.run(load(url, job_ids, args.clients, args.seconds))
+    finally:
+        stop(api)
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
+
+    if not latencies:
+        raise SystemExit(f"no request succeeded; errors: {errors[:5]}")
+    ms = sorted(x * 1000 for x in latencies)
+    p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+    print(
+        f"\n{args.clients} clients for {elapsed:.0f} s on one API process (PostgreSQL): "
+        f"{len(ms)} requests, {len(ms) / elapsed:.0f} requests/s"
+    )
+    print(f"latency p50 {statistics.median(ms):.1f} ms, p99 {p99:.1f} ms  (target p99 < 200 ms)")
+    print(f"errors: {len(errors)}" + (f" (first: {errors[0]})" if errors else "") + "  (target 0)")
+
+
+if __name__ == "__main__":
+    main()
