@@ -7,12 +7,13 @@ import ipaddress
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Concatenate, ParamSpec, TypeVar
 
 from fastapi import Depends, Request
 from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import Forbidden, Unauthorized
@@ -48,6 +49,10 @@ class RateLimiter:
             window.append(now)
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
 @dataclass
 class AppState:
     settings: Settings
@@ -65,22 +70,34 @@ def state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(state)]
 
 
-async def session(st: StateDep) -> AsyncIterator[Session]:
-    """One session per request (as the FastAPI template's `get_db`). The use case it is handed
-    to commits; whatever it did not commit is rolled back when the request ends.
+class Db:
+    """Runs a use case on a worker thread with a session of its own, closed before the answer
+    goes back: `await db(service_function, *args)` calls `service_function(session, *args)`.
 
-    Async on purpose: a sync `yield` dependency is closed on a threadpool thread, and with every
-    thread busy waiting for a pooled connection, the sessions that would give theirs back could
-    not close (measured: 200 concurrent clients all timed out). Closing here, on the event loop,
-    only hands the connection back to the pool."""
-    s = st.factory()
-    try:
-        yield s
-    finally:
-        s.close()
+    Why not a session held for the whole request (a `yield` dependency, as the FastAPI template
+    does): with sync routes FastAPI serializes the answer on a threadpool thread while the
+    request's session still holds its connection, so under load every thread waits for a
+    connection and every connection waits for a thread. Measured with 200 clients polling job
+    status: no answer at all within 30 s that way, 373 in 4 s this way."""
+
+    def __init__(self, factory: sessionmaker[Session]):
+        self.factory = factory
+
+    async def __call__(
+        self, fn: Callable[Concatenate[Session, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        def run() -> T:
+            with self.factory() as s:
+                return fn(s, *args, **kwargs)
+
+        return await run_in_threadpool(run)
 
 
-SessionDep = Annotated[Session, Depends(session)]
+async def db(st: StateDep) -> Db:
+    return Db(st.factory)
+
+
+DbDep = Annotated[Db, Depends(db)]
 
 
 def _is_loopback(host: str | None) -> bool:

@@ -37,8 +37,9 @@ from labelq.scoring import Item as ScoreItem
 from labelq.settings import Settings
 from labelq.sinks import FilesWriter, SqlWriter, sink_row
 from labelq.sources import FilesReader, SqlReader
-from service import jobs, results
+from service import jobs, results, webhooks
 from service.dispatch import Dispatcher
+from service.webhooks import DeliveryOut
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,12 @@ def runs(s: Session, name: str, limit: int = 50, tenant: str = DEFAULT_TENANT) -
             .limit(limit)
         )
     ]
+
+
+def webhooks_of(s: Session, name: str, tenant: str = DEFAULT_TENANT) -> list[DeliveryOut]:
+    """Deliveries for a pipeline's failed runs."""
+    run_ids = [r.id for r in runs(s, name, 500, tenant)]
+    return webhooks.deliveries(s, run_ids=run_ids)
 
 
 def last_started(s: Session) -> dict[tuple[str, str], datetime]:

@@ -158,6 +158,14 @@ def deliver_due(factory: sessionmaker[Session], settings: Settings) -> int:
     return delivered
 
 
+def of_job(s: Session, job_id: str, tenant: str | None = None) -> list[DeliveryOut]:
+    """A job's deliveries (NotFound for an unknown job, or another tenant's)."""
+    from db.jobs import get_job
+
+    get_job(s, job_id, tenant=tenant)
+    return deliveries(s, job_id=job_id)
+
+
 def deliveries(
     s: Session, *, job_id: str | None = None, run_ids: list[int] | None = None
 ) -> list[DeliveryOut]:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from fastapi.concurrency import run_in_threadpool
 
-from api.deps import Reader, RowId, SessionDep, StateDep, Submitter
+from api.deps import DbDep, Reader, RowId, StateDep, Submitter
 from labelq.errors import SpecError
 from labelq.spec import loads_spec
 from service import classifiers
@@ -34,7 +33,7 @@ router = APIRouter(prefix="/v1/classifiers", tags=["classifiers"])
     },
 )
 async def create_classifier(
-    request: Request, response: Response, st: StateDep, who: Submitter
+    request: Request, response: Response, st: StateDep, db: DbDep, who: Submitter
 ) -> ClassifierCreated:
     """Store a spec (JSON or YAML body). A new spec under an existing name is a new version; the
     same spec again returns its existing version with 200. Its model must be one the service
@@ -45,26 +44,22 @@ async def create_classifier(
     yaml_body = "yaml" in request.headers.get("content-type", "")
     spec = loads_spec(body, format="yaml" if yaml_body else "json")
 
-    def store() -> ClassifierCreated:
-        with st.factory() as s:
-            return classifiers.store(s, spec, st.settings, who.tenant)
-
-    created = await run_in_threadpool(store)
+    created = await db(classifiers.store, spec, st.settings, who.tenant)
     if not created.created:
         response.status_code = 200
     return created
 
 
 @router.get("", response_model=list[ClassifierSummary])
-def list_classifiers(s: SessionDep, who: Reader) -> list[ClassifierSummary]:
-    return classifiers.latest(s, who.tenant)
+async def list_classifiers(db: DbDep, who: Reader) -> list[ClassifierSummary]:
+    return await db(classifiers.latest, who.tenant)
 
 
 @router.get("/{name}", response_model=ClassifierDetail)
-def get_classifier(name: str, s: SessionDep, who: Reader) -> ClassifierDetail:
-    return classifiers.detail(s, name, who.tenant)
+async def get_classifier(name: str, db: DbDep, who: Reader) -> ClassifierDetail:
+    return await db(classifiers.detail, name, who.tenant)
 
 
 @router.get("/{name}/versions/{version}", response_model=ClassifierVersionDetail)
-def get_version(name: str, version: RowId, s: SessionDep, who: Reader) -> ClassifierVersionDetail:
-    return classifiers.version(s, name, version, who.tenant)
+async def get_version(name: str, version: RowId, db: DbDep, who: Reader) -> ClassifierVersionDetail:
+    return await db(classifiers.version, name, version, who.tenant)

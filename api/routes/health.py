@@ -8,8 +8,9 @@ from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
-from api.deps import SessionDep, StateDep
+from api.deps import DbDep, StateDep
 from db.jobs import count_jobs_by_state
 from service import workers
 
@@ -47,8 +48,13 @@ async def readyz(response: Response, st: StateDep) -> dict[str, Any]:
 
 
 @router.get("/metrics")
-def metrics(s: SessionDep, st: StateDep) -> Response:
+async def metrics(db: DbDep, st: StateDep) -> Response:
     """The app's own counters, plus gauges read from the database at scrape time."""
+    body = await db(_database_gauges, st.settings.worker_stale_after)
+    return Response(generate_latest(st.metrics.registry) + body, media_type=CONTENT_TYPE_LATEST)
+
+
+def _database_gauges(s: Session, stale_after: float) -> bytes:
     registry = CollectorRegistry()
     jobs = Gauge("labelq_jobs", "Jobs by state", ["state"], registry=registry)
     for job_state, count in count_jobs_by_state(s).items():
@@ -62,8 +68,7 @@ def metrics(s: SessionDep, st: StateDep) -> Response:
         ["queue", "served"],
         registry=registry,
     )
-    for q in workers.queues(s, st.settings.worker_stale_after):
+    for q in workers.queues(s, stale_after):
         live.labels(q.queue).set(q.live_workers)
         waiting.labels(q.queue, "yes" if q.live_workers else "no").set(q.unfinished_jobs)
-    body = generate_latest(st.metrics.registry) + generate_latest(registry)
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
+    return bytes(generate_latest(registry))

@@ -12,10 +12,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
-from api.deps import Reader, SessionDep, StateDep, Submitter, submission_quota
+from api.deps import DbDep, Reader, StateDep, Submitter, submission_quota
 from api.errors import input_error
 from api.schemas import JobCreate, JobList
-from db.jobs import get_job as get_job_row
 from db.models import JobState
 from labelq.errors import InputError, LabelqError
 from labelq.jsonl import JSONL_TYPES, NDJSON, read_items
@@ -159,20 +158,20 @@ async def create_job(
 
 
 @router.get("", response_model=JobList)
-def list_jobs(s: SessionDep, who: Reader, limit: int = Query(50, ge=1, le=500)) -> JobList:
-    return JobList(data=jobs.list_jobs(s, limit, who.tenant))
+async def list_jobs(db: DbDep, who: Reader, limit: int = Query(50, ge=1, le=500)) -> JobList:
+    return JobList(data=await db(jobs.list_jobs, limit, who.tenant))
 
 
 @router.get("/{job_id}", response_model=JobStatus)
-def get_job(job_id: str, s: SessionDep, st: StateDep, who: Reader) -> JobStatus:
-    return jobs.job_status(s, job_id, st.settings, who.tenant)
+async def get_job(job_id: str, db: DbDep, st: StateDep, who: Reader) -> JobStatus:
+    return await db(jobs.job_status, job_id, st.settings, who.tenant)
 
 
 @router.post("/{job_id}/cancel", response_model=JobStatus)
-def cancel_job(job_id: str, s: SessionDep, st: StateDep, who: Submitter) -> JobStatus:
+async def cancel_job(job_id: str, db: DbDep, st: StateDep, who: Submitter) -> JobStatus:
     """Pending chunks stop at once; a chunk being scored finishes and keeps its results."""
-    jobs.cancel(s, job_id, who.tenant)
-    return jobs.job_status(s, job_id, st.settings, who.tenant)
+    await db(jobs.cancel, job_id, who.tenant)
+    return await db(jobs.job_status, job_id, st.settings, who.tenant)
 
 
 @router.post(
@@ -303,7 +302,6 @@ async def job_events(
 
 
 @router.get("/{job_id}/webhooks", response_model=list[DeliveryOut])
-def job_webhooks(job_id: str, s: SessionDep, who: Reader) -> list[DeliveryOut]:
+async def job_webhooks(job_id: str, db: DbDep, who: Reader) -> list[DeliveryOut]:
     """Deliveries of this job's webhook event, with every attempt's outcome."""
-    get_job_row(s, job_id, tenant=who.tenant)  # 404 for an unknown job
-    return webhooks.deliveries(s, job_id=job_id)
+    return await db(webhooks.of_job, job_id, who.tenant)

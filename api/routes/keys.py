@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import Admin, RowId, SessionDep
+from api.deps import Admin, DbDep, RowId
 from service import keys
 from service.keys import KeyCreate, KeyCreated, KeyOut
 
@@ -13,16 +13,16 @@ router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
 
 @router.post("", status_code=201, response_model=KeyCreated)
-def create(body: KeyCreate, s: SessionDep, who: Admin) -> KeyCreated:
+async def create(body: KeyCreate, db: DbDep, who: Admin) -> KeyCreated:
     """A new key with scopes (read, submit, calibrate, admin); the key is shown once."""
-    return keys.create_for(s, who, body)
+    return await db(keys.create_for, who, body)
 
 
 @router.get("", response_model=list[KeyOut])
-def list_keys(s: SessionDep, who: Admin) -> list[KeyOut]:
-    return keys.listed(s, who)
+async def list_keys(db: DbDep, who: Admin) -> list[KeyOut]:
+    return await db(keys.listed, who)
 
 
 @router.delete("/{key_id}", response_model=KeyOut)
-def revoke(key_id: RowId, s: SessionDep, who: Admin) -> KeyOut:
-    return keys.revoke(s, who, key_id)
+async def revoke(key_id: RowId, db: DbDep, who: Admin) -> KeyOut:
+    return await db(keys.revoke, who, key_id)
