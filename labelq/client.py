@@ -31,6 +31,19 @@ class ApiError(LabelqError):
         self.body = body
 
 
+def _upload(
+    classifier: str, version: int | None, idempotency_key: str | None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Query parameters and headers of a streamed JSONL job upload."""
+    params: dict[str, Any] = {"classifier": classifier}
+    if version is not None:
+        params["version"] = version
+    headers = {"Content-Type": "application/x-ndjson"}
+    if idempotency_key:
+        headers["Idempotency-Key"] = idempotency_key
+    return params, headers
+
+
 class LabelqClient:
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 60.0):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -75,12 +88,7 @@ class LabelqClient:
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """Stream a JSONL file as a job (the file is never read whole into memory)."""
-        params: dict[str, Any] = {"classifier": classifier}
-        if version is not None:
-            params["version"] = version
-        headers = {"Content-Type": "application/x-ndjson"}
-        if idempotency_key:
-            headers["Idempotency-Key"] = idempotency_key
+        params, headers = _upload(classifier, version, idempotency_key)
 
         def body() -> Iterator[bytes]:
             with open(path, "rb") as f:
@@ -107,12 +115,7 @@ class LabelqClient:
         from labelq import formats
         from labelq.errors import InputError
 
-        params: dict[str, Any] = {"classifier": classifier}
-        if version is not None:
-            params["version"] = version
-        headers = {"Content-Type": "application/x-ndjson"}
-        if idempotency_key:
-            headers["Idempotency-Key"] = idempotency_key
+        params, headers = _upload(classifier, version, idempotency_key)
 
         def body() -> Iterator[bytes]:
             lines: list[str] = []

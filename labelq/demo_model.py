@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Size = Literal["tiny", "bench"]
 
@@ -59,6 +59,31 @@ def _corpus() -> list[str]:
     return texts
 
 
+def hf_tokenizer(tokenizer: Any) -> Any:
+    """A `tokenizers` BPE with `<unk>`, `<s>`, `</s>` as a Hugging Face fast tokenizer: a BOS
+    starts every encoded text (as Llama's does), and a minimal chat template lets specs with
+    `chat: true` run too."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    bos = tokenizer.token_to_id("<s>")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="</s>",
+    )
+    fast.chat_template = (
+        "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n"
+        "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
+    return fast
+
+
 def build_demo_model(path: str | Path, size: Size = "tiny", seed: int = 0) -> Path:
     """Write a random `LlamaForCausalLM` (float32) and its tokenizer to `path`; return the path.
 
@@ -71,8 +96,8 @@ def build_demo_model(path: str | Path, size: Size = "tiny", seed: int = 0) -> Pa
         return path
 
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     hidden, layers, heads, intermediate, bpe_vocab = _SIZES[size]
     tokenizer = Tokenizer(models.BPE())
@@ -85,23 +110,8 @@ def build_demo_model(path: str | Path, size: Size = "tiny", seed: int = 0) -> Pa
         show_progress=False,
     )
     tokenizer.train_from_iterator(_corpus(), trainer=trainer)
-    bos = tokenizer.token_to_id("<s>")
-    # Like Llama's tokenizer config: a BOS token starts every encoded text.
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="</s>",
-    )
-    # A minimal chat template so specs with `chat: true` work on the demo model too.
-    fast.chat_template = (
-        "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n"
-        "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-    )
+    fast = hf_tokenizer(tokenizer)
+    bos = fast.bos_token_id
 
     vocab = -(-len(fast) // 64) * 64
     config = LlamaConfig(
@@ -201,9 +211,9 @@ def train_demo_model(path: str | Path, sst2: Path, seed: int = 0, progress: bool
         return path
 
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from tqdm import tqdm
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     hidden, layers, heads, intermediate, bpe_vocab, epochs = _TRAINED
     rows = read_sst2(train_file)
@@ -219,18 +229,8 @@ def train_demo_model(path: str | Path, sst2: Path, seed: int = 0, progress: bool
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    bos, eos = tokenizer.token_to_id("<s>"), tokenizer.token_to_id("</s>")
-    assert bos is not None and eos is not None  # special tokens of the trainer
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="</s>",
-    )
+    fast = hf_tokenizer(tokenizer)
+    bos, eos = fast.bos_token_id, fast.eos_token_id
 
     torch.manual_seed(seed)
     config = LlamaConfig(

@@ -21,8 +21,9 @@ from labelq.backends.base import ScoreRequest
 
 def byte_tokenizer() -> Any:
     """A byte-level BPE tokenizer with no merges, a BOS token and a small chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from labelq.demo_model import hf_tokenizer
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
@@ -31,20 +32,7 @@ def byte_tokenizer() -> Any:
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="</s>",
-    )
-    fast.chat_template = (
-        "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n"
-        "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-    )
+    fast = hf_tokenizer(tokenizer)
     return fast
 
 
