@@ -78,6 +78,8 @@ def _require_free(host: str, port: int) -> None:
     from labelq.errors import LabelqError
 
     with socket.socket() as s:
+        # As uvicorn binds: a socket of a server that just stopped (TIME_WAIT) is no obstacle.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as exc:

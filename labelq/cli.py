@@ -68,7 +68,7 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     with _client(args, settings) as client:
         if fmt == "jsonl" and not mapping and str(args.file) != "-":
             job = client.submit_jsonl(
-                args.file, args.classifier, args.version, args.idempotency_key
+                args.file, args.classifier, args.version, args.idempotency_key, progress=True
             )
         else:
             job = client.submit_records(
@@ -80,7 +80,7 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         job = client.follow(job["id"], progress=True)
         output = args.output or Path(f"{job['id']}.results.jsonl")
-        client.results_jsonl(job["id"], output)
+        client.results_jsonl(job["id"], output, progress=True)
         print(
             f"job {job['state']}: {job['succeeded']} succeeded, {job['failed']} failed; "
             f"results in {output}",
@@ -104,7 +104,9 @@ def _cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_results(args: argparse.Namespace, settings: Settings) -> int:
     with _client(args, settings) as client:
         output = args.output or Path(f"{args.job_id}.results.jsonl")
-        lines = client.results_jsonl(args.job_id, output, calibration=args.calibration)
+        lines = client.results_jsonl(
+            args.job_id, output, calibration=args.calibration, progress=True
+        )
         print(f"{lines} results written to {output}", file=sys.stderr)
     return 0
 

@@ -86,13 +86,28 @@ class LabelqClient:
         classifier: str,
         version: int | None = None,
         idempotency_key: str | None = None,
+        progress: bool = False,
     ) -> dict[str, Any]:
-        """Stream a JSONL file as a job (the file is never read whole into memory)."""
+        """Stream a JSONL file as a job (the file is never read whole into memory); with
+        `progress`, a progress bar for files over 1 MiB."""
         params, headers = _upload(classifier, version, idempotency_key)
 
         def body() -> Iterator[bytes]:
-            with open(path, "rb") as f:
+            from tqdm import tqdm
+
+            size = path.stat().st_size
+            with (
+                open(path, "rb") as f,
+                tqdm(
+                    total=size,
+                    unit="B",
+                    unit_scale=True,
+                    desc=f"upload {path.name}",
+                    disable=not progress or size < 1 << 20,
+                ) as bar,
+            ):
                 while chunk := f.read(1 << 16):
+                    bar.update(len(chunk))
                     yield chunk
 
         return dict(
@@ -268,8 +283,17 @@ class LabelqClient:
             time.sleep(poll)
         return row
 
-    def results_jsonl(self, job_id: str, output: Path, calibration: str | None = None) -> int:
-        """Stream all results to a JSONL file; returns the number of lines."""
+    def results_jsonl(
+        self,
+        job_id: str,
+        output: Path,
+        calibration: str | None = None,
+        progress: bool = False,
+    ) -> int:
+        """Stream all results to a JSONL file; returns the number of lines. With `progress`, a
+        progress bar in results."""
+        from tqdm import tqdm
+
         params: dict[str, str] = {"format": "jsonl"}
         if calibration:
             params["calibration"] = calibration
@@ -278,10 +302,15 @@ class LabelqClient:
             if response.status_code >= 400:
                 response.read()
                 raise ApiError(response.status_code, response.json())
-            with open(output, "wb") as out:
+            with (
+                open(output, "wb") as out,
+                tqdm(unit="result", desc=f"results {job_id[:8]}", disable=not progress) as bar,
+            ):
                 for chunk in response.iter_bytes():
                     out.write(chunk)
-                    lines += chunk.count(b"\n")
+                    count = chunk.count(b"\n")
+                    lines += count
+                    bar.update(count)
         return lines
 
     def results(self, job_id: str, **params: Any) -> Iterator[dict[str, Any]]:

@@ -44,6 +44,22 @@ class SweepReport(BaseModel):
     webhooks_delivered: int = 0
 
 
+LOCK = "reconciler"
+
+
+def sweep_if_leader(
+    factory: sessionmaker[Session], dispatcher: Dispatcher, settings: Settings, owner: str
+) -> SweepReport | None:
+    """Sweep if `owner` holds (or takes) the reconciler's lock; None when another holds it.
+    Every worker tries every period, so the sweep never waits behind a busy queue, and the
+    lock keeps two from sending, writing sinks or delivering webhooks at once."""
+    from db import locks
+
+    with transaction(factory) as s:
+        held = locks.acquire(s, LOCK, owner, max(3 * settings.reconcile_interval, 10))
+    return sweep(factory, dispatcher, settings) if held else None
+
+
 def sweep(
     factory: sessionmaker[Session], dispatcher: Dispatcher, settings: Settings
 ) -> SweepReport:

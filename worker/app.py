@@ -47,8 +47,9 @@ def make_celery(settings: Settings, name: str = "labelq") -> Celery:
             "reconcile": {
                 "task": TASK_RECONCILE,
                 "schedule": settings.reconcile_interval,
-                # A sweep nobody ran in time is superseded by the next one.
-                "options": {"queue": CONTROL_QUEUE, "expires": settings.reconcile_interval},
+                # Workers also sweep on their own (worker.runtime.Sweeper); a late task is
+                # merely redundant: the reconciler's lock keeps sweeps one at a time.
+                "options": {"queue": CONTROL_QUEUE, "expires": 10 * settings.reconcile_interval},
             }
         },
     )

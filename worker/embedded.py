@@ -45,7 +45,7 @@ class ThreadDispatcher:
 
     def start(self, runtime: WorkerRuntime) -> None:
         self.runtime = runtime
-        runtime.start()
+        runtime.start(sweep=False)  # this dispatcher runs the sweep in its own thread
         self._worker.start()
         self._sweeper.start()
         self._scheduler.start()

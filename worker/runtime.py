@@ -15,7 +15,7 @@ from labelq.settings import Settings
 from service import calibrations, pipelines, workers
 from service.chunks import ChunkRunner
 from service.dispatch import Dispatcher, queue_for
-from service.reconcile import SweepReport, sweep
+from service.reconcile import SweepReport, sweep_if_leader
 from worker.engine import Engines
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,31 @@ class Heartbeat:
             self._beat()
 
 
+class Sweeper:
+    """The reconciler in a thread of the worker process, every `interval` seconds: recovery
+    must not wait for a sweep task to get through a queue of chunks on a busy worker."""
+
+    def __init__(self, runtime: WorkerRuntime, interval: float):
+        self.runtime, self.interval = runtime, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="labelq-sweeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.runtime.reconcile()
+            except Exception as exc:
+                log.warning("reconciler sweep failed: %s", exc)
+
+
 class WorkerRuntime:
     def __init__(
         self,
@@ -82,6 +107,7 @@ class WorkerRuntime:
             factory, self.engines.scorer_for, settings, self.name, discard=self.engines.discard
         )
         self.heartbeat = Heartbeat(factory, self.name, self.queue, model, settings.worker_heartbeat)
+        self.sweeper = Sweeper(self, settings.reconcile_interval) if dispatcher else None
 
     def score_chunk(self, job_id: str, seq: int) -> bool:
         return self.runner.run(job_id, seq)
@@ -89,20 +115,25 @@ class WorkerRuntime:
     def fit_calibration(self, calibration_id: int) -> None:
         calibrations.fit(self.factory, self.engines.scorer_for, calibration_id)
 
-    def reconcile(self) -> SweepReport:
+    def reconcile(self) -> SweepReport | None:
+        """A sweep, if no other worker is sweeping (see `sweep_if_leader`)."""
         if self.dispatcher is None:
             raise RuntimeError("this worker has no dispatcher to re-send chunks with")
-        return sweep(self.factory, self.dispatcher, self.settings)
+        return sweep_if_leader(self.factory, self.dispatcher, self.settings, self.name)
 
     def run_pipeline(self, name: str, trigger: str = "schedule", tenant: str = "default") -> None:
         if self.dispatcher is None:
             raise RuntimeError("this worker has no dispatcher to send a run's chunks with")
         pipelines.start_run(self.factory, self.dispatcher, self.settings, name, trigger, tenant)
 
-    def start(self) -> None:
+    def start(self, sweep: bool = True) -> None:
         self.heartbeat.start()
+        if sweep and self.sweeper is not None:
+            self.sweeper.start()
 
     def stop(self) -> None:
         """Leave the worker list and stop the engines; no engine process outlives this."""
+        if self.sweeper is not None:
+            self.sweeper.stop()
         self.heartbeat.stop()
         self.engines.close()
