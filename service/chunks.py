@@ -17,7 +17,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -118,25 +118,10 @@ class ChunkRunner:
     name: str
     discard: Callable[[str], None] | None = None
     calibrate: bool = True
-    _busy: int = field(default=0, init=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
-
-    @property
-    def busy(self) -> bool:
-        return self._busy > 0
 
     def run(self, job_id: str, seq: int) -> bool:
         """Score chunk `seq` of a job; False when there was nothing to write (done, cancelled,
         held by another worker, not yet due, or handed back after an engine failure)."""
-        with self._lock:
-            self._busy += 1
-        try:
-            return self._run(job_id, seq)
-        finally:
-            with self._lock:
-                self._busy -= 1
-
-    def _run(self, job_id: str, seq: int) -> bool:
         s = self.settings
         owner = f"{self.name}/{uuid.uuid4().hex[:8]}"
         with transaction(self.factory) as session:

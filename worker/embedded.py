@@ -33,10 +33,10 @@ class ThreadDispatcher:
     memory: what a crash loses, the reconciler (a second thread, and a sweep at start-up)
     sends again from the database."""
 
-    def __init__(self, runtime_for: WorkerRuntime | None = None):
+    def __init__(self) -> None:
         self._queue: queue.Queue[Task | None] = queue.Queue()
         self._stopping = threading.Event()
-        self.runtime: WorkerRuntime | None = runtime_for
+        self.runtime: WorkerRuntime | None = None
         self._worker = threading.Thread(target=self._run, name="labelq-worker", daemon=True)
         self._sweeper = threading.Thread(target=self._sweep, name="labelq-reconciler", daemon=True)
         self._scheduler = threading.Thread(
