@@ -521,7 +521,8 @@ def _unfinished_chunks() -> Select[str, str, int]:
 def chunks_to_send(s: Session, now: datetime, stalled_before: datetime) -> list[ChunkRef]:
     """Claimable chunks whose task is missing or presumed lost:
     - never sent, or handed back after an engine failure and now due;
-    - running under an expired lease, not sent again since it was claimed;
+    - running under an expired lease, not sent again since it was claimed (or sent, and
+      still unclaimed a stall period later);
     - pending, sent before `stalled_before`, in a queue that made no progress since then (no
       live lease, no claim): its task was lost with the broker's memory."""
     due = or_(Chunk.available_at.is_(None), Chunk.available_at <= now)
@@ -529,8 +530,13 @@ def chunks_to_send(s: Session, now: datetime, stalled_before: datetime) -> list[
     expired = and_(
         Chunk.state == ChunkState.running,
         Chunk.lease_expires_at < now,
-        # not sent since it was claimed (the task that was claimed is the one that died)
-        or_(Chunk.dispatched_at.is_(None), Chunk.dispatched_at <= Chunk.claimed_at),
+        or_(
+            Chunk.dispatched_at.is_(None),
+            # not sent since it was claimed (the task that was claimed is the one that died),
+            Chunk.dispatched_at <= Chunk.claimed_at,
+            # or sent, but still not claimed a stall period later: send again.
+            Chunk.dispatched_at < stalled_before,
+        ),
     )
     out = [
         ChunkRef(job_id, queue, seq)

@@ -247,6 +247,9 @@ def send(
 
     if not seqs:
         return True
+    # Taken before sending: a worker may claim a chunk before dispatch() returns, and a send
+    # recorded after the claim would hide the chunk from the reconciler if that worker died.
+    sent_at = utcnow()
     try:
         dispatcher.dispatch(job_id, queue, seqs)
     except Exception as exc:
@@ -259,7 +262,7 @@ def send(
         )
         return False
     with transaction(factory) as s:
-        job_rows.mark_dispatched(s, job_id, seqs, utcnow())
+        job_rows.mark_dispatched(s, job_id, seqs, sent_at)
     return True
 
 

@@ -319,3 +319,20 @@ def test_api_keys_are_stored_hashed_and_revocable(factory: Factory) -> None:
         keys.revoke(s, row.id)
     with factory() as s:
         assert keys.find_key(s, key) is None and not keys.any_keys(s)
+
+
+def test_a_claim_racing_its_own_send_is_still_recovered(factory: Factory) -> None:
+    """A worker may claim a chunk before the sender records the send. If that worker dies,
+    the reconciler must still send the chunk again."""
+    job, _ = _submit(factory, _items(3), chunk_size=3)
+    assert _claim(factory, job.id, 0, owner="dead") is not None
+    with transaction(factory) as s:  # the send recorded just after the claim
+        jobs.mark_dispatched(s, job.id, [0], utcnow() + timedelta(milliseconds=20))
+    _expire_leases(factory, job.id)
+    later = utcnow() + timedelta(seconds=1)
+    with factory() as s:
+        assert jobs.chunks_to_send(s, later, later - timedelta(seconds=120)) == []
+        # ... but a stall period later it is sent again, whatever the timestamps say.
+        much_later = later + timedelta(seconds=121)
+        refs = jobs.chunks_to_send(s, much_later, much_later - timedelta(seconds=120))
+    assert [(r.job_id, r.seq) for r in refs] == [(job.id, 0)]
