@@ -162,6 +162,12 @@ def service(
     redis = RedisServer(logs)
     redis.start()
     upgrade(pg_url)
+    broken = logs / "not-a-model"
+    broken.mkdir()
+    (broken / "README").write_text("no weights here")
+    # The models this service serves, API and workers alike: the tiny one, one no worker
+    # serves, one that cannot load.
+    served = ["/models/none", str(broken)]
     env = {
         **os.environ,
         **TIMERS,
@@ -172,6 +178,7 @@ def service(
         "LABELQ_MAX_MODEL_LEN": str(TEST_MAX_MODEL_LEN),
         "LABELQ_KV_CACHE_GIB": "1",
         "LABELQ_HOME": str(logs / "home"),
+        "LABELQ_MODELS": json.dumps(served),
     }
     state: dict[str, Any] = {"env": env, "logs": logs, "redis": redis, "procs": []}
 
@@ -183,17 +190,12 @@ def service(
     state["start"] = start
     state["worker"] = start("worker", "worker", "--loglevel", "WARNING")
     state["beat"] = start("beat", "beat", "--loglevel", "WARNING")
-    broken = logs / "not-a-model"
-    broken.mkdir()
-    (broken / "README").write_text("no weights here")
     state["broken"] = broken
     settings = Settings(
         database_url=pg_url,
         broker_url=redis.url,
         model=str(tiny_model),
-        # The models this service serves: the tiny one, one no worker serves, one that
-        # cannot load.
-        models=["/models/none", str(broken)],
+        models=served,
         chunk_size=64,
         worker_stale_after=10,
     )
