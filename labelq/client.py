@@ -134,7 +134,7 @@ class LabelqClient:
 
         def body() -> Iterator[bytes]:
             lines: list[str] = []
-            for record in formats.read(path, fmt, fields):  # type: ignore[arg-type]
+            for record in formats.read(path, formats.detect(path, fmt), fields):
                 if isinstance(record, InputError):
                     lines.append(json.dumps(f"unreadable record: {record}"))
                 else:

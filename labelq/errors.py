@@ -59,8 +59,15 @@ class TooLarge(LabelqError):
 class RateLimited(LabelqError):
     """Too many requests; `retry_after` seconds until the next is accepted."""
 
-    def __init__(self, message: str, retry_after: float, **kwargs: object):
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        message: str,
+        retry_after: float,
+        *,
+        field: str | None = None,
+        line: int | None = None,
+    ):
+        super().__init__(message, field=field, line=line)
         self.retry_after = retry_after
 
 
