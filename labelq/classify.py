@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from labelq import calibration, formats
 from labelq.errors import InputError
+from labelq.jsonl import items_of
 from labelq.scoring import Item, ItemError, ItemResult, ScoredItem, Scorer, batches
 from labelq.spec import ClassifierSpec
 
@@ -62,18 +63,6 @@ def output_line(row: ScoredItem) -> dict[str, Any]:
     return row.model_dump()
 
 
-def _entries(records: Iterable[formats.Record]) -> Iterable[Item | InputError]:
-    for record in records:
-        if isinstance(record, InputError):
-            yield record
-            continue
-        number, fields = record
-        try:
-            yield Item.from_record(fields, line=number)
-        except InputError as exc:
-            yield exc
-
-
 def classify_records(
     scorer: Scorer,
     spec: ClassifierSpec,
@@ -91,7 +80,7 @@ def classify_records(
     calibrator = calibration.load(calibrated.method, calibrated.params) if calibrated else None
     report = ClassifyReport()
     with tqdm(total=total, unit="item", desc="classify", disable=not progress) as bar:
-        for batch in batches(_entries(records), batch_size):
+        for batch in batches(items_of(records), batch_size):
             items = [x for x in batch if isinstance(x, Item)]
             scored = iter(scorer.score_batch(spec, items) if items else ())
             rows = [next(scored) if isinstance(e, Item) else _line_error(e) for e in batch]

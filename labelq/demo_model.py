@@ -7,6 +7,7 @@ its labels mean nothing; it exercises the real engine and the real scoring path.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,6 +60,23 @@ def _corpus() -> list[str]:
     return texts
 
 
+def train_bpe(texts: Iterable[str], vocab_size: int) -> Any:
+    """A byte-level BPE with `<unk>`, `<s>`, `</s>`, trained on `texts` (deterministic)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
 def hf_tokenizer(tokenizer: Any) -> Any:
     """A `tokenizers` BPE with `<unk>`, `<s>`, `</s>` as a Hugging Face fast tokenizer: a BOS
     starts every encoded text (as Llama's does), and a minimal chat template lets specs with
@@ -96,21 +114,10 @@ def build_demo_model(path: str | Path, size: Size = "tiny", seed: int = 0) -> Pa
         return path
 
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM
 
     hidden, layers, heads, intermediate, bpe_vocab = _SIZES[size]
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=bpe_vocab,
-        special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
-    fast = hf_tokenizer(tokenizer)
+    fast = hf_tokenizer(train_bpe(_corpus(), bpe_vocab))
     bos = fast.bos_token_id
 
     vocab = -(-len(fast) // 64) * 64
@@ -126,8 +133,8 @@ def build_demo_model(path: str | Path, size: Size = "tiny", seed: int = 0) -> Pa
         initializer_range=0.1,
         tie_word_embeddings=False,
         bos_token_id=bos,
-        eos_token_id=tokenizer.token_to_id("</s>"),
-        pad_token_id=tokenizer.token_to_id("</s>"),
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.eos_token_id,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).float().eval()
@@ -211,7 +218,6 @@ def train_demo_model(path: str | Path, sst2: Path, seed: int = 0, progress: bool
         return path
 
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from tqdm import tqdm
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -219,17 +225,7 @@ def train_demo_model(path: str | Path, sst2: Path, seed: int = 0, progress: bool
     rows = read_sst2(train_file)
     texts = [DEMO_TEMPLATE.format(text=text) + DEMO_LABELS[label] for label, text in rows]
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=bpe_vocab,
-        special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    fast = hf_tokenizer(tokenizer)
+    fast = hf_tokenizer(train_bpe(texts, bpe_vocab))
     bos, eos = fast.bos_token_id, fast.eos_token_id
 
     torch.manual_seed(seed)

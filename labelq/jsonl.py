@@ -66,7 +66,14 @@ def read_items(
     lines: Iterable[str | bytes], start_line: int = 1, max_depth: int = 32
 ) -> Iterator[Item | InputError]:
     """Yield an `Item` for each non-blank line, or an `InputError` naming the line."""
-    for entry in read_records(lines, start_line, max_depth):
+    return items_of(read_records(lines, start_line, max_depth))
+
+
+def items_of(
+    records: Iterable[tuple[int, dict[str, Any]] | InputError],
+) -> Iterator[Item | InputError]:
+    """Numbered records (from any format) as `Item`s; a bad one as an `InputError`."""
+    for entry in records:
         if isinstance(entry, InputError):
             yield entry
             continue
