@@ -6,12 +6,13 @@ import time
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import errors
 from api.deps import AppState, RateLimiter
 from api.metrics import Metrics
-from api.routes import calibrations, classifiers, health, jobs, keys, pipelines
+from api.routes import calibrations, classifiers, dashboard, health, jobs, keys, pipelines
 from db.session import make_engine, make_sessionmaker
 from labelq import __version__
 from labelq.settings import Settings
@@ -38,8 +39,10 @@ def create_app(
     errors.install(app)
     app.add_middleware(errors.BodyLimit, limit=settings.max_body_bytes)
     app.include_router(health.router)
-    for module in (classifiers, calibrations, jobs, pipelines, keys):
+    for module in (classifiers, calibrations, jobs, pipelines, keys, dashboard):
         app.include_router(module.router, responses=errors.ERROR_RESPONSES)
+    app.include_router(dashboard.page_router, responses=errors.ERROR_RESPONSES)
+    app.mount("/dashboard/static", StaticFiles(packages=[("api", "static")]), name="static")
 
     @app.middleware("http")
     async def _count(

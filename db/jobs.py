@@ -34,6 +34,7 @@ from db.models import (
     utcnow,
 )
 from db.session import rowcount
+from labelq.dashboard import gold_prob, score_columns
 from labelq.errors import Conflict, NotFound
 from labelq.scoring import Item as ScoreItem
 from labelq.spec import ClassifierSpec
@@ -191,9 +192,65 @@ def item_ids_by_custom_id(s: Session, job_id: str, custom_ids: Sequence[str]) ->
 
 
 def set_gold_labels(s: Session, labels: dict[int, str]) -> None:
-    """Gold labels by item id."""
-    if labels:
-        s.execute(update(JobItem), [{"id": i, "gold_label": label} for i, label in labels.items()])
+    """Gold labels by item id, with the probability a scored item gave its gold label."""
+    ids = list(labels)
+    for start in range(0, len(ids), 1000):
+        page = ids[start : start + 1000]
+        query = select(JobItem.id, JobItem.result).where(JobItem.id.in_(page))
+        results: dict[int, Any] = {i: result for i, result in s.execute(query)}
+        s.execute(
+            update(JobItem),
+            [
+                {
+                    "id": i,
+                    "gold_label": labels[i],
+                    "gold_prob": gold_prob(results.get(i), labels[i]),
+                }
+                for i in page
+            ],
+        )
+
+
+def _gold_labels(s: Session, item_ids: list[int]) -> dict[int, str]:
+    """The gold labels already given for these items (labels may come before scores)."""
+    found: dict[int, str] = {}
+    for start in range(0, len(item_ids), 1000):
+        rows = s.execute(
+            select(JobItem.id, JobItem.gold_label).where(
+                JobItem.id.in_(item_ids[start : start + 1000]), JobItem.gold_label.is_not(None)
+            )
+        )
+        found.update((i, str(label)) for i, label in rows)
+    return found
+
+
+def _scored_columns(
+    job: Job,
+    result: dict[str, Any] | None,
+    calibration_id: int | None,
+    gold: str | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The dashboard's columns of a scored item (all None for a failed one)."""
+    if result is None:
+        return dict.fromkeys(
+            (
+                "calibration_id",
+                "classifier_id",
+                "predicted",
+                "confidence",
+                "sum_sq",
+                "gold_prob",
+                "scored_at",
+            )
+        )
+    return {
+        "calibration_id": calibration_id,
+        "classifier_id": job.classifier_id,
+        **score_columns(result),
+        "gold_prob": gold_prob(result, gold),
+        "scored_at": now,
+    }
 
 
 # -- chunks --------------------------------------------------------------------------------------
@@ -428,6 +485,8 @@ def _complete(
     if rowcount(done) != 1:
         return False
     if results:
+        now = utcnow()
+        golds = _gold_labels(s, [i for i, (r, _) in results.items() if r is not None])
         s.execute(
             update(JobItem),
             [
@@ -436,7 +495,7 @@ def _complete(
                     "status": ItemStatus.succeeded if result is not None else ItemStatus.failed,
                     "result": result,
                     "error": error,
-                    "calibration_id": calibration_id if result is not None else None,
+                    **_scored_columns(job, result, calibration_id, golds.get(item_id), now),
                 }
                 for item_id, (result, error) in results.items()
             ],

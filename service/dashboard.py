@@ -1,0 +1,342 @@
+"""Dashboard queries: how far a classifier's confidences can be trusted, over every stored result.
+
+Each query reads the scored items of one classifier (a version, a job, a time window) under a
+calibration: `stored` (each result as it was stored), `none`, `active` or a calibration id. When
+every item in scope was stored under the calibration asked for, the query is aggregated in SQL.
+Otherwise the results are recomputed from their raw label scores in one streamed pass, job by
+job (a batch calibration's prior is its job's), and the answer says so in `basis`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import calibrations as calibration_rows
+from db import dashboard as sums
+from db import jobs as job_rows
+from db.classifiers import classifier_versions, spec_of
+from db.dashboard import Scope
+from db.models import CalibrationStatus, Classifier
+from labelq import dashboard as dash
+from labelq.dashboard import Bucket
+from labelq.errors import Conflict, InputError
+from labelq.metrics import Binning
+from service.results import CALIBRATION_CHOICES, resolve_view
+
+T = TypeVar("T")
+STREAM_PAGE = 2000
+MAX_THRESHOLDS = 200
+
+
+@dataclass(frozen=True)
+class Query:
+    """The filters every dashboard query takes."""
+
+    version: int | None = None
+    calibration: str = "stored"
+    start: datetime | None = None
+    end: datetime | None = None
+    job: str | None = None
+
+
+class Basis(BaseModel):
+    calibration: str = Field(description="The calibration the figures are under, as asked.")
+    computed: Literal["sql", "stream"] = Field(
+        description="`sql`: aggregated in the database from the stored readings; `stream`: "
+        "results stored under other calibrations were recomputed in one pass."
+    )
+    note: str | None = None
+
+
+@dataclass
+class _Resolved:
+    scope: Scope
+    labels: list[str]
+    # classifier row id -> the calibration asked for (None: uncalibrated); None: as stored
+    wanted: dict[int, int | None] | None
+
+
+def _resolve(s: Session, tenant: str, name: str, q: Query) -> _Resolved:
+    versions = classifier_versions(s, name, tenant)
+    if q.version is not None:
+        versions = [v for v in versions if v.version == q.version]
+        if not versions:
+            raise InputError(f"classifier {name!r} has no version {q.version}", field="version")
+    if q.start and q.end and q.start >= q.end:
+        raise InputError("`from` must be before `to`", field="from")
+    if q.job is not None:
+        job = job_rows.get_job(s, q.job, tenant=tenant)
+        versions = [v for v in versions if v.id == job.classifier_id]
+        if not versions:
+            raise InputError(f"job {q.job} is not a job of classifier {name!r}", field="job")
+    wanted = _wanted(s, versions, q.calibration)
+    if wanted is not None and len(wanted) < len(versions):  # a calibration id: its version only
+        versions = [v for v in versions if v.id in wanted]
+    scope = Scope([v.id for v in versions], q.job, q.start, q.end)
+    return _Resolved(scope, _labels(versions), wanted)
+
+
+def _labels(versions: list[Classifier]) -> list[str]:
+    """Label names of the versions in scope, the latest version's order first."""
+    out: list[str] = []
+    for v in sorted(versions, key=lambda v: -v.version):
+        out += [label for label in spec_of(v).label_names if label not in out]
+    return out
+
+
+def _wanted(s: Session, versions: list[Classifier], choice: str) -> dict[int, int | None] | None:
+    if choice == "stored":
+        return None
+    if choice == "none":
+        return dict.fromkeys((v.id for v in versions), None)
+    if choice == "active":
+        wanted: dict[int, int | None] = {}
+        for v in versions:
+            row = calibration_rows.active_calibration(s, v.id)
+            wanted[v.id] = row.id if row else None
+        return wanted
+    try:
+        calibration_id = int(choice)
+    except ValueError:
+        raise InputError(
+            f"calibration must be stored, {CALIBRATION_CHOICES}", field="calibration"
+        ) from None
+    row = calibration_rows.get_calibration(s, calibration_id, {v.id for v in versions})
+    if row.status != CalibrationStatus.ready:
+        raise Conflict(f"calibration {row.id} is {row.status}", field="calibration")
+    return {row.classifier_id: row.id}
+
+
+def _stream(
+    factory: sessionmaker[Session], tenant: str, r: _Resolved, choice: str
+) -> dash.Readings:
+    """Every item in scope, recomputed under `choice`, job by job, page by page."""
+    readings = dash.Readings()
+    with factory() as s:
+        jobs = sums.jobs_in(s, r.scope)
+    for job_id in jobs:
+        view = resolve_view(factory, job_id, choice, tenant)
+        after = 0
+        while True:
+            with factory() as s:
+                page = sums.scored_items(s, r.scope, job_id, after, STREAM_PAGE)
+            for item, row in zip(page, view.rows(page), strict=True):
+                assert item.scored_at is not None
+                readings.add(item.id, row, item.gold_label, item.scored_at)
+            if len(page) < STREAM_PAGE:
+                break
+            after = page[-1].id
+    return readings.in_id_order()
+
+
+def _run(
+    factory: sessionmaker[Session],
+    tenant: str,
+    name: str,
+    q: Query,
+    in_sql: Callable[[Session, Scope], T],
+    in_python: Callable[[dash.Readings], T],
+) -> tuple[T, list[str], Basis]:
+    with factory() as s:
+        r = _resolve(s, tenant, name, q)
+        if r.wanted is None or not sums.calibrations_other_than(s, r.scope, r.wanted):
+            return in_sql(s, r.scope), r.labels, Basis(calibration=q.calibration, computed="sql")
+    readings = _stream(factory, tenant, r, q.calibration)
+    note = (
+        f"some results were stored under another calibration than {q.calibration!r}: "
+        f"{len(readings.ids)} results were recomputed from their raw scores in one pass"
+    )
+    return (
+        in_python(readings),
+        r.labels,
+        Basis(calibration=q.calibration, computed="stream", note=note),
+    )
+
+
+# -- the queries ---------------------------------------------------------------------------------
+class Reliability(dash.ReliabilityOut):
+    basis: Basis
+
+
+def reliability(
+    factory: sessionmaker[Session], tenant: str, name: str, q: Query, bins: int, binning: Binning
+) -> Reliability:
+    rows, _, basis = _run(
+        factory,
+        tenant,
+        name,
+        q,
+        lambda s, scope: sums.reliability(s, scope, bins, binning),
+        lambda r: dash.reliability_sums(r, bins, binning),
+    )
+    out = dash.finish_reliability(rows, bins, binning)
+    return Reliability(**out.model_dump(), basis=basis)
+
+
+TimeMetric = Literal["volume", "accuracy", "ece", "brier", "mean_confidence", "coverage"]
+
+
+class Timeseries(BaseModel):
+    bucket: Bucket
+    metrics: list[str]
+    points: list[dict[str, object]]
+    basis: Basis
+
+
+def timeseries(
+    factory: sessionmaker[Session],
+    tenant: str,
+    name: str,
+    q: Query,
+    bucket: Bucket,
+    wanted: list[TimeMetric],
+    bins: int,
+) -> Timeseries:
+    rows, _, basis = _run(
+        factory,
+        tenant,
+        name,
+        q,
+        lambda s, scope: sums.bucket_bins(s, scope, bucket, bins),
+        lambda r: dash.bucket_bin_sums(r, bins, bucket),
+    )
+    keep = ["bucket", *wanted, "labelled"]
+    points = [p.model_dump(include=set(keep)) for p in dash.finish_timeseries(rows)]
+    return Timeseries(bucket=bucket, metrics=list(wanted), points=points, basis=basis)
+
+
+class Histogram(BaseModel):
+    bins: list[dash.HistogramBin]
+    basis: Basis
+
+
+def confidence_histogram(
+    factory: sessionmaker[Session], tenant: str, name: str, q: Query, bins: int
+) -> Histogram:
+    rows, _, basis = _run(
+        factory,
+        tenant,
+        name,
+        q,
+        lambda s, scope: sums.histogram(s, scope, bins),
+        lambda r: dash.histogram_sums(r, bins),
+    )
+    return Histogram(bins=dash.finish_histogram(rows, bins), basis=basis)
+
+
+class Confusion(dash.Confusion):
+    basis: Basis
+
+
+def confusion(factory: sessionmaker[Session], tenant: str, name: str, q: Query) -> Confusion:
+    rows, labels, basis = _run(factory, tenant, name, q, sums.confusion, dash.pair_counts)
+    return Confusion(**dash.finish_confusion(rows, labels).model_dump(), basis=basis)
+
+
+class LabelDistribution(dash.LabelDistribution):
+    bucket: Bucket
+    basis: Basis
+
+
+def label_distribution(
+    factory: sessionmaker[Session],
+    tenant: str,
+    name: str,
+    q: Query,
+    bucket: Bucket,
+    reference_from: datetime | None,
+    reference_to: datetime | None,
+) -> LabelDistribution:
+    """Predicted-label shares per bucket, each against the reference window's shares (the
+    first bucket when no window is given)."""
+    has_ref = reference_from is not None or reference_to is not None
+    if reference_from and reference_to and reference_from >= reference_to:
+        raise InputError("`reference_from` must be before `reference_to`", field="reference_from")
+
+    def in_sql(
+        s: Session, scope: Scope
+    ) -> tuple[list[dash.BucketLabelCount], list[dash.BucketLabelCount] | None]:
+        ref = replace(scope, start=reference_from, end=reference_to)
+        return sums.label_counts(s, scope, bucket), sums.label_counts(
+            s, ref, None
+        ) if has_ref else None
+
+    def in_python(
+        r: dash.Readings,
+    ) -> tuple[list[dash.BucketLabelCount], list[dash.BucketLabelCount] | None]:
+        ref = r.within(reference_from, reference_to)
+        window = r.within(q.start, q.end)
+        return dash.label_counts(window, bucket), dash.label_counts(ref, None) if has_ref else None
+
+    # The reference window may lie outside [from, to): the streamed pass reads both.
+    wide = replace(q, start=None, end=None) if has_ref else q
+    (rows, ref_rows), labels, basis = _run(
+        factory, tenant, name, wide, in_sql_for(q, in_sql), in_python
+    )
+    reference = {"from": reference_from, "to": reference_to} if has_ref else {"first_bucket": True}
+    out = dash.finish_label_distribution(rows, ref_rows, labels, reference)
+    return LabelDistribution(**out.model_dump(), bucket=bucket, basis=basis)
+
+
+def in_sql_for(q: Query, fn: Callable[[Session, Scope], T]) -> Callable[[Session, Scope], T]:
+    """`fn` on the query's own time window (the scope may have been widened for a reference)."""
+    return lambda s, scope: fn(s, replace(scope, start=q.start, end=q.end))
+
+
+class Selective(dash.Selective):
+    basis: Basis
+
+
+def selective(
+    factory: sessionmaker[Session],
+    tenant: str,
+    name: str,
+    q: Query,
+    thresholds: list[float],
+    target_accuracy: float | None,
+) -> Selective:
+    if len(thresholds) > MAX_THRESHOLDS:
+        raise InputError(f"at most {MAX_THRESHOLDS} thresholds", field="thresholds")
+    if any(not 0 <= t <= 1 for t in thresholds):
+        raise InputError("thresholds must lie in [0, 1]", field="thresholds")
+    if target_accuracy is not None and not 0 < target_accuracy <= 1:
+        raise InputError("target_accuracy must lie in (0, 1]", field="target_accuracy")
+    (rows, grid), _, basis = _run(
+        factory,
+        tenant,
+        name,
+        q,
+        lambda s, scope: (sums.thresholds(s, scope, thresholds), sums.grid(s, scope)),
+        lambda r: (dash.threshold_sums(r, thresholds), dash.grid_sums(r)),
+    )
+    return Selective(**dash.finish_selective(rows, grid, target_accuracy).model_dump(), basis=basis)
+
+
+class Compared(BaseModel):
+    calibrations: list[Reliability]
+
+
+def compare(
+    factory: sessionmaker[Session],
+    tenant: str,
+    name: str,
+    q: Query,
+    choices: list[str],
+    bins: int,
+    binning: Binning,
+) -> Compared:
+    """The same reliability and metrics under each calibration, side by side."""
+    if not 2 <= len(choices) <= 4:
+        raise InputError("compare takes 2 to 4 calibrations, e.g. none,active", field="compare")
+    return Compared(
+        calibrations=[
+            reliability(factory, tenant, name, replace(q, calibration=c), bins, binning)
+            for c in choices
+        ]
+    )
