@@ -121,7 +121,7 @@ def _stream(
     with factory() as s:
         jobs = sums.jobs_in(s, r.scope)
     for job_id in jobs:
-        view = resolve_view(factory, job_id, choice, tenant)
+        view = resolve_view(factory, job_id, None if choice == "stored" else choice, tenant)
         after = 0
         while True:
             with factory() as s:

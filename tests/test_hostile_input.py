@@ -95,6 +95,37 @@ BAD: list[tuple[str, str, dict[str, Any], int, str]] = [
      {"json": {"method": "temperature", "job_id": "nope"}}, 404, "does not exist"),
     ("unknown pipeline", "GET /v1/pipelines/nope", {}, 404, "does not exist"),
     ("pipeline not a mapping", "POST /v1/pipelines", {"json": [1]}, 422, ""),
+    ("dashboard of unknown classifier", "GET /v1/classifiers/nope/reliability", {}, 404,
+     "does not exist"),
+    ("dashboard unknown version", "GET /v1/classifiers/hostile/reliability?version=9", {}, 422,
+     "no version 9"),
+    ("dashboard bad calibration", "GET /v1/classifiers/hostile/confusion?calibration=x", {},
+     422, "calibration must be"),
+    ("dashboard unknown calibration", "GET /v1/classifiers/hostile/confusion?calibration=999",
+     {}, 404, "calibration 999"),
+    ("dashboard bad time", "GET /v1/classifiers/hostile/timeseries?from=yesterday", {}, 422,
+     "from"),
+    ("dashboard from after to", "GET /v1/classifiers/hostile/timeseries?from=2026-02-01&"
+     "to=2026-01-01", {}, 422, "before"),
+    ("dashboard bad bucket", "GET /v1/classifiers/hostile/timeseries?bucket=week", {}, 422,
+     "bucket"),
+    ("dashboard unknown metric", "GET /v1/classifiers/hostile/timeseries?metrics=ece,magic", {},
+     422, "magic"),
+    ("dashboard zero bins", "GET /v1/classifiers/hostile/reliability?bins=0", {}, 422, "bins"),
+    ("dashboard bad binning", "GET /v1/classifiers/hostile/reliability?binning=log", {}, 422,
+     "binning"),
+    ("dashboard bad thresholds", "GET /v1/classifiers/hostile/selective?thresholds=a,b", {}, 422,
+     "thresholds"),
+    ("dashboard threshold above 1", "GET /v1/classifiers/hostile/selective?thresholds=2", {}, 422,
+     "thresholds"),
+    ("dashboard bad target", "GET /v1/classifiers/hostile/selective?target_accuracy=0", {}, 422,
+     "target_accuracy"),
+    ("dashboard compare one", "GET /v1/classifiers/hostile/compare?compare=none", {}, 422,
+     "compare"),
+    ("dashboard unknown job", "GET /v1/classifiers/hostile/confusion?job=nope", {}, 404,
+     "does not exist"),
+    ("dashboard reference reversed", "GET /v1/classifiers/hostile/label-distribution?"
+     "reference_from=2026-02-01&reference_to=2026-01-01", {}, 422, "reference_from"),
 ]  # fmt: skip
 
 
@@ -239,6 +270,11 @@ def test_scopes_and_tenants_are_isolated(factory: Any, fake_scorer: Any) -> None
             ("GET", f"/v1/jobs/{jid}/metrics", {}),
             ("GET", f"/v1/jobs/{jid}/events", {}),
             ("GET", "/v1/classifiers/hostile", {}),
+            ("GET", "/v1/classifiers/hostile/reliability", {}),
+            ("GET", "/v1/classifiers/hostile/timeseries", {}),
+            ("GET", "/v1/classifiers/hostile/confusion", {}),
+            ("GET", "/v1/classifiers/hostile/label-distribution", {}),
+            ("GET", "/v1/classifiers/hostile/selective", {}),
         ]:
             r = c.request(method, path, headers=b, **kwargs)
             assert r.status_code == 404, (method, path, r.status_code, r.text)
