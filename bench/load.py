@@ -16,14 +16,13 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from pipeline import PG_ADMIN, SPEC, spawn, stop, wait_http  # noqa: E402
+from pipeline import SPEC, create_scratch_database, drop_scratch_database, spawn, stop, wait_http  # noqa: E402
 
 
 async def client_loop(
@@ -88,18 +87,10 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=500, help="items per job")
     args = parser.parse_args()
 
-    from sqlalchemy import create_engine, text
-
-    from db.migrate import upgrade
     from labelq.client import LabelqClient
 
     work = Path(tempfile.mkdtemp(prefix="labelq-bench-load-"))
-    db_name = f"labelq_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{db_name}"'))
-    db_url = PG_ADMIN.rsplit("/", 1)[0] + f"/{db_name}"
-    upgrade(db_url)
+    db_url = create_scratch_database()
     port = 18000 + os.getpid() % 1000
     env = {
         "LABELQ_DATABASE_URL": db_url,
@@ -118,8 +109,7 @@ def main() -> None:
         latencies, errors, elapsed = asyncio.run(load(url, job_ids, args.clients, args.seconds))
     finally:
         stop(api)
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
+        drop_scratch_database(db_url)
 
     if not latencies:
         raise SystemExit(f"no request succeeded; errors: {errors[:5]}")

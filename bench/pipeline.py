@@ -19,6 +19,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +35,40 @@ SPEC = {
     "labels": {"positive": [" positive", " good"], "negative": " negative"},
 }
 ENGINE_ENV = {"LABELQ_DTYPE": "float32", "LABELQ_MAX_MODEL_LEN": "512", "LABELQ_KV_CACHE_GIB": "1"}
+
+
+def create_scratch_database() -> str:
+    """A new, migrated PostgreSQL database for one benchmark run; its URL."""
+    from sqlalchemy import create_engine, text
+
+    from db.migrate import upgrade
+
+    name = f"labelq_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    upgrade(url)
+    return url
+
+
+def drop_scratch_database(url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@contextmanager
+def scratch_database() -> Iterator[str]:
+    url = create_scratch_database()
+    try:
+        yield url
+    finally:
+        drop_scratch_database(url)
 
 
 def sentences(n: int) -> list[str]:
@@ -102,9 +138,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     import redis
-    from sqlalchemy import create_engine, text
 
-    from db.migrate import upgrade
     from labelq.backends.vllm_backend import VllmBackend
     from labelq.client import LabelqClient
     from labelq.demo_model import build_demo_model
@@ -116,12 +150,7 @@ def main() -> None:
     model = build_demo_model(
         Path(tempfile.gettempdir()) / f"labelq-bench-{args.model_size}", args.model_size
     )
-    db_name = f"labelq_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{db_name}"'))
-    db_url = PG_ADMIN.rsplit("/", 1)[0] + f"/{db_name}"
-    upgrade(db_url)
+    db_url = create_scratch_database()
     redis.Redis.from_url(REDIS).flushdb()
     port = 18000 + os.getpid() % 1000
     env = {
@@ -189,8 +218,7 @@ def main() -> None:
     finally:
         stop(worker)
         stop(api)
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
+        drop_scratch_database(db_url)
         redis.Redis.from_url(REDIS).flushdb()
 
     print(

@@ -14,14 +14,23 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from pipeline import ENGINE_ENV, PG_ADMIN, REDIS, SPEC, sentences, spawn, stop, wait_http  # noqa: E402
+from pipeline import (  # noqa: E402
+    ENGINE_ENV,
+    REDIS,
+    SPEC,
+    create_scratch_database,
+    drop_scratch_database,
+    sentences,
+    spawn,
+    stop,
+    wait_http,
+)
 
 
 def main() -> None:
@@ -33,7 +42,6 @@ def main() -> None:
     import redis
     from sqlalchemy import create_engine, text
 
-    from db.migrate import upgrade
     from db.session import make_engine, make_sessionmaker
     from labelq.client import LabelqClient
     from labelq.demo_model import build_demo_model
@@ -42,12 +50,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="labelq-bench-pipelines-"))
     model = build_demo_model(Path(tempfile.gettempdir()) / "labelq-bench-tiny", "tiny")
-    db_name = f"labelq_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{db_name}"'))
-    db_url = PG_ADMIN.rsplit("/", 1)[0] + f"/{db_name}"
-    upgrade(db_url)
+    db_url = create_scratch_database()
     texts = sentences(args.rows)
     source = create_engine(db_url)
     with source.begin() as c:
@@ -122,8 +125,7 @@ def main() -> None:
         stop(worker)
         stop(api)
         source.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
+        drop_scratch_database(db_url)
         redis.Redis.from_url(REDIS).flushdb()
 
     print(f"\n{args.rows} rows, tiny random Llama, chunk size {args.chunk_size}, one worker")

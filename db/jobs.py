@@ -34,7 +34,7 @@ from db.models import (
     utcnow,
 )
 from db.session import rowcount
-from labelq.dashboard import gold_prob, score_columns
+from labelq.dashboard import gold_columns, score_columns
 from labelq.errors import Conflict, NotFound
 from labelq.scoring import Item as ScoreItem
 from labelq.spec import ClassifierSpec
@@ -192,7 +192,7 @@ def item_ids_by_custom_id(s: Session, job_id: str, custom_ids: Sequence[str]) ->
 
 
 def set_gold_labels(s: Session, labels: dict[int, str]) -> None:
-    """Gold labels by item id, with the probability a scored item gave its gold label."""
+    """Gold labels by item id; a scored item is judged right or wrong and its Brier score kept."""
     ids = list(labels)
     for start in range(0, len(ids), 1000):
         page = ids[start : start + 1000]
@@ -204,7 +204,7 @@ def set_gold_labels(s: Session, labels: dict[int, str]) -> None:
                 {
                     "id": i,
                     "gold_label": labels[i],
-                    "gold_prob": gold_prob(results.get(i), labels[i]),
+                    **gold_columns(results.get(i), labels[i]),
                 }
                 for i in page
             ],
@@ -239,8 +239,8 @@ def _scored_columns(
                 "classifier_id",
                 "predicted",
                 "confidence",
-                "sum_sq",
-                "gold_prob",
+                "correct",
+                "brier",
                 "scored_at",
             )
         )
@@ -248,7 +248,7 @@ def _scored_columns(
         "calibration_id": calibration_id,
         "classifier_id": job.classifier_id,
         **score_columns(result),
-        "gold_prob": gold_prob(result, gold),
+        **gold_columns(result, gold),
         "scored_at": now,
     }
 

@@ -28,26 +28,18 @@ PSI_FLOOR = 1e-4  # shares below this count as this in the population stability 
 
 # -- what each scored item stores as columns -----------------------------------------------------
 def score_columns(result: dict[str, Any]) -> dict[str, Any]:
-    """The predicted label, its confidence and the sum of squared label probabilities."""
-    probs = result.get("probs") or {}
-    return {
-        "predicted": result.get("label"),
-        "confidence": result.get("confidence"),
-        "sum_sq": float(sum(p * p for p in probs.values())) if probs else None,
-    }
+    """The predicted label and its confidence."""
+    return {"predicted": result.get("label"), "confidence": result.get("confidence")}
 
 
-def gold_prob(result: dict[str, Any] | None, gold: str | None) -> float | None:
-    """The probability a result gave its gold label (None until both exist)."""
+def gold_columns(result: dict[str, Any] | None, gold: str | None) -> dict[str, Any]:
+    """Whether the prediction is right and the item's Brier score, sum over labels k of
+    (p_k - 1[k = gold])^2; both None until the item has a result and a gold label."""
     if not result or gold is None:
-        return None
-    p = (result.get("probs") or {}).get(gold)
-    return None if p is None else float(p)
-
-
-def brier_of(sum_sq: float, p_gold: float) -> float:
-    """Brier score of one item: sum_k (p_k - 1[k = gold])^2 = sum_k p_k^2 - 2 p_gold + 1."""
-    return sum_sq - 2.0 * p_gold + 1.0
+        return {"correct": None, "brier": None}
+    probs = result.get("probs") or {}
+    brier = sum((p - (label == gold)) ** 2 for label, p in probs.items()) if probs else None
+    return {"correct": result.get("label") == gold, "brier": brier}
 
 
 # -- per-item readings, for the streamed pass ----------------------------------------------------
@@ -58,21 +50,21 @@ class Readings:
     ids: list[int] = field(default_factory=list)
     predicted: list[str] = field(default_factory=list)
     confidence: list[float] = field(default_factory=list)
-    sum_sq: list[float] = field(default_factory=list)
     gold: list[str | None] = field(default_factory=list)
-    gold_prob: list[float | None] = field(default_factory=list)
+    correct: list[bool | None] = field(default_factory=list)
+    brier: list[float | None] = field(default_factory=list)
     scored_at: list[datetime] = field(default_factory=list)
 
     def add(
         self, item_id: int, result: dict[str, Any], gold: str | None, scored_at: datetime
     ) -> None:
-        cols = score_columns(result)
+        scored, judged = score_columns(result), gold_columns(result, gold)
         self.ids.append(item_id)
-        self.predicted.append(cols["predicted"])
-        self.confidence.append(cols["confidence"])
-        self.sum_sq.append(cols["sum_sq"])
+        self.predicted.append(scored["predicted"])
+        self.confidence.append(scored["confidence"])
         self.gold.append(gold)
-        self.gold_prob.append(gold_prob(result, gold))
+        self.correct.append(judged["correct"])
+        self.brier.append(judged["brier"])
         self.scored_at.append(scored_at)
 
     def in_id_order(self) -> Readings:
@@ -94,23 +86,18 @@ class Readings:
             [self.ids[k] for k in keep],
             [self.predicted[k] for k in keep],
             [self.confidence[k] for k in keep],
-            [self.sum_sq[k] for k in keep],
             [self.gold[k] for k in keep],
-            [self.gold_prob[k] for k in keep],
+            [self.correct[k] for k in keep],
+            [self.brier[k] for k in keep],
             [self.scored_at[k] for k in keep],
         )
 
     def arrays(self) -> _Arrays:
         conf = np.asarray(self.confidence, dtype=np.float64)
-        labelled = np.array([g is not None for g in self.gold], dtype=bool)
-        correct = np.array(
-            [g is not None and g == p for g, p in zip(self.gold, self.predicted, strict=True)]
-        )
-        p_gold = np.array(
-            [p if p is not None else np.nan for p in self.gold_prob], dtype=np.float64
-        )
-        brier = np.where(labelled, np.asarray(self.sum_sq, dtype=np.float64) - 2 * p_gold + 1, 0.0)
-        return _Arrays(conf, labelled, correct.astype(bool), brier)
+        labelled = np.array([c is not None for c in self.correct], dtype=bool)
+        correct = np.array([bool(c) for c in self.correct], dtype=bool)
+        brier = np.array([b if b is not None else 0.0 for b in self.brier], dtype=np.float64)
+        return _Arrays(conf, labelled, correct, brier)
 
 
 class _Arrays(NamedTuple):

@@ -146,6 +146,7 @@ def _run(
     with factory() as s:
         r = _resolve(s, tenant, name, q)
         if r.wanted is None or not sums.calibrations_other_than(s, r.scope, r.wanted):
+            sums.tune_for_aggregates(s)
             return in_sql(s, r.scope), r.labels, Basis(calibration=q.calibration, computed="sql")
     readings = _stream(factory, tenant, r, q.calibration)
     note = (

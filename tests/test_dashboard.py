@@ -324,7 +324,7 @@ def test_migration_fills_the_columns_of_old_rows(
 
     from db.migrate import alembic_config
 
-    columns = (JobItem.id, JobItem.predicted, JobItem.confidence, JobItem.sum_sq, JobItem.gold_prob)
+    columns = (JobItem.id, JobItem.predicted, JobItem.correct, JobItem.confidence, JobItem.brier)
     with _seed(factory, fake_scorer) as (c, ids):
         mine = select(*columns).where(JobItem.job_id == ids["new"]).order_by(JobItem.id)
         with factory() as s:
@@ -338,7 +338,7 @@ def test_migration_fills_the_columns_of_old_rows(
         assert len(after) == len(before) == 200
         assert sum(row[4] is not None for row in after) == 100  # the gold-labelled half
         for now, then in zip(after, before, strict=True):
-            assert tuple(now[:2]) == tuple(then[:2])
-            assert tuple(now[2:]) == pytest.approx(tuple(then[2:]))
+            assert tuple(now[:3]) == tuple(then[:3])
+            assert tuple(now[3:]) == pytest.approx(tuple(then[3:]))
         r = c.get(f"{DASH}/reliability", params={"job": ids["new"]}).json()
         assert r["n"] == 100

@@ -4,8 +4,9 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-11-23 18:10:00
 
-Each scored item gets its classifier version, predicted label, confidence, sum of squared
-probabilities, gold-label probability and scoring time as columns, under one covering index.
+Each scored item gets its classifier version, predicted label, confidence and scoring time as
+columns, and once gold-labelled whether it is right and its Brier score, under one covering index
+(without job_id: a narrow index stays in the buffer cache; job filters use the job's own index).
 Existing scored rows are filled from their result JSON in batches of 2,000 by id (their scoring
 time: the job's finish, else start, else creation time), so a large table is not read at once.
 """
@@ -22,7 +23,7 @@ down_revision: str | None = '0004'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-COLUMNS = ['confidence', 'predicted', 'gold_label', 'gold_prob', 'sum_sq', 'calibration_id', 'job_id']
+COLUMNS = ['confidence', 'predicted', 'gold_label', 'correct', 'brier', 'calibration_id']
 BATCH = 2000
 
 
@@ -31,8 +32,8 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('classifier_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True))
         batch_op.add_column(sa.Column('predicted', sa.String(length=200), nullable=True))
         batch_op.add_column(sa.Column('confidence', sa.Double(), nullable=True))
-        batch_op.add_column(sa.Column('sum_sq', sa.Double(), nullable=True))
-        batch_op.add_column(sa.Column('gold_prob', sa.Double(), nullable=True))
+        batch_op.add_column(sa.Column('correct', sa.Boolean(), nullable=True))
+        batch_op.add_column(sa.Column('brier', sa.Double(), nullable=True))
         batch_op.add_column(sa.Column('scored_at', sa.DateTime(timezone=True), nullable=True))
     _fill()
     op.create_index('ix_items_dashboard', 'items', ['classifier_id', 'scored_at'], unique=False, postgresql_include=COLUMNS)
@@ -50,8 +51,8 @@ def _fill() -> None:
         sa.column('classifier_id', sa.BigInteger()),
         sa.column('predicted', sa.String()),
         sa.column('confidence', sa.Double()),
-        sa.column('sum_sq', sa.Double()),
-        sa.column('gold_prob', sa.Double()),
+        sa.column('correct', sa.Boolean()),
+        sa.column('brier', sa.Double()),
         sa.column('scored_at', sa.DateTime(timezone=True)),
     )
     jobs = sa.table(
@@ -83,7 +84,7 @@ def _fill() -> None:
 
 def _columns(item_id: int, result: Any, gold: str | None, classifier_id: int, when: Any) -> dict[str, Any]:
     # Written out here, not imported: a migration must do the same thing whatever the code
-    # becomes later (labelq.dashboard.score_columns and gold_prob).
+    # becomes later (labelq.dashboard.score_columns and gold_columns).
     if isinstance(result, str):
         result = json.loads(result)
     probs = result.get('probs') or {}
@@ -92,8 +93,8 @@ def _columns(item_id: int, result: Any, gold: str | None, classifier_id: int, wh
         'classifier_id': classifier_id,
         'predicted': result.get('label'),
         'confidence': result.get('confidence'),
-        'sum_sq': float(sum(p * p for p in probs.values())) if probs else None,
-        'gold_prob': float(probs[gold]) if gold is not None and gold in probs else None,
+        'correct': None if gold is None else result.get('label') == gold,
+        'brier': sum((p - (k == gold)) ** 2 for k, p in probs.items()) if gold is not None and probs else None,
         'scored_at': when,
     }
 
@@ -102,8 +103,8 @@ def downgrade() -> None:
     op.drop_index('ix_items_dashboard', table_name='items', postgresql_include=COLUMNS)
     with op.batch_alter_table('items', schema=None) as batch_op:
         batch_op.drop_column('scored_at')
-        batch_op.drop_column('gold_prob')
-        batch_op.drop_column('sum_sq')
+        batch_op.drop_column('brier')
+        batch_op.drop_column('correct')
         batch_op.drop_column('confidence')
         batch_op.drop_column('predicted')
         batch_op.drop_column('classifier_id')
