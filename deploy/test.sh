@@ -9,6 +9,11 @@ fi
 if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
 fi
+# The dashboard's browser test drives Debian's headless Chromium.
+if ! command -v chromium >/dev/null 2>&1; then
+  (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) \
+    || echo "could not install chromium: the dashboard page test will fail" >&2
+fi
 for _ in $(seq 1 30); do
   (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && break
   sleep 1

@@ -258,6 +258,7 @@ async function calibrations() {
       button.dataset.calibration = c.id;
       button.addEventListener("click", async () => {
         await run(() => api(`${base()}/calibrations/${c.id}/activate`, { method: "POST" }));
+        await run(calibrations);
         await refresh();
       });
       action.appendChild(button);
