@@ -342,3 +342,22 @@ def test_migration_fills_the_columns_of_old_rows(
             assert tuple(now[3:]) == pytest.approx(tuple(then[3:]))
         r = c.get(f"{DASH}/reliability", params={"job": ids["new"]}).json()
         assert r["n"] == 100
+
+
+def test_the_grafana_dashboard_reads_series_that_metrics_serves(
+    seeded: tuple[TestClient, dict[str, Any]],
+) -> None:
+    import re
+    from pathlib import Path
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    c, _ = seeded
+    families = list(text_string_to_metric_families(c.get("/metrics").text))
+    served = {f.name for f in families} | {s.name for f in families for s in f.samples}
+    board = json.loads(
+        (Path(__file__).resolve().parents[1] / "deploy/grafana/labelq-calibration.json").read_text()
+    )
+    exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"labelq_[a-z_]+", e)}
+    assert used and used <= served, used - served
