@@ -346,7 +346,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     p.add_argument("id", type=int)
     _add_client_options(p)
     p.set_defaults(handler=_cmd_calibrate_activate)
+
+    p = sub.add_parser("settings", help="every LABELQ_ setting with its default")
+    p.add_argument("--format", choices=["env", "markdown"], default="env")
+    p.set_defaults(handler=_cmd_settings)
     return parser, sub
+
+
+def _cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
+    from labelq import settings_doc
+
+    print(
+        settings_doc.env_example() if args.format == "env" else settings_doc.markdown_table(),
+        end="",
+    )
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

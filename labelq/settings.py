@@ -18,7 +18,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; unset: a SQLite file under `home`."
     )
-    broker_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="Celery broker (Redis) URL."
+    )
     data_dir: Path | None = Field(
         default=None,
         description="Folder with sst2/ for the demo model; unset: ../shared/data of a checkout.",
@@ -31,22 +33,30 @@ class Settings(BaseSettings):
         description="Models the service serves: paths or hub ids, each optionally `alias=path`. "
         "Unset: only `model`. A classifier naming another model is refused.",
     )
-    dtype: str = "auto"
-    max_model_len: int | None = None
+    dtype: str = Field(
+        default="auto", description="Engine dtype; float32 on CPUs without AVX512-BF16/AMX."
+    )
+    max_model_len: int | None = Field(
+        default=None, description="Longest prompt + completion in tokens; unset: the model's."
+    )
     memory_fraction: float = Field(
         default=0.3, gt=0, le=1, description="vLLM gpu_memory_utilization (host memory on CPU)."
     )
     kv_cache_gib: int = Field(default=2, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU.")
     # Small blocks let completions reuse more of their prompt from the prefix cache (only full
     # blocks are cached); the CPU backend wants multiples of 32. None: the engine's default.
-    block_size: int | None = 32
-    enforce_eager: bool = True
+    block_size: int | None = Field(default=32, description="KV-cache block size in tokens.")
+    enforce_eager: bool = Field(default=True, description="No CUDA graphs / compilation.")
     in_process_engine: bool = Field(
         default=False,
         description="Run the engine core in the calling process (for daemonic pool children).",
     )
-    seed: int = 0
-    scoring_strategy: Literal["shared", "per_candidate"] = "shared"
+    seed: int = Field(default=0, description="Engine seed.")
+    scoring_strategy: Literal["shared", "per_candidate"] = Field(
+        default="shared",
+        description="shared: one prompt, every candidate scored off its prefix cache; "
+        "per_candidate: one request per candidate.",
+    )
     batch_size: int = Field(default=64, ge=1, description="Items per engine call.")
 
     # The service.
@@ -74,6 +84,15 @@ class Settings(BaseSettings):
         default=10, ge=0, description="First wait before a chunk whose engine failed is retried."
     )
     worker_heartbeat: float = Field(default=10, gt=0, description="Seconds between heartbeats.")
+    preload: bool = Field(
+        default=False,
+        description="`labelq worker` loads its model before taking tasks (not with prefork).",
+    )
+    ready_file: Path | None = Field(
+        default=None,
+        description="`labelq worker` touches this file once its model is loaded (a readiness "
+        "probe: `test -f`); implies preload.",
+    )
     worker_stale_after: float = Field(
         default=60, gt=0, description="A worker unseen for this long is taken as gone."
     )
@@ -90,15 +109,15 @@ class Settings(BaseSettings):
     # Limits on what the API accepts.
     max_body_bytes: int = Field(default=512 * 2**20, ge=1, description="Largest request body.")
     max_line_bytes: int = Field(default=2**20, ge=1, description="Largest JSONL line (item).")
-    max_items_per_job: int = Field(default=1_000_000, ge=1)
+    max_items_per_job: int = Field(default=1_000_000, ge=1, description="Most items in one job.")
     max_json_depth: int = Field(default=32, ge=2, description="Deepest nesting in one item.")
-    max_fields_per_item: int = Field(default=256, ge=1)
+    max_fields_per_item: int = Field(default=256, ge=1, description="Most fields in one item.")
     submissions_per_minute: int = Field(
         default=120, ge=1, description="Job submissions per API key (or client) per minute."
     )
     api_key: str | None = Field(default=None, description="Key the CLI's client sends.")
-    api_host: str = "127.0.0.1"
-    api_port: int = 8000
+    api_host: str = Field(default="127.0.0.1", description="Address `labelq serve` binds.")
+    api_port: int = Field(default=8000, description="Port `labelq serve` binds.")
 
     def allowed_models(self) -> dict[str, str]:
         """Alias or model -> the model served (a model is its own alias)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -167,7 +168,11 @@ def service(
     (broken / "README").write_text("no weights here")
     # The models this service serves, API and workers alike: the tiny one, one no worker
     # serves, one that cannot load.
-    served = ["/models/none", str(broken)]
+    # A second model for the scale-out test: the same weights under another path are another
+    # model to labelq, with a queue and workers of its own.
+    other = logs / "other-model"
+    shutil.copytree(tiny_model, other)
+    served = ["/models/none", str(broken), str(other)]
     env = {
         **os.environ,
         **TIMERS,
@@ -191,6 +196,7 @@ def service(
     state["worker"] = start("worker", "worker", "--loglevel", "WARNING")
     state["beat"] = start("beat", "beat", "--loglevel", "WARNING")
     state["broken"] = broken
+    state["other"] = other
     settings = Settings(
         database_url=pg_url,
         broker_url=redis.url,
@@ -535,3 +541,72 @@ def test_beat_runs_pipelines_and_only_one_beat_sends(service: dict[str, Any]) ->
             c.execute(text("DROP TABLE IF EXISTS e2e_articles"))
             c.execute(text("DROP TABLE IF EXISTS e2e_labels"))
         engine.dispose()
+
+
+def _chunk_owners(db: str, job_id: str) -> dict[str, int]:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(db)
+    with engine.connect() as c:
+        rows = c.execute(
+            text("SELECT owner, count(*) FROM chunks WHERE job_id = :j GROUP BY owner"),
+            {"j": job_id},
+        ).all()
+    engine.dispose()
+    return {str(owner): int(n) for owner, n in rows}
+
+
+def _queue_workers(db: str, queue: str) -> set[str]:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(db)
+    with engine.connect() as c:
+        rows = c.execute(text("SELECT name FROM workers WHERE queue = :q"), {"q": queue}).all()
+    engine.dispose()
+    return {str(r[0]) for r in rows}
+
+
+def test_two_workers_share_a_queue_and_another_model_keeps_its_own(
+    service: dict[str, Any], tmp_path: Path
+) -> None:
+    """Scale-out: a second worker on the first model's queue and a third on another model.
+    A 3,000-item job for each model: every item exactly once, the first job's chunks spread
+    over both of its workers, none of them scored by the other model's worker."""
+    from service.dispatch import queue_for
+
+    client, db = service["client"], service["db"]
+    first_queue, other_queue = queue_for(str(service["model"])), queue_for(str(service["other"]))
+    ready = [tmp_path / "second.ready", tmp_path / "third.ready"]
+    service["start"](
+        "worker-second", "worker", "--loglevel", "WARNING", LABELQ_READY_FILE=str(ready[0])
+    )
+    service["start"](
+        "worker-other",
+        "worker",
+        "--model",
+        str(service["other"]),
+        "--loglevel",
+        "WARNING",
+        LABELQ_READY_FILE=str(ready[1]),
+    )
+    _wait_for(lambda: all(p.exists() for p in ready), 600, "both new workers to load their model")
+    _wait_for(lambda: len(_queue_workers(db, first_queue)) >= 2, 60, "two workers on one queue")
+    other_spec = {**SPEC, "name": "e2e-other", "model": str(service["other"])}
+    client.create_classifier(json.dumps(other_spec), yaml=False)
+    n = _sst2_jsonl(tmp_path / "sst2.jsonl", 3000)
+    first = client.submit_jsonl(tmp_path / "sst2.jsonl", "e2e")
+    second = client.submit_jsonl(tmp_path / "sst2.jsonl", "e2e-other")
+    assert (first["model"], second["model"]) == (str(service["model"]), str(service["other"]))
+    for job in (first, second):
+        final = client.wait(job["id"], timeout=900)
+        assert (final["state"], final["succeeded"], final["failed"]) == ("succeeded", n, 0)
+        _exactly_once(client, job["id"], n)
+
+    mine, theirs = _queue_workers(db, first_queue), _queue_workers(db, other_queue)
+    owners = _chunk_owners(db, first["id"])
+    assert set(owners) <= mine, (owners, mine)
+    assert len(owners) == 2, f"both workers of the queue took chunks: {owners}"
+    assert not set(owners) & theirs
+    other_owners = _chunk_owners(db, second["id"])
+    assert set(other_owners) <= theirs and len(theirs) == 1, (other_owners, theirs)
+    print(f"\nchunks of the first model's job per worker: {sorted(owners.values())}")

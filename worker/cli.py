@@ -19,6 +19,11 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     model = args.model or settings.model
     if not model:
         raise LabelqError("no model: pass --model or set LABELQ_MODEL", field="model")
+    if args.print_queue:  # e.g. for a KEDA ScaledObject's listName
+        from service.dispatch import queue_for
+
+        print(queue_for(model))
+        return 0
     # A prefork child is daemonic: vLLM's engine must then run in the calling process.
     settings = settings.model_copy(
         update={"model": model, "in_process_engine": args.pool == "prefork"}
@@ -28,6 +33,14 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     require_current(settings.resolved_database_url())
     factory = make_sessionmaker(make_engine(settings.resolved_database_url()))
     runtime = WorkerRuntime(settings, factory, model, CeleryDispatcher(settings.broker_url))
+    if settings.ready_file:
+        settings.ready_file.unlink(missing_ok=True)  # left by an earlier run
+    if (settings.preload or settings.ready_file) and args.pool != "prefork":
+        print(f"loading {model} before taking tasks", flush=True)
+        runtime.engines.scorer_for(model)
+        if settings.ready_file:
+            settings.ready_file.parent.mkdir(parents=True, exist_ok=True)
+            settings.ready_file.touch()
     app = worker_app(runtime)
     argv = [
         "worker",
@@ -84,6 +97,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="tasks at once (default 1; threads: 2, so SQL overlaps scoring on one engine)",
     )
     p.add_argument("--loglevel", default="INFO")
+    p.add_argument(
+        "--print-queue", action="store_true", help="print the model's queue name and exit"
+    )
     p.set_defaults(handler=_worker)
 
     p = sub.add_parser("beat", help="run the schedule (the reconciler) for the workers")

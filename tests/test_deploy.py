@@ -1,0 +1,182 @@
+"""Deployment files, checked without a Docker engine or a cluster: the compose file against the
+Compose Specification's JSON schema, every kustomize overlay rendered by `kubectl kustomize`
+and validated against the Kubernetes schemas (custom resources such as KEDA's are skipped, and
+named), the images' Dockerfiles for the rules they promise, and the settings documentation
+against `Settings`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from labelq import settings_doc
+from labelq.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+LABELQ_SERVICES = {"migrate", "api", "beat", "worker-gpu", "worker-cpu"}
+
+
+def _interpolate(value: Any) -> Any:
+    """`${VAR:-default}` as Compose does with VAR unset."""
+    if isinstance(value, str):
+        return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+    if isinstance(value, list):
+        return [_interpolate(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _interpolate(v) for k, v in value.items()}
+    return value
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    return _interpolate(loaded)
+
+
+def test_compose_file_is_valid_against_the_compose_spec(compose: dict[str, Any]) -> None:
+    from jsonschema import Draft201909Validator
+
+    schema_path = DEPLOY / "schemas" / "compose-spec.json"
+    assert schema_path.exists(), "deploy/fetch-assets.sh (run by deploy/install.sh) fetches it"
+    schema = json.loads(schema_path.read_text())
+    errors = sorted(Draft201909Validator(schema).iter_errors(compose), key=str)
+    assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors)
+    # The validator does catch mistakes (it is not vacuous):
+    broken = {**compose, "services": {"api": {**compose["services"]["api"], "restart": 3}}}
+    assert list(Draft201909Validator(schema).iter_errors(broken))
+
+
+def test_compose_wires_the_stack(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {"postgres", "redis", *LABELQ_SERVICES}
+    for name, service in services.items():
+        for needed, how in (service.get("depends_on") or {}).items():
+            assert needed in services, (name, needed)
+            assert how["condition"] in (
+                "service_healthy",
+                "service_completed_successfully",
+            ), (name, needed)
+            if how["condition"] == "service_healthy":
+                assert "healthcheck" in services[needed], needed
+    for name in LABELQ_SERVICES - {"migrate"}:
+        assert services[name]["depends_on"]["migrate"]["condition"] == (
+            "service_completed_successfully"
+        )
+    assert services["migrate"]["command"] == ["db", "upgrade"]
+    assert "--appendonly" in services["redis"]["command"]
+    gpu = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
+    assert services["worker-gpu"]["profiles"] == ["gpu"]
+    assert services["worker-cpu"]["profiles"] == ["cpu"]
+    for name in ("worker-gpu", "worker-cpu"):
+        assert "/tmp/labelq-ready" in services[name]["healthcheck"]["test"]
+        assert services[name]["volumes"] == ["models:/models"]
+    assert set(compose["volumes"]) == {"pgdata", "redisdata", "models"}
+
+
+def test_env_example_and_readme_name_every_setting() -> None:
+    assert (DEPLOY / ".env.example").read_text() == settings_doc.env_example()
+    readme = (ROOT / "README.md").read_text()
+    assert settings_doc.markdown_table() in readme, "run `labelq settings --format markdown`"
+    for name in Settings.model_fields:
+        assert f"LABELQ_{name.upper()}" in readme
+
+
+def _render(overlay: str) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl is needed to render the kustomize overlays")
+    out = subprocess.run(
+        [kubectl, "kustomize", str(DEPLOY / "k8s" / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "KUBECONFIG": "/dev/null"},
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_kustomize_overlays_render_valid_kubernetes(overlay: str) -> None:
+    import kubernetes_validate
+
+    docs = _render(overlay)
+    skipped = []
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, "1.31.0", strict=True)
+        except kubernetes_validate.SchemaNotFoundError:
+            skipped.append(f"{doc['apiVersion']}/{doc['kind']}")
+    expected_skips = ["keda.sh/v1alpha1/ScaledObject"] if overlay == "gpu" else []
+    print(f"\n{overlay}: {len(docs)} objects; custom resources not validated: {skipped}")
+    assert skipped == expected_skips
+
+    by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    assert {
+        ("Deployment", "labelq-api"),
+        ("Service", "labelq-api"),
+        ("PodDisruptionBudget", "labelq-api"),
+        ("Deployment", "labelq-beat"),
+        ("Deployment", "labelq-worker"),
+        ("Job", "labelq-migrate"),
+        ("Secret", "labelq-secrets"),
+        ("ConfigMap", "labelq-config"),
+    } <= set(by)
+    assert by["Deployment", "labelq-beat"]["spec"]["replicas"] == 1
+    secret = by["Secret", "labelq-secrets"]["stringData"]
+    assert {"LABELQ_DATABASE_URL", "LABELQ_BROKER_URL", "LABELQ_API_KEY"} <= set(secret)
+    worker = by["Deployment", "labelq-worker"]["spec"]["template"]["spec"]
+    container = worker["containers"][0]
+    assert container["readinessProbe"]["exec"]["command"] == ["test", "-f", "/tmp/labelq-ready"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["LABELQ_READY_FILE"] == "/tmp/labelq-ready"
+    lease = Settings().lease_seconds
+    assert worker["terminationGracePeriodSeconds"] >= 2 * lease
+    image = container["image"]
+    if overlay == "gpu":
+        assert "worker-gpu" in image
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert worker["nodeSelector"] and worker["tolerations"]
+        scaled = by["ScaledObject", "labelq-worker"]
+        assert scaled["spec"]["scaleTargetRef"]["name"] == "labelq-worker"
+        assert scaled["spec"]["triggers"][0]["type"] == "redis"
+    else:
+        assert "worker-cpu" in image
+        assert "nvidia.com/gpu" not in json.dumps(worker)
+        assert env["LABELQ_DTYPE"] == "float32"
+
+
+@pytest.mark.parametrize("name", ["api", "worker-cpu", "worker-gpu"])
+def test_dockerfiles_are_multi_stage_pinned_and_unprivileged(name: str) -> None:
+    text = (DEPLOY / "docker" / f"Dockerfile.{name}").read_text()
+    bases = re.findall(r"^FROM\s+(\S+)", text, flags=re.MULTILINE)
+    assert len(bases) >= 2, "multi-stage"
+    stages = set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", text, flags=re.MULTILINE))
+    for base in bases:
+        if base in stages:
+            continue
+        _image, _, tag = base.partition(":")
+        assert tag and tag != "latest" and re.search(r"\d", tag), f"{base} is not pinned"
+    final = text[text.rindex("\nFROM") :]
+    user = re.findall(r"^USER\s+(\S+)", final, flags=re.MULTILINE)
+    assert user and user[-1] not in ("root", "0"), "the final stage runs as an unprivileged user"
+    assert "--constraint /tmp/constraints.txt" in text
+    if name == "api":
+        assert "vllm" not in text.lower().replace("no vllm", "")
+        assert "torch" not in text.lower().replace("no torch", "")
+    else:
+        assert "HF_HUB_OFFLINE=1" in text and 'VOLUME ["/models"]' in text
+
+
+def test_dockerignore_keeps_the_build_context_small() -> None:
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "tests", "bench"} <= set(ignored)
