@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import errors
-from api.deps import AppState, RateLimiter
+from api.deps import AppState, AuthCache, RateLimiter
 from api.metrics import Metrics
 from api.routes import calibrations, classifiers, dashboard, health, jobs, keys, pipelines
 from db.session import make_engine, make_sessionmaker
@@ -34,7 +34,12 @@ def create_app(
     )
     metrics = Metrics()
     app.state.labelq = AppState(
-        settings, factory, dispatcher, metrics, RateLimiter(settings.submissions_per_minute)
+        settings,
+        factory,
+        dispatcher,
+        metrics,
+        RateLimiter(settings.submissions_per_minute),
+        AuthCache(settings.auth_cache_seconds),
     )
     errors.install(app)
     app.add_middleware(errors.BodyLimit, limit=settings.max_body_bytes)
@@ -44,16 +49,34 @@ def create_app(
     app.include_router(dashboard.page_router, responses=errors.ERROR_RESPONSES)
     app.mount("/dashboard/static", StaticFiles(packages=[("api", "static")]), name="static")
 
-    @app.middleware("http")
-    async def _count(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-        metrics.latency.labels(path).observe(time.perf_counter() - start)
-        return response
-
+    app.add_middleware(RequestMetrics, metrics=metrics)
     return app
+
+
+class RequestMetrics:
+    """ASGI middleware counting requests and timing them per route (plain ASGI: a
+    `BaseHTTPMiddleware` costs a task and a stream per request)."""
+
+    def __init__(self, app: Any, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def sent(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sent)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            self.metrics.requests.labels(scope["method"], path, str(status)).inc()
+            self.metrics.latency.labels(path).observe(time.perf_counter() - start)

@@ -49,6 +49,40 @@ class RateLimiter:
             window.append(now)
 
 
+class AuthCache:
+    """Who a token is, remembered for `seconds` (per API process): a poll every 100 ms need not
+    read the keys table each time. A revoked or new key takes effect within `seconds`."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._seen: dict[str, tuple[float, Principal | None]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token: str) -> tuple[bool, Principal | None]:
+        if self.seconds <= 0:
+            return False, None
+        with self._lock:
+            found = self._seen.get(token)
+        if found is None or found[0] < time.monotonic():
+            return False, None
+        return True, found[1]
+
+    def clear(self) -> None:
+        """Forget everything (a key was created or revoked through this process)."""
+        with self._lock:
+            self._seen.clear()
+
+    def put(self, token: str, who: Principal | None) -> None:
+        # "No key exists" (None) is never remembered: the first key closes the open loopback
+        # access at once, whichever process created it.
+        if self.seconds <= 0 or who is None:
+            return
+        with self._lock:
+            if len(self._seen) > 10_000:  # a flood of made-up keys must not grow it for good
+                self._seen.clear()
+            self._seen[token] = (time.monotonic() + self.seconds, who)
+
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -60,6 +94,7 @@ class AppState:
     dispatcher: Dispatcher
     metrics: Metrics
     submissions: RateLimiter = field(default_factory=lambda: RateLimiter(120))
+    auth: AuthCache = field(default_factory=lambda: AuthCache(5))
 
 
 def state(request: Request) -> AppState:
@@ -120,7 +155,7 @@ def submission_quota(request: Request, st: StateDep) -> None:
     st.submissions.take(who)
 
 
-def principal(request: Request, st: StateDep) -> Principal:
+async def principal(request: Request, st: StateDep) -> Principal:
     """Who is asking: `Authorization: Bearer <key>` names a tenant and scopes. With no keys
     stored the service is open, but only to clients on loopback (the embedded default).
 
@@ -129,8 +164,16 @@ def principal(request: Request, st: StateDep) -> Principal:
     request of 200 concurrent clients timed out)."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     bearer = token.strip() if scheme.lower() == "bearer" else None
-    with st.factory() as s:
-        found = keys.authenticate(s, bearer)
+    cache_key = hashlib.sha256((bearer or "").encode()).hexdigest()
+    cached, found = st.auth.get(cache_key)
+    if not cached:
+
+        def lookup() -> Principal | None:
+            with st.factory() as s:
+                return keys.authenticate(s, bearer)
+
+        found = await run_in_threadpool(lookup)
+        st.auth.put(cache_key, found)
     if found is None:
         if _is_loopback(request.client.host if request.client else None):
             return keys.LOCAL

@@ -90,8 +90,8 @@ class Settings(BaseSettings):
     )
     ready_file: Path | None = Field(
         default=None,
-        description="`labelq worker` touches this file once its model is loaded (a readiness "
-        "probe: `test -f`); implies preload.",
+        description="`labelq worker` touches this file once its model is loaded and it takes "
+        "tasks (a readiness probe: `test -f`); implies preload.",
     )
     worker_stale_after: float = Field(
         default=60, gt=0, description="A worker unseen for this long is taken as gone."
@@ -114,6 +114,12 @@ class Settings(BaseSettings):
     max_fields_per_item: int = Field(default=256, ge=1, description="Most fields in one item.")
     submissions_per_minute: int = Field(
         default=120, ge=1, description="Job submissions per API key (or client) per minute."
+    )
+    auth_cache_seconds: float = Field(
+        default=5,
+        ge=0,
+        description="How long an API process remembers who a key is (a revoked key works "
+        "this much longer); 0: look it up on every request.",
     )
     api_key: str | None = Field(default=None, description="Key the CLI's client sends.")
     api_host: str = Field(default="127.0.0.1", description="Address `labelq serve` binds.")

@@ -120,6 +120,7 @@ class Proc:
     """A `labelq` command in a process of its own."""
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path):
+        self.ready: Path | None = None
         self.log = open(log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "labelq.cli", *args],
@@ -188,7 +189,10 @@ def service(
     state: dict[str, Any] = {"env": env, "logs": logs, "redis": redis, "procs": []}
 
     def start(name: str, *args: str, **extra_env: str) -> Proc:
+        if args[0] == "worker":  # a worker says when it has its model and takes tasks
+            extra_env.setdefault("LABELQ_READY_FILE", str(logs / f"{name}.ready"))
         proc = Proc(list(args), {**env, **extra_env}, logs / f"{name}.log")
+        proc.ready = Path(extra_env["LABELQ_READY_FILE"]) if args[0] == "worker" else None
         state["procs"].append(proc)
         return proc
 
@@ -553,7 +557,11 @@ def _chunk_owners(db: str, job_id: str) -> dict[str, int]:
             {"j": job_id},
         ).all()
     engine.dispose()
-    return {str(owner): int(n) for owner, n in rows}
+    per_worker: dict[str, int] = {}
+    for owner, n in rows:  # an owner is `worker name/claim token`
+        name = str(owner).split("/")[0]
+        per_worker[name] = per_worker.get(name, 0) + int(n)
+    return per_worker
 
 
 def _queue_workers(db: str, queue: str) -> set[str]:
@@ -576,20 +584,14 @@ def test_two_workers_share_a_queue_and_another_model_keeps_its_own(
 
     client, db = service["client"], service["db"]
     first_queue, other_queue = queue_for(str(service["model"])), queue_for(str(service["other"]))
-    ready = [tmp_path / "second.ready", tmp_path / "third.ready"]
-    service["start"](
-        "worker-second", "worker", "--loglevel", "WARNING", LABELQ_READY_FILE=str(ready[0])
+    second = service["start"]("worker-second", "worker", "--loglevel", "WARNING")
+    third = service["start"](
+        "worker-other", "worker", "--model", str(service["other"]), "--loglevel", "WARNING"
     )
-    service["start"](
-        "worker-other",
-        "worker",
-        "--model",
-        str(service["other"]),
-        "--loglevel",
-        "WARNING",
-        LABELQ_READY_FILE=str(ready[1]),
-    )
-    _wait_for(lambda: all(p.exists() for p in ready), 600, "both new workers to load their model")
+    # Every worker has its model loaded and takes tasks before the jobs are sent: a worker
+    # still loading would hold its first chunks for the whole load and skew the spread.
+    ready = [service["worker"].ready, second.ready, third.ready]
+    _wait_for(lambda: all(p.exists() for p in ready), 600, "three workers to load their model")
     _wait_for(lambda: len(_queue_workers(db, first_queue)) >= 2, 60, "two workers on one queue")
     other_spec = {**SPEC, "name": "e2e-other", "model": str(service["other"])}
     client.create_classifier(json.dumps(other_spec), yaml=False)

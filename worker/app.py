@@ -84,10 +84,17 @@ def worker_app(runtime: WorkerRuntime) -> Celery:
     def run_pipeline(name: str, tenant: str = "default") -> None:
         runtime.run_pipeline(name, tenant=tenant)
 
+    ready_file = runtime.settings.ready_file
+
     def _ready(**_: Any) -> None:
         runtime.start()
+        if ready_file is not None:  # consuming now, its model loaded (`labelq worker` preloads)
+            ready_file.parent.mkdir(parents=True, exist_ok=True)
+            ready_file.touch()
 
     def _shutdown(**_: Any) -> None:
+        if ready_file is not None:
+            ready_file.unlink(missing_ok=True)
         runtime.stop()
 
     worker_ready.connect(_ready, weak=False)

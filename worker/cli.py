@@ -37,10 +37,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         settings.ready_file.unlink(missing_ok=True)  # left by an earlier run
     if (settings.preload or settings.ready_file) and args.pool != "prefork":
         print(f"loading {model} before taking tasks", flush=True)
-        runtime.engines.scorer_for(model)
-        if settings.ready_file:
-            settings.ready_file.parent.mkdir(parents=True, exist_ok=True)
-            settings.ready_file.touch()
+        runtime.engines.scorer_for(model)  # the ready file follows once Celery consumes
     app = worker_app(runtime)
     argv = [
         "worker",
