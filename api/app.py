@@ -10,7 +10,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import errors
-from api.deps import AppState, AuthCache, RateLimiter
+from api.deps import AppState, RateLimiter
 from api.metrics import Metrics
 from api.routes import calibrations, classifiers, dashboard, health, jobs, keys, pipelines
 from db.session import make_engine, make_sessionmaker
@@ -39,7 +39,6 @@ def create_app(
         dispatcher,
         metrics,
         RateLimiter(settings.submissions_per_minute),
-        AuthCache(settings.auth_cache_seconds),
     )
     errors.install(app)
     app.add_middleware(errors.BodyLimit, limit=settings.max_body_bytes)

@@ -49,40 +49,6 @@ class RateLimiter:
             window.append(now)
 
 
-class AuthCache:
-    """Who a token is, remembered for `seconds` (per API process): a poll every 100 ms need not
-    read the keys table each time. A revoked or new key takes effect within `seconds`."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self._seen: dict[str, tuple[float, Principal | None]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, token: str) -> tuple[bool, Principal | None]:
-        if self.seconds <= 0:
-            return False, None
-        with self._lock:
-            found = self._seen.get(token)
-        if found is None or found[0] < time.monotonic():
-            return False, None
-        return True, found[1]
-
-    def clear(self) -> None:
-        """Forget everything (a key was created or revoked through this process)."""
-        with self._lock:
-            self._seen.clear()
-
-    def put(self, token: str, who: Principal | None) -> None:
-        # "No key exists" (None) is never remembered: the first key closes the open loopback
-        # access at once, whichever process created it.
-        if self.seconds <= 0 or who is None:
-            return
-        with self._lock:
-            if len(self._seen) > 10_000:  # a flood of made-up keys must not grow it for good
-                self._seen.clear()
-            self._seen[token] = (time.monotonic() + self.seconds, who)
-
-
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -94,7 +60,6 @@ class AppState:
     dispatcher: Dispatcher
     metrics: Metrics
     submissions: RateLimiter = field(default_factory=lambda: RateLimiter(120))
-    auth: AuthCache = field(default_factory=lambda: AuthCache(5))
 
 
 def state(request: Request) -> AppState:
@@ -164,16 +129,12 @@ async def principal(request: Request, st: StateDep) -> Principal:
     request of 200 concurrent clients timed out)."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     bearer = token.strip() if scheme.lower() == "bearer" else None
-    cache_key = hashlib.sha256((bearer or "").encode()).hexdigest()
-    cached, found = st.auth.get(cache_key)
-    if not cached:
 
-        def lookup() -> Principal | None:
-            with st.factory() as s:
-                return keys.authenticate(s, bearer)
+    def lookup() -> Principal | None:
+        with st.factory() as s:
+            return keys.authenticate(s, bearer)
 
-        found = await run_in_threadpool(lookup)
-        st.auth.put(cache_key, found)
+    found = await run_in_threadpool(lookup)
     if found is None:
         if _is_loopback(request.client.host if request.client else None):
             return keys.LOCAL

@@ -123,34 +123,28 @@ def main() -> None:
         finally:
             stop(api)
         key = _api_key(db_url)  # as in production: every request carries a key
-        # The baseline, in the same run: the key looked up in the database on every request.
-        for label, cache in (("baseline, no auth cache", "0"), ("default, auth cache 5 s", "5")):
-            api = spawn(
-                ["serve"], {**env, "LABELQ_AUTH_CACHE_SECONDS": cache}, work / f"api-{cache}.log"
+        api = spawn(["serve"], env, work / "api.log")
+        try:
+            wait_http(url)
+            runs["one API process"] = asyncio.run(
+                load(url, job_ids, args.clients, args.seconds, key)
             )
-            try:
-                wait_http(url)
-                runs[label] = asyncio.run(load(url, job_ids, args.clients, args.seconds, key))
-            finally:
-                stop(api)
+        finally:
+            stop(api)
     finally:
         drop_scratch_database(db_url)
 
     print(f"\n{args.clients} clients, one API process on PostgreSQL, {args.seconds:.0f} s each:")
-    rates = {}
     for label, (latencies, errors, elapsed) in runs.items():
         if not latencies:
             raise SystemExit(f"{label}: no request succeeded; errors: {errors[:5]}")
         ms = sorted(x * 1000 for x in latencies)
         p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
-        rates[label] = (len(ms) / elapsed, p99)
         first = f" (first: {errors[0]})" if errors else ""
         print(
             f"  {label:26s} {len(ms) / elapsed:7.0f} requests/s  p50 {statistics.median(ms):7.1f}"
             f" ms  p99 {p99:7.1f} ms  errors {len(errors)}{first}"
         )
-    (base_rate, base_p99), (rate, p99) = rates.values()
-    print(f"ratio default / baseline: requests/s {rate / base_rate:.2f}, p99 {p99 / base_p99:.2f}")
     print("targets: 0 errors, p99 under 200 ms")
 
 

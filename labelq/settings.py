@@ -115,12 +115,6 @@ class Settings(BaseSettings):
     submissions_per_minute: int = Field(
         default=120, ge=1, description="Job submissions per API key (or client) per minute."
     )
-    auth_cache_seconds: float = Field(
-        default=5,
-        ge=0,
-        description="How long an API process remembers who a key is (a revoked key works "
-        "this much longer); 0: look it up on every request.",
-    )
     api_key: str | None = Field(default=None, description="Key the CLI's client sends.")
     api_host: str = Field(default="127.0.0.1", description="Address `labelq serve` binds.")
     api_port: int = Field(default=8000, description="Port `labelq serve` binds.")
