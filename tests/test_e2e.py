@@ -373,7 +373,9 @@ def test_postgres_restart(service: dict[str, Any], tmp_path: Path) -> None:
 
 def test_a_model_that_cannot_load_fails_the_job(service: dict[str, Any]) -> None:
     client, broken = service["client"], service["broken"]
-    service["start"]("broken-worker", "worker", "--model", str(broken), "--loglevel", "WARNING")
+    worker = service["start"](
+        "broken-worker", "worker", "--model", str(broken), "--loglevel", "WARNING"
+    )
     client.create_classifier(json.dumps({**SPEC, "name": "broken", "model": str(broken)}), False)
     items = [{"custom_id": f"b{i}", "text": f"t{i}"} for i in range(200)]
     start = time.monotonic()
@@ -382,6 +384,7 @@ def test_a_model_that_cannot_load_fails_the_job(service: dict[str, Any]) -> None
     assert (final["state"], final["succeeded"], final["failed"]) == ("failed", 0, 200)
     rows = list(client.results(job["id"], limit=1000))
     assert all("could not be loaded" in r["error"] for r in rows), rows[0]
+    assert not worker.ready.exists(), "a worker without its model never reports ready"
     print(f"\nunloadable model: job failed after {time.monotonic() - start:.1f} s")
 
 

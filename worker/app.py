@@ -3,6 +3,7 @@ bound to a `WorkerRuntime` built from settings passed in (no settings at import 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -56,9 +57,9 @@ def make_celery(settings: Settings, name: str = "labelq") -> Celery:
     return app
 
 
-def worker_app(runtime: WorkerRuntime) -> Celery:
+def worker_app(runtime: WorkerRuntime, ready_file: Path | None = None) -> Celery:
     """The Celery app whose tasks run on `runtime`; it starts the runtime when the worker is
-    ready and stops it (engines included) when the worker shuts down."""
+    ready (and touches `ready_file`) and stops it (engines included) when it shuts down."""
     app = make_celery(runtime.settings)
     retry_db = {
         "autoretry_for": (OperationalError, DBAPIError),
@@ -83,8 +84,6 @@ def worker_app(runtime: WorkerRuntime) -> Celery:
     @app.task(name=TASK_RUN_PIPELINE, ignore_result=True, **retry_db)
     def run_pipeline(name: str, tenant: str = "default") -> None:
         runtime.run_pipeline(name, tenant=tenant)
-
-    ready_file = runtime.settings.ready_file
 
     def _ready(**_: Any) -> None:
         runtime.start()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from labelq.errors import LabelqError
@@ -35,10 +36,17 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     runtime = WorkerRuntime(settings, factory, model, CeleryDispatcher(settings.broker_url))
     if settings.ready_file:
         settings.ready_file.unlink(missing_ok=True)  # left by an earlier run
+    ready = True
     if (settings.preload or settings.ready_file) and args.pool != "prefork":
         print(f"loading {model} before taking tasks", flush=True)
-        runtime.engines.scorer_for(model)  # the ready file follows once Celery consumes
-    app = worker_app(runtime)
+        try:
+            runtime.engines.scorer_for(model)  # the ready file follows once Celery consumes
+        except Exception as exc:
+            # Take tasks anyway: its jobs then fail with this error (after the engine-failure
+            # retries) instead of waiting for a worker that never comes. Never ready.
+            print(f"could not load {model}: {exc}; not ready", file=sys.stderr, flush=True)
+            ready = False
+    app = worker_app(runtime, ready_file=settings.ready_file if ready else None)
     argv = [
         "worker",
         "--queues",
