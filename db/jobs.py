@@ -12,7 +12,7 @@ claim, so a chunk's results are written exactly once however often it is deliver
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -177,35 +177,43 @@ def items_page(s: Session, job_id: str, after_idx: int = -1, limit: int = 1000) 
     )
 
 
+def _rows_where_in(
+    s: Session,
+    columns: Sequence[Any],
+    key: Any,
+    values: Sequence[Any],
+    *conditions: ColumnElement[bool],
+) -> Iterator[Any]:
+    """Rows of `columns` whose `key` is one of `values`, asked INSERT_BATCH values at a time
+    (a bounded IN list, whatever the number of values)."""
+    for start in range(0, len(values), INSERT_BATCH):
+        part = list(values[start : start + INSERT_BATCH])
+        yield from s.execute(select(*columns).where(key.in_(part), *conditions))
+
+
 def item_ids_by_custom_id(s: Session, job_id: str, custom_ids: Sequence[str]) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for start in range(0, len(custom_ids), INSERT_BATCH):
-        part = list(custom_ids[start : start + INSERT_BATCH])
-        for item_id, custom_id in s.execute(
-            select(JobItem.id, JobItem.custom_id).where(
-                JobItem.job_id == job_id, JobItem.custom_id.in_(part)
-            )
-        ):
-            if custom_id is not None:
-                found[custom_id] = item_id
-    return found
+    rows = _rows_where_in(
+        s,
+        (JobItem.id, JobItem.custom_id),
+        JobItem.custom_id,
+        custom_ids,
+        JobItem.job_id == job_id,
+    )
+    return {custom_id: item_id for item_id, custom_id in rows if custom_id is not None}
 
 
 def set_gold_labels(s: Session, labels: dict[int, str]) -> None:
-    """Gold labels by item id; a scored item is judged right or wrong and its Brier score kept."""
+    """Gold labels by item id; a scored item is judged right or wrong and its Brier score kept.
+    A page of results at a time: a large job's result JSON is never all in memory."""
     ids = list(labels)
-    for start in range(0, len(ids), 1000):
-        page = ids[start : start + 1000]
-        query = select(JobItem.id, JobItem.result).where(JobItem.id.in_(page))
-        results: dict[int, Any] = {i: result for i, result in s.execute(query)}
+    for start in range(0, len(ids), INSERT_BATCH):
+        page = ids[start : start + INSERT_BATCH]
+        rows = _rows_where_in(s, (JobItem.id, JobItem.result), JobItem.id, page)
+        results: dict[int, Any] = {i: result for i, result in rows}
         s.execute(
             update(JobItem),
             [
-                {
-                    "id": i,
-                    "gold_label": labels[i],
-                    **gold_columns(results.get(i), labels[i]),
-                }
+                {"id": i, "gold_label": labels[i], **gold_columns(results.get(i), labels[i])}
                 for i in page
             ],
         )
@@ -213,15 +221,10 @@ def set_gold_labels(s: Session, labels: dict[int, str]) -> None:
 
 def _gold_labels(s: Session, item_ids: list[int]) -> dict[int, str]:
     """The gold labels already given for these items (labels may come before scores)."""
-    found: dict[int, str] = {}
-    for start in range(0, len(item_ids), 1000):
-        rows = s.execute(
-            select(JobItem.id, JobItem.gold_label).where(
-                JobItem.id.in_(item_ids[start : start + 1000]), JobItem.gold_label.is_not(None)
-            )
-        )
-        found.update((i, str(label)) for i, label in rows)
-    return found
+    rows = _rows_where_in(
+        s, (JobItem.id, JobItem.gold_label), JobItem.id, item_ids, JobItem.gold_label.is_not(None)
+    )
+    return {i: str(label) for i, label in rows}
 
 
 def _scored_columns(
