@@ -111,7 +111,6 @@ def tune_for_aggregates(s: Session) -> None:
 
 _labelled = JobItem.correct.is_not(None)
 _correct = cast(JobItem.correct, Integer)
-_brier = JobItem.brier
 
 
 def calibrations_other_than(s: Session, scope: Scope, wanted: dict[int, int | None]) -> bool:
@@ -126,10 +125,6 @@ def calibrations_other_than(s: Session, scope: Scope, wanted: dict[int, int | No
     return s.scalar(select(JobItem.id).where(*scope.where(), other).limit(1)) is not None
 
 
-def count_scored(s: Session, scope: Scope) -> int:
-    return s.scalar(select(func.count()).select_from(JobItem).where(*scope.where())) or 0
-
-
 def reliability(s: Session, scope: Scope, bins: int, binning: Binning) -> list[BinSums]:
     if binning == "width":
         b: ColumnElement[int] = width_bin(s, bins)
@@ -140,7 +135,7 @@ def reliability(s: Session, scope: Scope, bins: int, binning: Binning) -> list[B
             b.label("bin"),
             JobItem.confidence.label("conf"),
             _correct.label("correct"),
-            _brier.label("brier"),
+            JobItem.brier.label("brier"),
         )
         .where(*scope.where(), _labelled)
         .subquery()
