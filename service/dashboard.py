@@ -22,12 +22,12 @@ from db import dashboard as sums
 from db import jobs as job_rows
 from db.classifiers import classifier_versions, spec_of
 from db.dashboard import Scope
-from db.models import CalibrationStatus, Classifier
+from db.models import Classifier
 from labelq import dashboard as dash
 from labelq.dashboard import Bucket
-from labelq.errors import Conflict, InputError
+from labelq.errors import InputError
 from labelq.metrics import Binning
-from service.results import CALIBRATION_CHOICES, resolve_view
+from service.results import CALIBRATION_CHOICES, calibration_by_id, resolve_view
 
 T = TypeVar("T")
 STREAM_PAGE = 2000
@@ -43,6 +43,10 @@ class Query:
     start: datetime | None = None
     end: datetime | None = None
     job: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.start and self.end and self.start >= self.end:
+            raise InputError("`from` must be before `to`", field="from")
 
 
 class Basis(BaseModel):
@@ -68,8 +72,6 @@ def _resolve(s: Session, tenant: str, name: str, q: Query) -> _Resolved:
         versions = [v for v in versions if v.version == q.version]
         if not versions:
             raise InputError(f"classifier {name!r} has no version {q.version}", field="version")
-    if q.start and q.end and q.start >= q.end:
-        raise InputError("`from` must be before `to`", field="from")
     if q.job is not None:
         job = job_rows.get_job(s, q.job, tenant=tenant)
         versions = [v for v in versions if v.id == job.classifier_id]
@@ -101,15 +103,8 @@ def _wanted(s: Session, versions: list[Classifier], choice: str) -> dict[int, in
             row = calibration_rows.active_calibration(s, v.id)
             wanted[v.id] = row.id if row else None
         return wanted
-    try:
-        calibration_id = int(choice)
-    except ValueError:
-        raise InputError(
-            f"calibration must be stored, {CALIBRATION_CHOICES}", field="calibration"
-        ) from None
-    row = calibration_rows.get_calibration(s, calibration_id, {v.id for v in versions})
-    if row.status != CalibrationStatus.ready:
-        raise Conflict(f"calibration {row.id} is {row.status}", field="calibration")
+    choices = f"stored, {CALIBRATION_CHOICES}"
+    row = calibration_by_id(s, choice, {v.id for v in versions}, choices)
     return {row.classifier_id: row.id}
 
 
@@ -260,11 +255,14 @@ def label_distribution(
     if reference_from and reference_to and reference_from >= reference_to:
         raise InputError("`reference_from` must be before `reference_to`", field="reference_from")
 
+    # The reference window may lie outside [from, to): both passes read the widened scope
+    # and cut each window out of it.
     def in_sql(
         s: Session, scope: Scope
     ) -> tuple[list[dash.BucketLabelCount], list[dash.BucketLabelCount] | None]:
+        window = replace(scope, start=q.start, end=q.end)
         ref = replace(scope, start=reference_from, end=reference_to)
-        return sums.label_counts(s, scope, bucket), sums.label_counts(
+        return sums.label_counts(s, window, bucket), sums.label_counts(
             s, ref, None
         ) if has_ref else None
 
@@ -275,19 +273,11 @@ def label_distribution(
         window = r.within(q.start, q.end)
         return dash.label_counts(window, bucket), dash.label_counts(ref, None) if has_ref else None
 
-    # The reference window may lie outside [from, to): the streamed pass reads both.
     wide = replace(q, start=None, end=None) if has_ref else q
-    (rows, ref_rows), labels, basis = _run(
-        factory, tenant, name, wide, in_sql_for(q, in_sql), in_python
-    )
+    (rows, ref_rows), labels, basis = _run(factory, tenant, name, wide, in_sql, in_python)
     reference = {"from": reference_from, "to": reference_to} if has_ref else {"first_bucket": True}
     out = dash.finish_label_distribution(rows, ref_rows, labels, reference)
     return LabelDistribution(**out.model_dump(), bucket=bucket, basis=basis)
-
-
-def in_sql_for(q: Query, fn: Callable[[Session, Scope], T]) -> Callable[[Session, Scope], T]:
-    """`fn` on the query's own time window (the scope may have been widened for a reference)."""
-    return lambda s, scope: fn(s, replace(scope, start=q.start, end=q.end))
 
 
 class Selective(dash.Selective):

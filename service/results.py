@@ -72,16 +72,22 @@ class View:
         return rows
 
 
-def _chosen_calibration(s: Session, classifier_id: int, choice: str) -> Calibration | None:
-    if choice == "active":
-        return calibration_rows.active_calibration(s, classifier_id)
+def calibration_by_id(
+    s: Session, choice: str, classifier_ids: set[int], choices: str = CALIBRATION_CHOICES
+) -> Calibration:
+    """The ready calibration a choice names by id, of one of these classifier versions."""
     try:
         calibration_id = int(choice)
     except ValueError:
-        raise InputError(
-            f"calibration must be {CALIBRATION_CHOICES}", field="calibration"
-        ) from None
-    return calibration_rows.get_calibration(s, calibration_id, {classifier_id})
+        raise InputError(f"calibration must be {choices}", field="calibration") from None
+    row = calibration_rows.get_calibration(s, calibration_id, classifier_ids)
+    _check_ready(row)
+    return row
+
+
+def _check_ready(row: Calibration) -> None:
+    if row.status != CalibrationStatus.ready:
+        raise Conflict(f"calibration {row.id} is {row.status}", field="calibration")
 
 
 def resolve_view(
@@ -95,11 +101,13 @@ def resolve_view(
         view = View(choice is None, spec.label_names, spec.bias_vector())
         if choice is None or choice == "none":
             return view
-        row = _chosen_calibration(s, job.classifier_id, choice)
-        if row is None:
-            return view
-        if row.status != CalibrationStatus.ready:
-            raise Conflict(f"calibration {row.id} is {row.status}", field="calibration")
+        if choice == "active":
+            row = calibration_rows.active_calibration(s, job.classifier_id)
+            if row is None:
+                return view
+            _check_ready(row)
+        else:
+            row = calibration_by_id(s, choice, {job.classifier_id})
         method, params, view.info = row.method, row.params, {"id": row.id, "method": row.method}
     if method == calibration.BatchCalibration.method:
         # Served page by page, the batch is still the whole job: estimate its prior once.

@@ -124,6 +124,9 @@ BAD: list[tuple[str, str, dict[str, Any], int, str]] = [
      "compare"),
     ("dashboard unknown job", "GET /v1/classifiers/hostile/confusion?job=nope", {}, 404,
      "does not exist"),
+    ("dashboard from after to with a reference", "GET /v1/classifiers/hostile/"
+     "label-distribution?from=2026-02-01&to=2026-01-01&reference_from=2025-01-01", {}, 422,
+     "before"),
     ("dashboard reference reversed", "GET /v1/classifiers/hostile/label-distribution?"
      "reference_from=2026-02-01&reference_to=2026-01-01", {}, 422, "reference_from"),
 ]  # fmt: skip
