@@ -34,11 +34,7 @@ def create_app(
     )
     metrics = Metrics()
     app.state.labelq = AppState(
-        settings,
-        factory,
-        dispatcher,
-        metrics,
-        RateLimiter(settings.submissions_per_minute),
+        settings, factory, dispatcher, metrics, RateLimiter(settings.submissions_per_minute)
     )
     errors.install(app)
     app.add_middleware(errors.BodyLimit, limit=settings.max_body_bytes)

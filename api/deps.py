@@ -120,7 +120,7 @@ def submission_quota(request: Request, st: StateDep) -> None:
     st.submissions.take(who)
 
 
-async def principal(request: Request, st: StateDep) -> Principal:
+def principal(request: Request, st: StateDep) -> Principal:
     """Who is asking: `Authorization: Bearer <key>` names a tenant and scopes. With no keys
     stored the service is open, but only to clients on loopback (the embedded default).
 
@@ -129,12 +129,8 @@ async def principal(request: Request, st: StateDep) -> Principal:
     request of 200 concurrent clients timed out)."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     bearer = token.strip() if scheme.lower() == "bearer" else None
-
-    def lookup() -> Principal | None:
-        with st.factory() as s:
-            return keys.authenticate(s, bearer)
-
-    found = await run_in_threadpool(lookup)
+    with st.factory() as s:
+        found = keys.authenticate(s, bearer)
     if found is None:
         if _is_loopback(request.client.host if request.client else None):
             return keys.LOCAL
