@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -22,7 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from pipeline import SPEC, create_scratch_database, drop_scratch_database, spawn, stop, wait_http  # noqa: E402
+from pipeline import (  # noqa: E402
+    PORT,
+    SPEC,
+    create_scratch_database,
+    drop_scratch_database,
+    spawn,
+    stop,
+    wait_http,
+)
 
 
 async def client_loop(
@@ -103,14 +110,13 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="labelq-bench-load-"))
     db_url = create_scratch_database()
-    port = 18000 + os.getpid() % 1000
     env = {
         "LABELQ_DATABASE_URL": db_url,
         "LABELQ_MODEL": "no-worker",  # jobs stay queued: reads only, no engine in the way
-        "LABELQ_API_PORT": str(port),
+        "LABELQ_API_PORT": str(PORT),
         "LABELQ_SUBMISSIONS_PER_MINUTE": "100000",
     }
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{PORT}"
     runs: dict[str, tuple[list[float], list[str], float]] = {}
     try:
         api = spawn(["serve"], env, work / "api-setup.log")

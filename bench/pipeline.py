@@ -35,6 +35,21 @@ SPEC = {
     "labels": {"positive": [" positive", " good"], "negative": " negative"},
 }
 ENGINE_ENV = {"LABELQ_DTYPE": "float32", "LABELQ_MAX_MODEL_LEN": "512", "LABELQ_KV_CACHE_GIB": "1"}
+PORT = 18000 + os.getpid() % 1000  # the API's port for this run
+
+
+def service_env(db_url: str, model: Path | str, chunk_size: int, **extra: str) -> dict[str, str]:
+    """Settings of the API and worker processes a benchmark starts (engine, database, broker,
+    model, chunk size, port), plus `extra`."""
+    return {
+        **ENGINE_ENV,
+        "LABELQ_DATABASE_URL": db_url,
+        "LABELQ_BROKER_URL": REDIS,
+        "LABELQ_MODEL": str(model),
+        "LABELQ_CHUNK_SIZE": str(chunk_size),
+        "LABELQ_API_PORT": str(PORT),
+        **extra,
+    }
 
 
 def create_scratch_database() -> str:
@@ -152,21 +167,13 @@ def main() -> None:
     )
     db_url = create_scratch_database()
     redis.Redis.from_url(REDIS).flushdb()
-    port = 18000 + os.getpid() % 1000
-    env = {
-        **ENGINE_ENV,
-        "LABELQ_DATABASE_URL": db_url,
-        "LABELQ_BROKER_URL": REDIS,
-        "LABELQ_MODEL": str(model),
-        "LABELQ_CHUNK_SIZE": str(args.chunk_size),
-        "LABELQ_API_PORT": str(port),
-        "LABELQ_MODELS": '["no-worker"]',  # the ingest-only classifier's model
-    }
+    # LABELQ_MODELS: the ingest-only classifier's model
+    env = service_env(db_url, model, args.chunk_size, LABELQ_MODELS='["no-worker"]')
     api = spawn(["serve"], env, work / "api.log")
     worker = spawn(
         ["worker", "--pool", args.pool, "--loglevel", "WARNING"], env, work / "worker.log"
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{PORT}"
     texts = sentences(args.items)
     try:
         wait_http(url)

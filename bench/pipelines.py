@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -21,12 +20,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from pipeline import (  # noqa: E402
-    ENGINE_ENV,
+    PORT,
     REDIS,
     SPEC,
     create_scratch_database,
     drop_scratch_database,
     sentences,
+    service_env,
     spawn,
     stop,
     wait_http,
@@ -64,20 +64,12 @@ def main() -> None:
                 ],
             )
     redis.Redis.from_url(REDIS).flushdb()
-    port = 18000 + os.getpid() % 1000
-    env = {
-        **ENGINE_ENV,
-        "LABELQ_DATABASE_URL": db_url,
-        "LABELQ_BROKER_URL": REDIS,
-        "LABELQ_MODEL": str(model),
-        "LABELQ_CHUNK_SIZE": str(args.chunk_size),
-        "LABELQ_API_PORT": str(port),
-    }
+    env = service_env(db_url, model, args.chunk_size)
     api = spawn(["serve"], env, work / "api.log")
     worker = spawn(["worker", "--loglevel", "WARNING"], env, work / "worker.log")
     factory = make_sessionmaker(make_engine(db_url))
     settings = Settings(database_url=db_url)
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{PORT}"
     try:
         wait_http(url)
         client = LabelqClient(url, timeout=3600)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -26,11 +25,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from pipeline import (  # noqa: E402
-    ENGINE_ENV,
+    PORT,
     REDIS,
     SPEC,
     scratch_database,
     sentences,
+    service_env,
     spawn,
     stop,
     wait_http,
@@ -52,20 +52,11 @@ def main() -> None:
     model = build_demo_model(Path(tempfile.gettempdir()) / "labelq-bench-tiny", "tiny")
     items = [{"custom_id": str(i), "text": t} for i, t in enumerate(sentences(args.items))]
     redis.Redis.from_url(REDIS).flushdb()
-    port = 18000 + os.getpid() % 1000
     with scratch_database() as db_url:
-        env = {
-            **ENGINE_ENV,
-            "LABELQ_DATABASE_URL": db_url,
-            "LABELQ_BROKER_URL": REDIS,
-            "LABELQ_MODEL": str(model),
-            "LABELQ_CHUNK_SIZE": str(args.chunk_size),
-            "LABELQ_API_PORT": str(port),
-            "LABELQ_SUBMISSIONS_PER_MINUTE": "10000",
-        }
+        env = service_env(db_url, model, args.chunk_size, LABELQ_SUBMISSIONS_PER_MINUTE="10000")
         api = spawn(["serve"], env, work / "api.log")
         procs = [api]
-        url = f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{PORT}"
 
         def start_worker(name: str) -> None:
             ready = work / f"{name}.ready"
