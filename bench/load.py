@@ -3,7 +3,11 @@ status and page through results for a fixed time. Prints requests per second, p5
 and the error count (target: zero errors, p99 under 200 ms here). A benchmark, not a test: the
 API runs in its own process (`labelq serve`), the clients in this one, all on loopback.
 
-    .venv/bin/python bench/load.py [--clients 200] [--seconds 60]
+The baseline, in the same run: the same clients against `/healthz` (no key, no database), the
+floor one process of this stack reaches here; the ratio says how close the real mix comes.
+Clients wait `--poll` seconds between rounds (0: as fast as answers come, the default).
+
+    .venv/bin/python bench/load.py [--clients 200] [--seconds 60] [--poll 0]
 """
 
 from __future__ import annotations
@@ -15,7 +19,11 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
+
+import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,39 +41,64 @@ from pipeline import (  # noqa: E402
 
 
 async def client_loop(
-    http: object, job_ids: list[str], until: float, latencies: list[float], errors: list[str]
+    http: aiohttp.ClientSession,
+    job_ids: list[str],
+    until: float,
+    latencies: list[float],
+    errors: list[str],
+    poll: float,
 ) -> None:
-    import httpx
-
-    assert isinstance(http, httpx.AsyncClient)
+    """One client: the job's status, then up to three pages of its results following the
+    cursor (the status polled again before each page), round the jobs until time is up."""
     n = 0
     while time.monotonic() < until:
+        if n and poll:
+            await asyncio.sleep(poll)
         job = job_ids[n % len(job_ids)]
         n += 1
-        paths = [f"/v1/jobs/{job}"]
         cursor = None
-        for _ in range(3):  # three pages of results, following the cursor
-            paths.append(
-                f"/v1/jobs/{job}/results?limit=50" + (f"&cursor={cursor}" if cursor else "")
-            )
-            start = time.perf_counter()
+        for _ in range(3):
+            status = f"/v1/jobs/{job}"
+            page = f"/v1/jobs/{job}/results?limit=50" + (f"&cursor={cursor}" if cursor else "")
             try:
-                r = await http.get(paths[0])
-                latencies.append(time.perf_counter() - start)
-                if r.status_code != 200:
-                    errors.append(f"{r.status_code} {paths[0]}")
-                start = time.perf_counter()
-                r = await http.get(paths[-1])
-                latencies.append(time.perf_counter() - start)
-                if r.status_code != 200:
-                    errors.append(f"{r.status_code} {paths[-1]}")
-                    break
-                cursor = r.json()["next_cursor"]
-            except httpx.HTTPError as exc:
-                errors.append(f"{type(exc).__name__} {paths[-1]}")
+                await _get(http, status, latencies, errors)
+                body = await _get(http, page, latencies, errors)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                errors.append(f"{type(exc).__name__} {page}")
                 break
+            cursor = body.get("next_cursor") if body else None
             if not cursor:
                 break
+
+
+async def floor_loop(
+    http: aiohttp.ClientSession,
+    job_ids: list[str],
+    until: float,
+    latencies: list[float],
+    errors: list[str],
+    poll: float,
+) -> None:
+    """The baseline client: `/healthz` as fast as it answers."""
+    while time.monotonic() < until:
+        try:
+            await _get(http, "/healthz", latencies, errors)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            errors.append(f"{type(exc).__name__} /healthz")
+
+
+async def _get(
+    http: aiohttp.ClientSession, path: str, latencies: list[float], errors: list[str]
+) -> dict[str, Any] | None:
+    start = time.perf_counter()
+    async with http.get(path) as r:
+        body = await r.read()
+    latencies.append(time.perf_counter() - start)
+    if r.status != 200:
+        errors.append(f"{r.status} {path}")
+        return None
+    out: dict[str, Any] = json.loads(body)
+    return out
 
 
 def _api_key(db_url: str) -> str:
@@ -79,20 +112,29 @@ def _api_key(db_url: str) -> str:
     return key
 
 
-async def load(
-    url: str, job_ids: list[str], clients: int, seconds: float, key: str
-) -> tuple[list[float], list[str], float]:
-    import httpx
+Loop = Callable[
+    [aiohttp.ClientSession, list[str], float, list[float], list[str], float], Awaitable[None]
+]
 
+
+async def load(
+    loop: Loop, url: str, job_ids: list[str], clients: int, seconds: float, key: str, poll: float
+) -> tuple[list[float], list[str], float]:
+    """`clients` concurrent clients, each on its own keep-alive connection. The clients use
+    aiohttp (its parser is C): with httpx the load generator itself saturated a core at 32
+    requests/s and its queueing was most of the latency measured."""
     latencies: list[float] = []
     errors: list[str] = []
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    connector = aiohttp.TCPConnector(limit=clients, limit_per_host=clients)
+    timeout = aiohttp.ClientTimeout(total=30)
     headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30, headers=headers) as http:
+    async with aiohttp.ClientSession(
+        base_url=url, connector=connector, timeout=timeout, headers=headers
+    ) as http:
         start = time.monotonic()
         until = start + seconds
         await asyncio.gather(
-            *(client_loop(http, job_ids, until, latencies, errors) for _ in range(clients))
+            *(loop(http, job_ids, until, latencies, errors, poll) for _ in range(clients))
         )
         elapsed = time.monotonic() - start
     return latencies, errors, elapsed
@@ -104,6 +146,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--items", type=int, default=500, help="items per job")
+    parser.add_argument("--poll", type=float, default=0.0, help="seconds between rounds")
     args = parser.parse_args()
 
     from labelq.client import LabelqClient
@@ -132,25 +175,37 @@ def main() -> None:
         api = spawn(["serve"], env, work / "api.log")
         try:
             wait_http(url)
-            runs["one API process"] = asyncio.run(
-                load(url, job_ids, args.clients, args.seconds, key)
-            )
+            loops: dict[str, Loop] = {
+                "baseline: /healthz": floor_loop,
+                "status + results": client_loop,
+            }
+            for label, loop in loops.items():
+                runs[label] = asyncio.run(
+                    load(loop, url, job_ids, args.clients, args.seconds, key, args.poll)
+                )
         finally:
             stop(api)
     finally:
         drop_scratch_database(db_url)
 
-    print(f"\n{args.clients} clients, one API process on PostgreSQL, {args.seconds:.0f} s each:")
+    poll = f", {args.poll:g} s between rounds" if args.poll else ""
+    print(
+        f"\n{args.clients} clients{poll}, one API process on PostgreSQL, {args.seconds:.0f} s each:"
+    )
+    rates = {}
     for label, (latencies, errors, elapsed) in runs.items():
         if not latencies:
             raise SystemExit(f"{label}: no request succeeded; errors: {errors[:5]}")
         ms = sorted(x * 1000 for x in latencies)
         p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
         first = f" (first: {errors[0]})" if errors else ""
+        rates[label] = len(ms) / elapsed
         print(
             f"  {label:26s} {len(ms) / elapsed:7.0f} requests/s  p50 {statistics.median(ms):7.1f}"
             f" ms  p99 {p99:7.1f} ms  errors {len(errors)}{first}"
         )
+    ratio = rates["status + results"] / rates["baseline: /healthz"]
+    print(f"  requests/s, status + results / baseline: {ratio:.2f}")
     print("targets: 0 errors, p99 under 200 ms")
 
 
