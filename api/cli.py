@@ -49,8 +49,7 @@ def embedded_app(settings: Settings, preload: bool = False) -> Iterator[Any]:
     if preload:  # load the engine now, not inside the first job
         runtime.engines.scorer_for(settings.model)
     dispatcher.start(runtime)  # its first sweep sends every unfinished chunk
-    app = create_app(settings, factory, dispatcher)
-    app.router.add_event_handler("shutdown", stop)
+    app = create_app(settings, factory, dispatcher, on_shutdown=stop)
     try:
         yield app
     finally:

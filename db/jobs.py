@@ -130,6 +130,20 @@ def job_classifier(s: Session, job: Job) -> Classifier:
     return s.get_one(Classifier, job.classifier_id)
 
 
+def get_job_and_classifier(
+    s: Session, job_id: str, tenant: str | None = None
+) -> tuple[Job, Classifier]:
+    """`get_job` and `job_classifier` in one round trip (the status poll's hot path)."""
+    found = s.execute(
+        select(Job, Classifier)
+        .join(Classifier, Classifier.id == Job.classifier_id)
+        .where(Job.id == job_id)
+    ).first()
+    if found is None or (tenant is not None and found[0].tenant != tenant):
+        raise NotFound(f"job {job_id} does not exist", field="job_id")
+    return found[0], found[1]
+
+
 def list_jobs(
     s: Session, limit: int = 50, tenant: str = DEFAULT_TENANT
 ) -> list[tuple[Job, Classifier]]:

@@ -41,6 +41,18 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def read_sessions(factory: sessionmaker[Session]) -> sessionmaker[Session]:
+    """Sessions for requests that only read (status polls, result pages, authentication):
+    autocommit, so each costs no BEGIN and no ROLLBACK round trip, on the same pool as
+    `factory`. Each statement sees its own snapshot: for reads that need one snapshot across
+    statements (the dashboard's SET LOCAL tuning, say) use `factory`."""
+    bind = factory.kw["bind"]
+    assert isinstance(bind, Engine)
+    return sessionmaker(
+        bind.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+    )
+
+
 def rowcount(result: Any) -> int:
     """Rows an UPDATE or DELETE matched (typed: `Result` does not declare it)."""
     assert isinstance(result, CursorResult)

@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     api_key: str | None = Field(default=None, description="Key the CLI's client sends.")
     api_host: str = Field(default="127.0.0.1", description="Address `labelq serve` binds.")
     api_port: int = Field(default=8000, description="Port `labelq serve` binds.")
+    api_db_threads: int = Field(
+        default=16,
+        ge=1,
+        description="Threads an API process runs database work on, and its PostgreSQL "
+        "connections (one each, held open).",
+    )
 
     def allowed_models(self) -> dict[str, str]:
         """Alias or model -> the model served (a model is its own alias)."""

@@ -86,8 +86,7 @@ def no_worker_warning(queue: str, model: str, stale_after: float) -> str:
 
 
 def job_status(s: Session, job_id: str, settings: Settings, tenant: str | None = None) -> JobStatus:
-    job = job_rows.get_job(s, job_id, tenant=tenant)
-    classifier = job_rows.job_classifier(s, job)
+    job, classifier = job_rows.get_job_and_classifier(s, job_id, tenant)
     cancelled = (
         job_rows.count_items(s, job_id, ItemStatus.cancelled)
         if job.state in (JobState.cancelling, JobState.cancelled)

@@ -101,11 +101,12 @@ def revoke(s: Session, principal: Principal, key_id: int) -> KeyOut:
 
 def authenticate(s: Session, token: str | None) -> Principal | None:
     """None when no key exists (the service is open to loopback clients only); else the
-    principal of a live key, or a `Principal` with no scopes for a wrong one."""
-    if not keys.any_keys(s):
-        return None
+    principal of a live key, or a `Principal` with no scopes for a wrong one. A live key is
+    one query (a key found implies keys exist); its last-used time is written at most once a
+    minute."""
     row = keys.find_key(s, token) if token else None
     if row is None:
-        return Principal(DEFAULT_TENANT, frozenset())
-    s.commit()  # its last-used time
+        return Principal(DEFAULT_TENANT, frozenset()) if keys.any_keys(s) else None
+    if s.dirty:
+        s.commit()
     return Principal(row.tenant, frozenset(row.scopes), row.id)

@@ -96,19 +96,30 @@ def resolve_view(
     """`choice`: None (as stored), `none` (uncalibrated), `active` (uncalibrated when none is
     active), or a calibration id of the job's classifier version."""
     with factory() as s:
-        job = job_rows.get_job(s, job_id, tenant=tenant)
-        spec = spec_of(job_rows.job_classifier(s, job))
-        view = View(choice is None, spec.label_names, spec.bias_vector())
-        if choice is None or choice == "none":
+        return view_in(s, factory, job_id, choice, tenant)
+
+
+def view_in(
+    s: Session,
+    factory: sessionmaker[Session],
+    job_id: str,
+    choice: str | None,
+    tenant: str | None = None,
+) -> View:
+    """`resolve_view` on an open session (`factory` only for a batch calibration's prior)."""
+    job, classifier = job_rows.get_job_and_classifier(s, job_id, tenant)
+    spec = spec_of(classifier)
+    view = View(choice is None, spec.label_names, spec.bias_vector())
+    if choice is None or choice == "none":
+        return view
+    if choice == "active":
+        row = calibration_rows.active_calibration(s, job.classifier_id)
+        if row is None:
             return view
-        if choice == "active":
-            row = calibration_rows.active_calibration(s, job.classifier_id)
-            if row is None:
-                return view
-            _check_ready(row)
-        else:
-            row = calibration_by_id(s, choice, {job.classifier_id})
-        method, params, view.info = row.method, row.params, {"id": row.id, "method": row.method}
+        _check_ready(row)
+    else:
+        row = calibration_by_id(s, choice, {job.classifier_id})
+    method, params, view.info = row.method, row.params, {"id": row.id, "method": row.method}
     if method == calibration.BatchCalibration.method:
         # Served page by page, the batch is still the whole job: estimate its prior once.
         scored = [i.result for i in iter_items(factory, job_id) if i.result is not None]
@@ -137,16 +148,24 @@ class ResultsPage(BaseModel):
 
 
 def page(
-    factory: sessionmaker[Session], job_id: str, view: View, cursor: str | None, limit: int
+    s: Session,
+    factory: sessionmaker[Session],
+    job_id: str,
+    choice: str | None,
+    cursor: str | None,
+    limit: int,
+    tenant: str | None = None,
 ) -> ResultsPage:
+    """A page of results after `cursor`, under the calibration `choice` names: the job looked
+    up and the page read in one session (`factory` only for a batch calibration's prior)."""
     try:
         after = int(cursor) if cursor else -1
     except ValueError:
         raise InputError(
             "cursor must be a next_cursor value from a previous page", field="cursor"
         ) from None
-    with factory() as s:
-        items = job_rows.items_page(s, job_id, after, limit + 1)
+    view = view_in(s, factory, job_id, choice, tenant)
+    items = job_rows.items_page(s, job_id, after, limit + 1)
     shown, more = items[:limit], len(items) > limit
     return ResultsPage(data=view.rows(shown), next_cursor=str(shown[-1].idx) if more else None)
 

@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
-from api.deps import DbDep, Reader, StateDep, Submitter, submission_quota
+from api.deps import DbDep, Reader, ReadsDep, StateDep, Submitter, submission_quota
 from api.errors import input_error
 from api.schemas import JobCreate, JobList
 from db.models import JobState
@@ -59,7 +59,7 @@ async def _stream_lines(
 
 
 def _status(st: StateDep, job_id: str, tenant: str | None = None) -> JobStatus:
-    with st.factory() as s:
+    with st.reads() as s:
         return jobs.job_status(s, job_id, st.settings, tenant)
 
 
@@ -158,12 +158,12 @@ async def create_job(
 
 
 @router.get("", response_model=JobList)
-async def list_jobs(db: DbDep, who: Reader, limit: int = Query(50, ge=1, le=500)) -> JobList:
+async def list_jobs(db: ReadsDep, who: Reader, limit: int = Query(50, ge=1, le=500)) -> JobList:
     return JobList(data=await db(jobs.list_jobs, limit, who.tenant))
 
 
 @router.get("/{job_id}", response_model=JobStatus)
-async def get_job(job_id: str, db: DbDep, st: StateDep, who: Reader) -> JobStatus:
+async def get_job(job_id: str, db: ReadsDep, st: StateDep, who: Reader) -> JobStatus:
     return await db(jobs.job_status, job_id, st.settings, who.tenant)
 
 
@@ -206,9 +206,10 @@ CALIBRATION_QUERY = Query(
         }
     },
 )
-def get_results(
+async def get_results(
     job_id: str,
     st: StateDep,
+    db: ReadsDep,
     who: Reader,
     format: Literal["json", "jsonl", "csv"] = Query("json"),
     cursor: str | None = Query(None, description="next_cursor of the previous page"),
@@ -217,17 +218,17 @@ def get_results(
 ) -> Any:
     """Results in input order: a page of JSON (follow `next_cursor`), or the whole job streamed
     as JSONL or CSV; under any calibration, recomputed from the stored raw scores."""
-    # 404s for an unknown job (or another tenant's)
-    view = results.resolve_view(st.factory, job_id, calibration, who.tenant)
+    if format == "json":
+        return await db(results.page, st.reads, job_id, calibration, cursor, limit, who.tenant)
+    # 404s for an unknown job (or another tenant's) before the stream starts
+    view = await run_in_threadpool(results.resolve_view, st.reads, job_id, calibration, who.tenant)
     if format == "jsonl":
-        return StreamingResponse(results.export_jsonl(st.factory, job_id, view), media_type=NDJSON)
-    if format == "csv":
-        return StreamingResponse(
-            results.export_csv(st.factory, job_id, view),
-            media_type="text/csv",
-            headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'},
-        )
-    return results.page(st.factory, job_id, view, cursor, limit)
+        return StreamingResponse(results.export_jsonl(st.reads, job_id, view), media_type=NDJSON)
+    return StreamingResponse(
+        results.export_csv(st.reads, job_id, view),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'},
+    )
 
 
 @router.post("/{job_id}/labels", response_model=LabelsReport)
