@@ -9,7 +9,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, and_, case, cast, func, literal, or_, select, text
+from sqlalchemy import (
+    ColumnElement,
+    DateTime,
+    Integer,
+    and_,
+    case,
+    cast,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.orm import Session
 
 from db.models import Classifier, JobItem
@@ -54,6 +67,14 @@ def _dialect(s: Session) -> str:
     return s.get_bind().dialect.name
 
 
+def _n(value: int) -> ColumnElement[int]:
+    """An integer written into the SQL, not bound: PostgreSQL matches a grouping expression
+    to its extended statistics (migration 0006) only when the constants are in the text, and
+    with those statistics it aggregates in each parallel worker instead of sending every row
+    to one."""
+    return literal_column(str(int(value)), Integer)
+
+
 def _ceil(s: Session, x: ColumnElement[Any]) -> ColumnElement[int]:
     if _dialect(s) == "sqlite":  # no ceil() unless SQLite was built with its math functions
         return cast(x, Integer) + case((x > cast(x, Integer), 1), else_=0)
@@ -70,38 +91,49 @@ def _floor(s: Session, x: ColumnElement[Any]) -> ColumnElement[int]:
 def _clip(s: Session, x: ColumnElement[int], low: int, high: int) -> ColumnElement[int]:
     if _dialect(s) == "sqlite":  # SQLite's two-argument min() and max() are scalar
         return func.min(func.max(x, low), high)
-    return func.least(func.greatest(x, low), high)
+    return func.least(func.greatest(x, _n(low)), _n(high))
 
 
 def width_bin(s: Session, bins: int) -> ColumnElement[int]:
     """Equal-width bin (i/B, (i+1)/B], 0 in the first: clip(ceil(c * B) - 1, 0, B - 1)."""
-    return _clip(s, _ceil(s, JobItem.confidence * bins) - 1, 0, bins - 1)
+    return _clip(s, _ceil(s, JobItem.confidence * _n(bins)) - _n(1), 0, bins - 1)
 
 
 BUCKET_SECONDS = {"hour": 3600, "day": 86400}
 
 
-def bucket_of(s: Session, bucket: Bucket) -> ColumnElement[int]:
-    """The bucket as whole hours or days since the epoch (UTC): integer keys group faster
-    than truncated times."""
+def bucket_of(s: Session, bucket: Bucket) -> ColumnElement[Any]:
+    """The bucket key: on PostgreSQL the bucket's start (`date_bin`: timestamp arithmetic, a
+    seventh of what `date_part('epoch', ...)` costs per row, which goes through numeric); on
+    SQLite whole hours or days since the epoch (UTC)."""
     if _dialect(s) == "sqlite":
         seconds = cast(func.strftime("%s", JobItem.scored_at), Integer)
         return cast(seconds / BUCKET_SECONDS[bucket], Integer)
-    return _floor(s, func.date_part("epoch", JobItem.scored_at) / BUCKET_SECONDS[bucket])
+    return func.date_bin(
+        literal_column(f"INTERVAL '{BUCKET_SECONDS[bucket]} seconds'"),
+        JobItem.scored_at,
+        literal_column("TIMESTAMPTZ '1970-01-01 00:00:00+00'"),
+        type_=DateTime(timezone=True),
+    )
 
 
-def _as_time(index: Any, bucket: Bucket) -> datetime:
-    return datetime.fromtimestamp(int(index) * BUCKET_SECONDS[bucket], UTC)
+def _as_time(key: Any, bucket: Bucket) -> datetime:
+    if isinstance(key, datetime):
+        return key.astimezone(UTC)
+    return datetime.fromtimestamp(int(key) * BUCKET_SECONDS[bucket], UTC)
 
 
 def tune_for_aggregates(s: Session) -> None:
     """On PostgreSQL, for this transaction: read the covering index (an index-only scan beats
     reading the table's JSON rows; random_page_cost 1.1 is the usual SSD setting), in
-    parallel, without JIT (compiling costs more than it saves on sub-second queries)."""
+    parallel, without JIT (compiling costs more than it saves on sub-second queries), sorting
+    in memory (equal-mass bins sort every labelled item: with the default 4 MB they spilled to
+    disk)."""
     if _dialect(s) != "postgresql":
         return
     for setting in (
         "jit = off",
+        "work_mem = '64MB'",
         "random_page_cost = 1.1",
         "parallel_setup_cost = 10",
         "parallel_tuple_cost = 0.001",

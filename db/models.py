@@ -152,7 +152,8 @@ class JobItem(Base):
         Index("ix_items_job_status", "job_id", "status"),
         Index("ix_items_job_custom_id", "job_id", "custom_id"),
         # The dashboard's queries filter by classifier version and time and read only these
-        # columns: on PostgreSQL an index-only scan, never the rows' JSON.
+        # columns (the id: the equal-mass bins' tie-break): on PostgreSQL an index-only scan,
+        # never the rows' JSON. Migration 0006 adds planner statistics on its grouping keys.
         Index(
             "ix_items_dashboard",
             "classifier_id",
@@ -164,6 +165,7 @@ class JobItem(Base):
                 "correct",
                 "brier",
                 "calibration_id",
+                "id",
             ],
         ),
     )

@@ -361,3 +361,70 @@ def test_the_grafana_dashboard_reads_series_that_metrics_serves(
     exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
     used = {m for e in exprs for m in re.findall(r"labelq_[a-z_]+", e)}
     assert used and used <= served, used - served
+
+
+@pytest.mark.slow
+def test_postgres_estimates_the_dashboard_groups_from_their_statistics(pg_url: str) -> None:
+    """Migration 0006's statistics are made on the very expressions `db.dashboard` groups by:
+    after ANALYZE the planner's estimate of the number of groups is the true count, so it
+    aggregates in each parallel worker. An expression with no statistic (7 bins) shows what
+    the estimate is otherwise: one group per row."""
+    from sqlalchemy import insert, text
+    from sqlalchemy.dialects import postgresql
+
+    from db.classifiers import store_version
+    from db.migrate import upgrade
+    from db.models import Job
+    from db.session import make_engine, make_sessionmaker
+    from labelq.spec import ClassifierSpec
+    from tests.conftest import _empty_postgres
+
+    upgrade(pg_url)
+    _empty_postgres(pg_url)
+    engine = make_engine(pg_url)
+    rng = np.random.default_rng(0)
+    n = 3000
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    try:
+        with make_sessionmaker(engine)() as s:
+            classifier, _ = store_version(s, ClassifierSpec.model_validate(SPEC))
+            s.add(Job(id="j", classifier_id=classifier.id, model="m", queue="q", chunk_size=64))
+            s.flush()
+            seconds = rng.uniform(0, 100 * 3600, n)
+            confidence = rng.uniform(0.5, 1.0, n)
+            s.execute(
+                insert(JobItem),
+                [
+                    {
+                        "job_id": "j",
+                        "idx": i,
+                        "status": "succeeded",
+                        "classifier_id": classifier.id,
+                        "confidence": float(confidence[i]),
+                        "scored_at": start + timedelta(seconds=float(seconds[i])),
+                    }
+                    for i in range(n)
+                ],
+            )
+            s.commit()
+            s.execute(text("ANALYZE items"))
+            keys = {
+                "hour": sums.bucket_of(s, "hour"),
+                "day": sums.bucket_of(s, "day"),
+                "15 bins": sums.width_bin(s, 15),
+                "20 bins": sums.width_bin(s, 20),
+                "7 bins": sums.width_bin(s, 7),
+            }
+            for label, key in keys.items():
+                query = select(key).group_by(key)
+                true_groups = len(s.execute(query).all())
+                sql = query.compile(dialect=postgresql.dialect())
+                plan = s.execute(text(f"EXPLAIN (FORMAT JSON) {sql}")).scalar_one()
+                estimate = plan[0]["Plan"]["Plan Rows"]
+                if label == "7 bins":
+                    assert true_groups == 4 and estimate > n / 2, (label, estimate)
+                else:
+                    assert estimate == true_groups, (label, estimate, true_groups)
+    finally:
+        engine.dispose()
+        _empty_postgres(pg_url)
