@@ -40,51 +40,52 @@ from pipeline import (  # noqa: E402
 )
 
 
+async def results_round(
+    http: aiohttp.ClientSession, job: str, latencies: list[float], errors: list[str]
+) -> None:
+    """One round of a client: the job's status, then up to three pages of its results
+    following the cursor (the status polled again before each page)."""
+    cursor = None
+    for _ in range(3):
+        await _get(http, f"/v1/jobs/{job}", latencies, errors)
+        page = f"/v1/jobs/{job}/results?limit=50" + (f"&cursor={cursor}" if cursor else "")
+        body = await _get(http, page, latencies, errors)
+        cursor = body.get("next_cursor") if body else None
+        if not cursor:
+            return
+
+
+async def healthz_round(
+    http: aiohttp.ClientSession, job: str, latencies: list[float], errors: list[str]
+) -> None:
+    """The baseline's round: `/healthz` once (no key, no database)."""
+    await _get(http, "/healthz", latencies, errors)
+
+
+Round = Callable[[aiohttp.ClientSession, str, list[float], list[str]], Awaitable[None]]
+
+
 async def client_loop(
     http: aiohttp.ClientSession,
+    round_: Round,
     job_ids: list[str],
     until: float,
+    poll: float,
     latencies: list[float],
     errors: list[str],
-    poll: float,
 ) -> None:
-    """One client: the job's status, then up to three pages of its results following the
-    cursor (the status polled again before each page), round the jobs until time is up."""
+    """One client: rounds over the jobs in turn until time is up, `poll` seconds apart; a
+    round that fails at the connection is counted as an error and the next one starts."""
     n = 0
     while time.monotonic() < until:
         if n and poll:
             await asyncio.sleep(poll)
         job = job_ids[n % len(job_ids)]
         n += 1
-        cursor = None
-        for _ in range(3):
-            status = f"/v1/jobs/{job}"
-            page = f"/v1/jobs/{job}/results?limit=50" + (f"&cursor={cursor}" if cursor else "")
-            try:
-                await _get(http, status, latencies, errors)
-                body = await _get(http, page, latencies, errors)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                errors.append(f"{type(exc).__name__} {page}")
-                break
-            cursor = body.get("next_cursor") if body else None
-            if not cursor:
-                break
-
-
-async def floor_loop(
-    http: aiohttp.ClientSession,
-    job_ids: list[str],
-    until: float,
-    latencies: list[float],
-    errors: list[str],
-    poll: float,
-) -> None:
-    """The baseline client: `/healthz` as fast as it answers."""
-    while time.monotonic() < until:
         try:
-            await _get(http, "/healthz", latencies, errors)
+            await round_(http, job, latencies, errors)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            errors.append(f"{type(exc).__name__} /healthz")
+            errors.append(f"{type(exc).__name__} (job {job})")
 
 
 async def _get(
@@ -112,13 +113,8 @@ def _api_key(db_url: str) -> str:
     return key
 
 
-Loop = Callable[
-    [aiohttp.ClientSession, list[str], float, list[float], list[str], float], Awaitable[None]
-]
-
-
 async def load(
-    loop: Loop, url: str, job_ids: list[str], clients: int, seconds: float, key: str, poll: float
+    round_: Round, url: str, job_ids: list[str], clients: int, seconds: float, key: str, poll: float
 ) -> tuple[list[float], list[str], float]:
     """`clients` concurrent clients, each on its own keep-alive connection. The clients use
     aiohttp (its parser is C): with httpx the load generator itself saturated a core at 32
@@ -134,7 +130,10 @@ async def load(
         start = time.monotonic()
         until = start + seconds
         await asyncio.gather(
-            *(loop(http, job_ids, until, latencies, errors, poll) for _ in range(clients))
+            *(
+                client_loop(http, round_, job_ids, until, poll, latencies, errors)
+                for _ in range(clients)
+            )
         )
         elapsed = time.monotonic() - start
     return latencies, errors, elapsed
@@ -175,13 +174,13 @@ def main() -> None:
         api = spawn(["serve"], env, work / "api.log")
         try:
             wait_http(url)
-            loops: dict[str, Loop] = {
-                "baseline: /healthz": floor_loop,
-                "status + results": client_loop,
+            rounds: dict[str, Round] = {
+                "baseline: /healthz": healthz_round,
+                "status + results": results_round,
             }
-            for label, loop in loops.items():
+            for label, round_ in rounds.items():
                 runs[label] = asyncio.run(
-                    load(loop, url, job_ids, args.clients, args.seconds, key, args.poll)
+                    load(round_, url, job_ids, args.clients, args.seconds, key, args.poll)
                 )
         finally:
             stop(api)

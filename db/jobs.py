@@ -120,7 +120,10 @@ def add_job(
 
 def get_job(s: Session, job_id: str, *, for_update: bool = False, tenant: str | None = None) -> Job:
     """A job; with `tenant`, only that tenant's (another's is NotFound, as a missing one)."""
-    job = s.get(Job, job_id, with_for_update=for_update)
+    return _visible(s.get(Job, job_id, with_for_update=for_update), job_id, tenant)
+
+
+def _visible(job: Job | None, job_id: str, tenant: str | None) -> Job:
     if job is None or (tenant is not None and job.tenant != tenant):
         raise NotFound(f"job {job_id} does not exist", field="job_id")
     return job
@@ -139,9 +142,9 @@ def get_job_and_classifier(
         .join(Classifier, Classifier.id == Job.classifier_id)
         .where(Job.id == job_id)
     ).first()
-    if found is None or (tenant is not None and found[0].tenant != tenant):
-        raise NotFound(f"job {job_id} does not exist", field="job_id")
-    return found[0], found[1]
+    job = _visible(found[0] if found else None, job_id, tenant)
+    assert found is not None
+    return job, found[1]
 
 
 def list_jobs(
