@@ -46,6 +46,7 @@ def seed(url: str, jobs: int, per_job: int) -> tuple[int, list[str]]:
     from sqlalchemy import text
 
     from db.classifiers import store_version
+    from db.dashboard import count_scored
     from db.models import Job, JobState
     from db.session import make_engine, make_sessionmaker
     from labelq.spec import ClassifierSpec
@@ -78,6 +79,7 @@ def seed(url: str, jobs: int, per_job: int) -> tuple[int, list[str]]:
         cur = raw.cursor()
         with cur.copy(f"COPY items ({COLUMNS}) FROM STDIN") as copy:  # type: ignore[attr-defined]
             for k, job_id in enumerate(job_ids):
+                results = []
                 gold = rng.integers(0, len(LABELS), per_job)
                 logits = rng.normal(0, 1.5, (per_job, len(LABELS)))
                 logits[np.arange(per_job), gold] += rng.normal(1.5, 1.0, per_job)
@@ -95,6 +97,7 @@ def seed(url: str, jobs: int, per_job: int) -> tuple[int, list[str]]:
                         "probs": dict(zip(LABELS, p.tolist(), strict=True)),
                         "logprobs": dict(zip(LABELS, np.log(p).tolist(), strict=True)),
                     }
+                    results.append(result)
                     g = LABELS[int(gold[i])] if labelled[i] else None
                     copy.write_row(
                         (
@@ -116,6 +119,8 @@ def seed(url: str, jobs: int, per_job: int) -> tuple[int, list[str]]:
                             start + timedelta(seconds=float(seconds[i])),
                         )
                     )
+                with factory.begin() as s:  # what completing the job's chunks adds to
+                    count_scored(s, cid, results)
         raw.commit()
     finally:
         raw.close()

@@ -4,6 +4,8 @@ read only `ix_items_dashboard` (an index-only scan once the table is vacuumed)."
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,9 +25,11 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from db.models import Classifier, JobItem
+from db.models import Classifier, JobItem, ScoredCount
 from labelq.dashboard import (
     GRID,
     BinSums,
@@ -35,6 +39,7 @@ from labelq.dashboard import (
     HistogramSums,
     PairCount,
     ThresholdSums,
+    score_columns,
 )
 from labelq.metrics import Binning
 
@@ -319,43 +324,60 @@ def jobs_in(s: Session, scope: Scope) -> list[str]:
 CONFIDENCE_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 
+def confidence_bucket(confidence: float) -> int:
+    """The histogram bucket k holding a confidence: (bound[k-1], bound[k]], the last +Inf."""
+    return bisect_left(CONFIDENCE_BUCKETS, confidence)
+
+
+def count_scored(s: Session, classifier_id: int, results: Iterable[dict[str, Any]]) -> None:
+    """Add one classifier version's new results to `ScoredCount`, in the caller's transaction:
+    one upsert of a row per label and bucket, in key order, so two chunks completing at once
+    lock the same rows in the same order and never deadlock."""
+    sums: dict[tuple[str, int], list[float]] = defaultdict(lambda: [0, 0.0])
+    for result in results:
+        scored = score_columns(result)
+        predicted, confidence = scored["predicted"], scored["confidence"]
+        if predicted is None or confidence is None:
+            continue
+        row = sums[str(predicted), confidence_bucket(float(confidence))]
+        row[0] += 1
+        row[1] += float(confidence)
+    if not sums:
+        return
+    upsert = (pg_insert if _dialect(s) == "postgresql" else sqlite_insert)(ScoredCount)
+    rows = [
+        {
+            "classifier_id": classifier_id,
+            "predicted": predicted,
+            "bucket": bucket,
+            "count": int(n),
+            "confidence_sum": total,
+        }
+        for (predicted, bucket), (n, total) in sorted(sums.items())
+    ]
+    s.execute(
+        upsert.values(rows).on_conflict_do_update(
+            index_elements=["classifier_id", "predicted", "bucket"],
+            set_={
+                "count": ScoredCount.count + upsert.excluded.count,
+                "confidence_sum": ScoredCount.confidence_sum + upsert.excluded.confidence_sum,
+            },
+        )
+    )
+
+
 def confidence_by_classifier(s: Session) -> list[tuple[str, str, int, str, int, int, float]]:
     """(tenant, name, version, predicted, bucket index, count, confidence sum) over every scored
-    item; bucket k holds confidences in (bound[k-1], bound[k]]."""
-    bucket = case(
-        *((JobItem.confidence <= bound, k) for k, bound in enumerate(CONFIDENCE_BUCKETS)),
-        else_=len(CONFIDENCE_BUCKETS),
-    )
-    sub = (
-        select(
-            JobItem.classifier_id.label("cid"),
-            JobItem.predicted.label("predicted"),
-            bucket.label("bucket"),
-            JobItem.confidence.label("conf"),
-        )
-        .where(JobItem.scored_at.is_not(None))
-        .subquery()
-    )
-    grouped = (
-        select(
-            sub.c.cid,
-            sub.c.predicted,
-            sub.c.bucket,
-            func.count().label("n"),
-            func.sum(sub.c.conf).label("total"),
-        )
-        .group_by(sub.c.cid, sub.c.predicted, sub.c.bucket)
-        .subquery()
-    )
+    item, read from the counts kept on write."""
     rows = s.execute(
         select(
             Classifier.tenant,
             Classifier.name,
             Classifier.version,
-            grouped.c.predicted,
-            grouped.c.bucket,
-            grouped.c.n,
-            grouped.c.total,
-        ).join(Classifier, Classifier.id == grouped.c.cid)
+            ScoredCount.predicted,
+            ScoredCount.bucket,
+            ScoredCount.count,
+            ScoredCount.confidence_sum,
+        ).join(Classifier, Classifier.id == ScoredCount.classifier_id)
     )
     return [(t, n, int(v), str(p), int(b), int(c), float(tot)) for t, n, v, p, b, c, tot in rows]

@@ -21,6 +21,7 @@ from sqlalchemy import ColumnElement, Select, and_, exists, func, insert, or_, s
 from sqlalchemy.orm import Session
 
 from db.classifiers import spec_of
+from db.dashboard import count_scored
 from db.models import (
     DEFAULT_TENANT,
     Chunk,
@@ -520,6 +521,7 @@ def _complete(
                 for item_id, (result, error) in results.items()
             ],
         )
+        count_scored(s, job.classifier_id, [r for r, _ in results.values() if r is not None])
     s.execute(
         update(Job)
         .where(Job.id == job.id)

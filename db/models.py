@@ -195,6 +195,23 @@ class JobItem(Base):
     scored_at: Mapped[datetime | None]
 
 
+class ScoredCount(Base):
+    """How many items a classifier version scored with each predicted label and confidence
+    bucket of `/metrics`' histogram, and their confidences' sum. Added to with each chunk's
+    results, in the same transaction (a chunk's results are written exactly once, and items are
+    never deleted), so a scrape reads these few rows instead of every scored item."""
+
+    __tablename__ = "scored_counts"
+
+    classifier_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("classifiers.id"), primary_key=True, autoincrement=False
+    )
+    predicted: Mapped[str] = mapped_column(String(200), primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    count: Mapped[int] = mapped_column(BigInteger)
+    confidence_sum: Mapped[float] = mapped_column(Double)
+
+
 class Chunk(Base):
     """A slice of a job's items scored by one task; its state makes completion counting atomic."""
 

@@ -290,19 +290,25 @@ def test_compare_shows_calibrations_side_by_side(seeded: tuple[TestClient, dict[
     assert none["accuracy"] == pytest.approx(active["accuracy"])  # temperature keeps the argmax
 
 
-def test_prometheus_series_per_classifier(seeded: tuple[TestClient, dict[str, Any]]) -> None:
+def _classifier_series(c: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics' samples of the seeded classifier version, by name and their other labels."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    c, ids = seeded
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
+    key = (("classifier", NAME), ("tenant", "default"), ("version", "1"))
+    return {
+        (s.name, tuple(sorted(set(s.labels.items()) - set(key)))): s.value
         for family in text_string_to_metric_families(c.get("/metrics").text)
         for s in family.samples
+        if set(key) <= set(s.labels.items())
     }
-    key = (("classifier", NAME), ("tenant", "default"), ("version", "1"))
+
+
+def test_prometheus_series_per_classifier(seeded: tuple[TestClient, dict[str, Any]]) -> None:
+    c, ids = seeded
+    samples = _classifier_series(c)
 
     def value(name: str, **labels: str) -> float:
-        return samples[name, tuple(sorted((*key, *labels.items())))]
+        return samples[name, tuple(sorted(labels.items()))]
 
     rows = _rows(c, ids, None)
     conf = np.array([row["confidence"] for row in rows])
@@ -319,7 +325,8 @@ def test_prometheus_series_per_classifier(seeded: tuple[TestClient, dict[str, An
 def test_migration_fills_the_columns_of_old_rows(
     factory: sessionmaker[Session], db_url: str, fake_scorer: Any
 ) -> None:
-    """Down to 0004 (the columns are dropped) and up again: 0005 fills them from the JSON."""
+    """Down to 0004 (the columns and the counts are dropped) and up again: 0005 fills the
+    columns from the JSON, 0007 counts what /metrics serves from them."""
     from alembic import command
 
     from db.migrate import alembic_config
@@ -329,6 +336,8 @@ def test_migration_fills_the_columns_of_old_rows(
         mine = select(*columns).where(JobItem.job_id == ids["new"]).order_by(JobItem.id)
         with factory() as s:
             before = s.execute(mine).all()
+        counted = _classifier_series(c)
+        assert counted[("labelq_confidence_count", ())] == 500
         assert all(row[1] is not None for row in before)
         factory.kw["bind"].dispose()
         command.downgrade(alembic_config(db_url), "0004")
@@ -342,6 +351,10 @@ def test_migration_fills_the_columns_of_old_rows(
             assert tuple(now[3:]) == pytest.approx(tuple(then[3:]))
         r = c.get(f"{DASH}/reliability", params={"job": ids["new"]}).json()
         assert r["n"] == 100
+        recounted = _classifier_series(c)
+        assert recounted.keys() == counted.keys()
+        for key, value in counted.items():
+            assert recounted[key] == pytest.approx(value), key
 
 
 def test_the_grafana_dashboard_reads_series_that_metrics_serves(
