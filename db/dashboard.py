@@ -1,6 +1,7 @@
 """Dashboard aggregations in SQL: one function per query, each returning the sums rows that
 `labelq.dashboard` turns into metrics. The same on PostgreSQL and SQLite; on PostgreSQL they
-read only `ix_items_dashboard` (an index-only scan once the table is vacuumed)."""
+read only an index (an index-only scan once the table is vacuumed): `ix_items_dashboard` for
+every scored item, `ix_items_labelled` for the gold-labelled ones in confidence order."""
 
 from __future__ import annotations
 
