@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from db.models import DEFAULT_TENANT, Classifier
 from labelq.errors import Conflict, NotFound
-from labelq.spec import ClassifierSpec
+from labelq.spec import STORED, ClassifierSpec
 
 
 def spec_hash(spec: ClassifierSpec) -> str:
@@ -20,7 +20,8 @@ def spec_hash(spec: ClassifierSpec) -> str:
 
 
 def spec_of(classifier: Classifier) -> ClassifierSpec:
-    return ClassifierSpec.model_validate(classifier.spec)
+    """A stored version's spec (checked in full when it was stored)."""
+    return ClassifierSpec.model_validate(classifier.spec, context=STORED)
 
 
 def store_version(
