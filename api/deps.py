@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Concatenate, ParamSpec, TypeVar
 
+from cachetools import TTLCache
 from fastapi import Depends, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
@@ -24,6 +25,7 @@ from labelq.settings import Settings
 from service import keys
 from service.dispatch import Dispatcher
 from service.keys import Principal
+from service.workers import LiveQueues
 
 
 class RateLimiter:
@@ -50,6 +52,42 @@ class RateLimiter:
             window.append(now)
 
 
+class TrustedKeys:
+    """Keys this API process checked in the last `ttl` seconds, by their hash: a poller's
+    every request need not look its key up again. Revoking a key through this process forgets
+    it at once; a key revoked through another process is refused here within `ttl`
+    (LABELQ_KEY_CACHE_SECONDS; 0 keeps nothing). Only live keys are kept: a wrong or revoked
+    key is looked up every time."""
+
+    def __init__(
+        self, ttl: float, maxsize: int = 10_000, timer: Callable[[], float] = time.monotonic
+    ):
+        self.ttl = ttl
+        self._keys: TTLCache[str, Principal] = TTLCache(maxsize, ttl or 1, timer)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _digest(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    def get(self, token: str) -> Principal | None:
+        if not self.ttl:
+            return None
+        with self._lock:
+            return self._keys.get(self._digest(token))
+
+    def put(self, token: str, who: Principal) -> None:
+        if self.ttl and who.key_id is not None:
+            with self._lock:
+                self._keys[self._digest(token)] = who
+
+    def forget(self, key_id: int) -> None:
+        with self._lock:
+            for digest, who in list(self._keys.items()):
+                if who.key_id == key_id:
+                    del self._keys[digest]
+
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -62,9 +100,13 @@ class AppState:
     metrics: Metrics
     submissions: RateLimiter = field(default_factory=lambda: RateLimiter(120))
     reads: sessionmaker[Session] = field(init=False)
+    trusted: TrustedKeys = field(init=False)
+    live_queues: LiveQueues = field(init=False)
 
     def __post_init__(self) -> None:
         self.reads = read_sessions(self.factory)
+        self.trusted = TrustedKeys(self.settings.key_cache_seconds)
+        self.live_queues = LiveQueues(self.settings.worker_stale_after)
 
 
 # Dependencies that do not block are `async def`: FastAPI runs a plain `def` dependency on a
@@ -144,7 +186,11 @@ async def principal(request: Request, st: StateDep) -> Principal:
     dry under load (measured: every request of 200 concurrent clients timed out)."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     bearer = token.strip() if scheme.lower() == "bearer" else None
-    found = await Db(st.reads)(keys.authenticate, bearer)
+    found = st.trusted.get(bearer) if bearer else None
+    if found is None:
+        found = await Db(st.reads)(keys.authenticate, bearer)
+        if found is not None and bearer:
+            st.trusted.put(bearer, found)
     if found is None:
         if _is_loopback(request.client.host if request.client else None):
             return keys.LOCAL

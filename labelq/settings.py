@@ -115,6 +115,13 @@ class Settings(BaseSettings):
     submissions_per_minute: int = Field(
         default=120, ge=1, description="Job submissions per API key (or client) per minute."
     )
+    key_cache_seconds: float = Field(
+        default=5,
+        ge=0,
+        le=60,
+        description="An API process trusts a key it checked for this long (0: checks every "
+        "request); a key revoked through another process is refused within it.",
+    )
     api_key: str | None = Field(default=None, description="Key the CLI's client sends.")
     api_host: str = Field(default="127.0.0.1", description="Address `labelq serve` binds.")
     api_port: int = Field(default=8000, description="Port `labelq serve` binds.")

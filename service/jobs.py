@@ -8,9 +8,9 @@ breaks off is failed with the reason; what it stored stays readable.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -18,7 +18,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs as job_rows
-from db import workers
 from db.classifiers import get_classifier, spec_of
 from db.jobs import INSERT_BATCH
 from db.models import DEFAULT_TENANT, Classifier, ItemStatus, Job, JobState, utcnow
@@ -29,6 +28,7 @@ from labelq.scoring import Item as ScoreItem
 from labelq.settings import Settings
 from labelq.spec import ClassifierSpec
 from service.dispatch import Dispatcher, queue_for
+from service.workers import LiveQueues
 
 
 class JobStatus(BaseModel):
@@ -85,7 +85,14 @@ def no_worker_warning(queue: str, model: str, stale_after: float) -> str:
     )
 
 
-def job_status(s: Session, job_id: str, settings: Settings, tenant: str | None = None) -> JobStatus:
+def job_status(
+    s: Session,
+    job_id: str,
+    settings: Settings,
+    tenant: str | None = None,
+    live: Callable[[Session], dict[str, int]] | None = None,
+) -> JobStatus:
+    """`live`: queue -> live workers (`service.workers.LiveQueues`, read afresh if None)."""
     job, classifier = job_rows.get_job_and_classifier(s, job_id, tenant)
     cancelled = (
         job_rows.count_items(s, job_id, ItemStatus.cancelled)
@@ -94,8 +101,8 @@ def job_status(s: Session, job_id: str, settings: Settings, tenant: str | None =
     )
     warnings = []
     if not JobState(job.state).finished:
-        seen_since = utcnow() - timedelta(seconds=settings.worker_stale_after)
-        if not workers.live_workers(s, seen_since).get(job.queue):
+        live = live or LiveQueues(settings.worker_stale_after)
+        if not live(s).get(job.queue):
             warnings.append(no_worker_warning(job.queue, job.model, settings.worker_stale_after))
     return JobStatus.of(job, classifier, cancelled, warnings)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from pydantic import BaseModel
@@ -36,3 +39,27 @@ def queues(s: Session, stale_after: float) -> list[QueueHealth]:
         QueueHealth(queue=q, live_workers=live.get(q, 0), unfinished_jobs=waiting.get(q, 0))
         for q in sorted(set(live) | set(waiting))
     ]
+
+
+class LiveQueues:
+    """Queue -> live workers, read from the database at most once a `ttl` (one API process's
+    cache): every status poll of an unfinished job asks, and the answer moves only at
+    heartbeat pace (LABELQ_WORKER_HEARTBEAT, 10 s by default) anyway."""
+
+    def __init__(
+        self, stale_after: float, ttl: float = 1.0, timer: Callable[[], float] = time.monotonic
+    ):
+        self.stale_after, self.ttl, self.timer = stale_after, ttl, timer
+        self._lock = threading.Lock()
+        self._value: dict[str, int] = {}
+        self._until = float("-inf")
+
+    def __call__(self, s: Session) -> dict[str, int]:
+        now = self.timer()
+        with self._lock:
+            if now < self._until:
+                return self._value
+        value = workers.live_workers(s, utcnow() - timedelta(seconds=self.stale_after))
+        with self._lock:
+            self._value, self._until = value, now + self.ttl
+        return value

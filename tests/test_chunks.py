@@ -185,3 +185,19 @@ def test_a_job_waiting_for_a_worker_says_so(factory: Factory) -> None:
         workers.beat(s, "w1", jobs.queue_for("fake"), "fake")
         assert _status(factory, job_id, settings).warnings == []
         assert [q.live_workers for q in workers.queues(s, 60)] == [1]
+
+
+def test_an_api_process_reads_live_workers_at_most_once_a_second(factory: Factory) -> None:
+    from service import workers
+
+    settings = _settings()
+    job_id = _job(factory, ["a"], settings)
+    now = [0.0]
+    live = workers.LiveQueues(60, ttl=1.0, timer=lambda: now[0])
+    with factory() as s:
+        assert jobs.job_status(s, job_id, settings, live=live).warnings  # none seen yet
+        workers.beat(s, "w1", jobs.queue_for("fake"), "fake")
+        now[0] = 0.9  # the answer read at 0 still stands
+        assert jobs.job_status(s, job_id, settings, live=live).warnings
+        now[0] = 1.0
+        assert jobs.job_status(s, job_id, settings, live=live).warnings == []

@@ -222,6 +222,41 @@ def test_a_model_alias_is_allowed(api: tuple[TestClient, Any]) -> None:
     assert job["model"] == "/models/real"
 
 
+def test_a_key_revoked_elsewhere_is_refused_once_the_trust_runs_out(
+    factory: Any, fake_scorer: Any
+) -> None:
+    """A key revoked by another process (here: straight in the database, as `labelq keys
+    revoke` does) is refused by the next request with LABELQ_KEY_CACHE_SECONDS=0, and by
+    `TrustedKeys` only after its time is up; a wrong key is never trusted."""
+    from api.deps import TrustedKeys
+    from service import keys
+
+    with factory() as s:
+        keys.create(s, "operator")  # a key stays: with none, loopback is served keyless
+        made = keys.create(s, "poller")
+    headers = {"Authorization": f"Bearer {made.key}"}
+    c, _ = make_client(factory, fake_scorer, key_cache_seconds=0)
+    with c:
+        assert c.get("/v1/jobs", headers=headers).status_code == 200
+        with factory() as s:
+            keys.revoke(s, keys.LOCAL, made.id)
+        assert c.get("/v1/jobs", headers=headers).status_code == 401
+
+    now = [0.0]
+    trusted = TrustedKeys(5, timer=lambda: now[0])
+    who = keys.Principal("default", frozenset({"read"}), key_id=7)
+    trusted.put("k1", who)
+    trusted.put("wrong", keys.Principal("default", frozenset()))  # no key id: never kept
+    now[0] = 4.9
+    assert trusted.get("k1") == who and trusted.get("wrong") is None
+    now[0] = 5.1
+    assert trusted.get("k1") is None
+    trusted.put("k1", who)
+    trusted.forget(7)  # revoked through this process
+    assert trusted.get("k1") is None
+    assert TrustedKeys(0).get("k1") is None
+
+
 def test_scopes_and_tenants_are_isolated(factory: Any, fake_scorer: Any) -> None:
     from service import keys
 

@@ -60,7 +60,7 @@ async def _stream_lines(
 
 def _status(st: StateDep, job_id: str, tenant: str | None = None) -> JobStatus:
     with st.reads() as s:
-        return jobs.job_status(s, job_id, st.settings, tenant)
+        return jobs.job_status(s, job_id, st.settings, tenant, st.live_queues)
 
 
 @router.post(
@@ -164,14 +164,14 @@ async def list_jobs(db: ReadsDep, who: Reader, limit: int = Query(50, ge=1, le=5
 
 @router.get("/{job_id}", response_model=JobStatus)
 async def get_job(job_id: str, db: ReadsDep, st: StateDep, who: Reader) -> JobStatus:
-    return await db(jobs.job_status, job_id, st.settings, who.tenant)
+    return await db(jobs.job_status, job_id, st.settings, who.tenant, st.live_queues)
 
 
 @router.post("/{job_id}/cancel", response_model=JobStatus)
 async def cancel_job(job_id: str, db: DbDep, st: StateDep, who: Submitter) -> JobStatus:
     """Pending chunks stop at once; a chunk being scored finishes and keeps its results."""
     await db(jobs.cancel, job_id, who.tenant)
-    return await db(jobs.job_status, job_id, st.settings, who.tenant)
+    return await db(jobs.job_status, job_id, st.settings, who.tenant, st.live_queues)
 
 
 @router.post(

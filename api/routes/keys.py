@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import Admin, DbDep, RowId
+from api.deps import Admin, DbDep, RowId, StateDep
 from service import keys
 from service.keys import KeyCreate, KeyCreated, KeyOut
 
@@ -24,5 +24,9 @@ async def list_keys(db: DbDep, who: Admin) -> list[KeyOut]:
 
 
 @router.delete("/{key_id}", response_model=KeyOut)
-async def revoke(key_id: RowId, db: DbDep, who: Admin) -> KeyOut:
-    return await db(keys.revoke, who, key_id)
+async def revoke(key_id: RowId, db: DbDep, st: StateDep, who: Admin) -> KeyOut:
+    """Revoked at once in this process; other API processes refuse it within
+    LABELQ_KEY_CACHE_SECONDS."""
+    revoked = await db(keys.revoke, who, key_id)
+    st.trusted.forget(key_id)
+    return revoked
