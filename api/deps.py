@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import threading
 import time
@@ -19,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import Forbidden, Unauthorized
 from api.metrics import Metrics
+from db.keys import hash_key
 from db.session import read_sessions
 from labelq.errors import RateLimited
 from labelq.settings import Settings
@@ -66,20 +66,16 @@ class TrustedKeys:
         self._keys: TTLCache[str, Principal] = TTLCache(maxsize, ttl or 1, timer)
         self._lock = threading.Lock()
 
-    @staticmethod
-    def _digest(token: str) -> str:
-        return hashlib.sha256(token.encode()).hexdigest()
-
     def get(self, token: str) -> Principal | None:
         if not self.ttl:
             return None
         with self._lock:
-            return self._keys.get(self._digest(token))
+            return self._keys.get(hash_key(token))
 
     def put(self, token: str, who: Principal) -> None:
         if self.ttl and who.key_id is not None:
             with self._lock:
-                self._keys[self._digest(token)] = who
+                self._keys[hash_key(token)] = who
 
     def forget(self, key_id: int) -> None:
         with self._lock:
@@ -169,11 +165,7 @@ def _is_loopback(host: str | None) -> bool:
 async def submission_quota(request: Request, st: StateDep) -> None:
     """Counts a submission against its API key's (or, with no keys, its client's) rate."""
     token = request.headers.get("authorization", "")
-    who = (
-        hashlib.sha256(token.encode()).hexdigest()
-        if token
-        else (request.client.host if request.client else "unknown")
-    )
+    who = hash_key(token) if token else (request.client.host if request.client else "unknown")
     st.submissions.take(who)
 
 

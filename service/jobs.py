@@ -28,7 +28,7 @@ from labelq.scoring import Item as ScoreItem
 from labelq.settings import Settings
 from labelq.spec import ClassifierSpec
 from service.dispatch import Dispatcher, queue_for
-from service.workers import LiveQueues
+from service.workers import live_queues
 
 
 class JobStatus(BaseModel):
@@ -92,7 +92,8 @@ def job_status(
     tenant: str | None = None,
     live: Callable[[Session], dict[str, int]] | None = None,
 ) -> JobStatus:
-    """`live`: queue -> live workers (`service.workers.LiveQueues`, read afresh if None)."""
+    """`live`: queue -> live workers (an API process's `service.workers.LiveQueues`; read
+    afresh if None)."""
     job, classifier = job_rows.get_job_and_classifier(s, job_id, tenant)
     cancelled = (
         job_rows.count_items(s, job_id, ItemStatus.cancelled)
@@ -101,8 +102,8 @@ def job_status(
     )
     warnings = []
     if not JobState(job.state).finished:
-        live = live or LiveQueues(settings.worker_stale_after)
-        if not live(s).get(job.queue):
+        seen = live(s) if live else live_queues(s, settings.worker_stale_after)
+        if not seen.get(job.queue):
             warnings.append(no_worker_warning(job.queue, job.model, settings.worker_stale_after))
     return JobStatus.of(job, classifier, cancelled, warnings)
 

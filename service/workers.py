@@ -31,9 +31,14 @@ def leave(s: Session, name: str) -> None:
     s.commit()
 
 
+def live_queues(s: Session, stale_after: float) -> dict[str, int]:
+    """Queue -> workers seen in the last `stale_after` seconds."""
+    return workers.live_workers(s, utcnow() - timedelta(seconds=stale_after))
+
+
 def queues(s: Session, stale_after: float) -> list[QueueHealth]:
     """Every queue that has a live worker or unfinished jobs."""
-    live = workers.live_workers(s, utcnow() - timedelta(seconds=stale_after))
+    live = live_queues(s, stale_after)
     waiting = job_rows.unfinished_queues(s)
     return [
         QueueHealth(queue=q, live_workers=live.get(q, 0), unfinished_jobs=waiting.get(q, 0))
@@ -59,7 +64,7 @@ class LiveQueues:
         with self._lock:
             if now < self._until:
                 return self._value
-        value = workers.live_workers(s, utcnow() - timedelta(seconds=self.stale_after))
+        value = live_queues(s, self.stale_after)
         with self._lock:
             self._value, self._until = value, now + self.ttl
         return value
