@@ -30,7 +30,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from db.models import Classifier, JobItem, ScoredCount
+from db.models import RESULT_COLUMNS, AnyRow, Classifier, JobItem, ScoredCount
 from labelq.dashboard import (
     GRID,
     BinSums,
@@ -305,15 +305,20 @@ def grid(s: Session, scope: Scope) -> list[ThresholdSums]:
     return [ThresholdSums(int(c) / GRID, int(n), int(k)) for c, n, k in rows]
 
 
-def scored_items(s: Session, scope: Scope, job_id: str, after_id: int, limit: int) -> list[JobItem]:
-    """A page of one job's scored items in scope, by id: the streamed pass's input."""
-    return list(
-        s.scalars(
-            select(JobItem)
+def scored_items(
+    s: Session, scope: Scope, job_id: str, after_id: int, limit: int
+) -> Sequence[AnyRow]:
+    """A page of one job's scored items in scope, by id, as `id`, `scored_at` and
+    RESULT_COLUMNS: the streamed pass's input."""
+    return (
+        s.connection()
+        .execute(
+            select(JobItem.__table__.c.id, JobItem.__table__.c.scored_at, *RESULT_COLUMNS)
             .where(*scope.where(), JobItem.job_id == job_id, JobItem.id > after_id)
             .order_by(JobItem.id)
             .limit(limit)
         )
+        .all()
     )
 
 

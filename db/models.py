@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Row,
     String,
     Text,
     TypeDecorator,
@@ -205,6 +206,25 @@ class JobItem(Base):
     correct: Mapped[bool | None] = mapped_column(Boolean)
     brier: Mapped[float | None] = mapped_column(Double)
     scored_at: Mapped[datetime | None]
+
+
+# A row of plain columns, of any width (a Core select's row).
+AnyRow = Row[*tuple[Any, ...]]
+
+# What a result row shows of an item (`service.results.result_record` reads these names). The
+# custom_id comes from the input, which keeps its type (an integer stays one); the column holds
+# its text for lookups.
+_items = JobItem.__table__
+RESULT_COLUMNS = (
+    _items.c.idx,
+    _items.c.input["custom_id"].label("custom_id"),
+    _items.c.status,
+    _items.c.result,
+    _items.c.gold_label,
+    _items.c.line,
+    _items.c.error,
+    _items.c.error_field,
+)
 
 
 class ScoredCount(Base):

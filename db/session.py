@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session, sessionmaker
+
+
+def json_loads(data: str | bytes) -> Any:
+    """JSON columns are decoded with orjson, several times faster than `json` on the small
+    documents a results page holds 100 of; what orjson refuses and `json` reads (NaN, integers
+    past 64 bits in a user's input) falls back to `json`."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -22,7 +34,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs
+            url,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            json_deserializer=json_loads,
+            **kwargs,
         )
 
         @event.listens_for(engine, "connect")
@@ -34,7 +49,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    return create_engine(url, pool_pre_ping=True, json_deserializer=json_loads, **kwargs)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -54,14 +54,13 @@ class JobStatus(BaseModel):
     finished_at: datetime | None
 
     @classmethod
-    def of(
-        cls, job: Job, classifier: Classifier, cancelled: int = 0, warnings: list[str] | None = None
-    ) -> JobStatus:
+    def of(cls, job: Any, cancelled: int = 0, warnings: list[str] | None = None) -> JobStatus:
+        """From a row of `db.jobs.STATUS_COLUMNS`."""
         done = job.succeeded + job.failed
         return cls(
             id=job.id,
-            classifier=classifier.name,
-            version=classifier.version,
+            classifier=job.classifier,
+            version=job.version,
             model=job.model,
             state=job.state,
             total=job.total,
@@ -69,7 +68,7 @@ class JobStatus(BaseModel):
             failed=job.failed,
             cancelled=cancelled,
             progress=(done / job.total) if job.total else (1.0 if job.finished_at else 0.0),
-            metadata=job.metadata_,
+            metadata=job.metadata,
             error=job.error,
             warnings=warnings or [],
             created_at=job.created_at,
@@ -94,7 +93,7 @@ def job_status(
 ) -> JobStatus:
     """`live`: queue -> live workers (an API process's `service.workers.LiveQueues`; read
     afresh if None)."""
-    job, classifier = job_rows.get_job_and_classifier(s, job_id, tenant)
+    job = job_rows.job_status_row(s, job_id, tenant)
     cancelled = (
         job_rows.count_items(s, job_id, ItemStatus.cancelled)
         if job.state in (JobState.cancelling, JobState.cancelled)
@@ -105,13 +104,11 @@ def job_status(
         seen = live(s) if live else live_queues(s, settings.worker_stale_after)
         if not seen.get(job.queue):
             warnings.append(no_worker_warning(job.queue, job.model, settings.worker_stale_after))
-    return JobStatus.of(job, classifier, cancelled, warnings)
+    return JobStatus.of(job, cancelled, warnings)
 
 
 def list_jobs(s: Session, limit: int, tenant: str = DEFAULT_TENANT) -> list[JobStatus]:
-    return [
-        JobStatus.of(job, classifier) for job, classifier in job_rows.list_jobs(s, limit, tenant)
-    ]
+    return [JobStatus.of(job) for job in job_rows.list_jobs(s, limit, tenant)]
 
 
 def resolve_classifier(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import calibrations as calibration_rows
 from db import jobs as job_rows
 from db.classifiers import spec_of
-from db.models import Calibration, CalibrationStatus, ItemStatus, JobItem
+from db.models import Calibration, CalibrationStatus, ItemStatus
 from labelq import calibration, metrics
 from labelq.errors import Conflict, InputError
 from labelq.metrics import ReliabilityBin
@@ -29,10 +29,10 @@ from service.jobs import iter_items
 CALIBRATION_CHOICES = "none, active or a calibration id"
 
 
-def result_record(item: JobItem) -> dict[str, Any]:
-    """One result row of a stored item: the scorer's fields for a scored item, else its status
-    and error."""
-    custom_id = (item.input or {}).get("custom_id", item.custom_id)
+def result_record(item: Any) -> dict[str, Any]:
+    """One result row of a stored item (a row of `db.models.RESULT_COLUMNS`): the scorer's
+    fields for a scored item, else its status and error."""
+    custom_id = item.custom_id
     if item.status == ItemStatus.succeeded and item.result is not None:
         row = {**item.result, "custom_id": custom_id, "status": item.status}
         if item.gold_label is not None:
@@ -59,7 +59,8 @@ class View:
     calibrator: calibration.Calibrator | None = None
     info: dict[str, Any] | None = None
 
-    def rows(self, items: list[JobItem]) -> list[dict[str, Any]]:
+    def rows(self, items: Sequence[Any]) -> list[dict[str, Any]]:
+        """Result rows of rows of `db.models.RESULT_COLUMNS`."""
         rows = [result_record(i) for i in items]
         if self.stored:
             return rows
@@ -133,13 +134,16 @@ def view_in(
 def iter_rows(
     factory: sessionmaker[Session], job_id: str, view: View, batch: int = 1000
 ) -> Iterator[dict[str, Any]]:
-    buffer: list[JobItem] = []
-    for item in iter_items(factory, job_id, batch=batch):
-        buffer.append(item)
-        if len(buffer) >= batch:
-            yield from view.rows(buffer)
-            buffer = []
-    yield from view.rows(buffer)
+    """Every result row of a job in input order, one short session per page: a 1M-item export
+    holds neither a transaction nor its rows for its whole duration."""
+    after = -1
+    while True:
+        with factory() as s:
+            items = job_rows.result_rows(s, job_id, after, batch)
+        yield from view.rows(items)
+        if len(items) < batch:
+            return
+        after = items[-1].idx
 
 
 class ResultsPage(BaseModel):
@@ -164,10 +168,22 @@ def page(
         raise InputError(
             "cursor must be a next_cursor value from a previous page", field="cursor"
         ) from None
-    view = view_in(s, factory, job_id, choice, tenant)
-    items = job_rows.items_page(s, job_id, after, limit + 1)
-    shown, more = items[:limit], len(items) > limit
-    return ResultsPage(data=view.rows(shown), next_cursor=str(shown[-1].idx) if more else None)
+    if choice is None:
+        # As stored: nothing to resolve, so the page itself is the only read; the join on the
+        # job keeps other tenants out. No row: a missing job (NotFound) or a page past the end.
+        items = job_rows.result_rows(s, job_id, after, limit + 1, tenant)
+        if not items:
+            job_rows.get_job(s, job_id, tenant=tenant)
+        rows = [result_record(i) for i in items[:limit]]
+    else:
+        view = view_in(s, factory, job_id, choice, tenant)
+        items = job_rows.result_rows(s, job_id, after, limit + 1)
+        rows = view.rows(items[:limit])
+    more = len(items) > limit
+    # built here, so not validated again (that was 0.05 ms a page)
+    return ResultsPage.model_construct(
+        data=rows, next_cursor=str(items[limit - 1].idx) if more else None
+    )
 
 
 EXPORT_PIECE = 1 << 16  # one write per ~64 KiB, not one per row: per-write overhead dominated
