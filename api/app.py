@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -11,13 +12,14 @@ import anyio
 import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import errors
-from api.deps import AppState, RateLimiter
+from api.deps import AppState, LoopReads, RateLimiter
 from api.metrics import Metrics
 from api.routes import calibrations, classifiers, dashboard, health, jobs, keys, pipelines
-from db.session import make_engine, make_sessionmaker
+from db.session import async_read_engine, async_sessions, make_engine, make_sessionmaker
 from labelq import __version__
 from labelq.settings import Settings
 from service.dispatch import CeleryDispatcher, Dispatcher
@@ -68,15 +70,24 @@ def lifespan(
     threads: int, on_shutdown: Callable[[], None] | None
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """Caps the threadpool that sync routes and database calls run on (anyio's default is 40)
-    to the connections in the pool (a thread beyond them only waits for one); runs
-    `on_shutdown` when the server stops."""
+    to the connections in the pool (a thread beyond them only waits for one); on PostgreSQL,
+    opens the engine for reads on the event loop (`api.deps.Reads`) in the loop that serves,
+    with as many connections; runs `on_shutdown` when the server stops."""
 
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
         anyio.to_thread.current_default_thread_limiter().total_tokens = threads
+        st: AppState = app.state.labelq
+        engine = st.factory.kw["bind"]
+        loop_engine = async_read_engine(engine, threads) if isinstance(engine, Engine) else None
+        if loop_engine is not None:
+            st.loop_reads = LoopReads(async_sessions(loop_engine), asyncio.Semaphore(threads))
         try:
             yield
         finally:
+            st.loop_reads = None
+            if loop_engine is not None:
+                await loop_engine.dispose()
             if on_shutdown is not None:
                 on_shutdown()
 

@@ -7,14 +7,14 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, make_url, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs, keys
 from db.classifiers import get_classifier, latest_classifiers, store_version
 from db.jobs import ChunkWork
 from db.models import ApiKey, Chunk, ItemStatus, Job, JobItem, utcnow
-from db.session import transaction
+from db.session import loop_url, transaction
 from labelq.errors import Conflict, InputError, NotFound
 from labelq.scoring import Item as ScoreItem
 from labelq.settings import Settings
@@ -336,3 +336,23 @@ def test_a_claim_racing_its_own_send_is_still_recovered(factory: Factory) -> Non
         much_later = later + timedelta(seconds=121)
         refs = jobs.chunks_to_send(s, much_later, much_later - timedelta(seconds=120))
     assert [(r.job_id, r.seq) for r in refs] == [(job.id, 0)]
+
+
+@pytest.mark.parametrize(
+    ("url", "driver", "query"),
+    [
+        ("postgresql+psycopg://u:p@h:5432/d", "postgresql+asyncpg", {}),
+        ("postgresql://h/d?sslmode=require", "postgresql+asyncpg", {"ssl": "require"}),
+        (
+            "postgresql+psycopg://h/d?sslmode=require&connect_timeout=5",
+            "postgresql+psycopg",
+            {"sslmode": "require", "connect_timeout": "5"},
+        ),
+    ],
+)
+def test_loop_reads_take_asyncpg_unless_the_url_has_libpq_only_options(
+    url: str, driver: str, query: dict[str, str]
+) -> None:
+    loop = loop_url(make_url(url))
+    assert (loop.drivername, dict(loop.query)) == (driver, query)
+    assert (loop.host, loop.database) == (make_url(url).host, make_url(url).database)

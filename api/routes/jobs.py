@@ -7,14 +7,14 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from api.deps import DbDep, Reader, ReadsDep, StateDep, Submitter, submission_quota
 from api.errors import input_error
-from api.schemas import JobCreate, JobList
+from api.schemas import JobCreate, JobList, model_json, page_json
 from db.models import JobState
 from labelq.errors import InputError, LabelqError
 from labelq.jsonl import JSONL_TYPES, NDJSON, read_items
@@ -86,7 +86,7 @@ async def create_job(
     version: int | None = Query(None, description="with a JSONL body: the classifier version"),
     webhook_url: str | None = Query(None, description="with a JSONL body: notified at the end"),
     idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=200),
-) -> JSONResponse:
+) -> Response:
     """Submit a job. JSON: `{"classifier", "version"?, "items", "metadata"?}`. JSONL: one item per
     line, streamed (`Content-Type: application/x-ndjson`, `?classifier=`). A bad item is kept as
     a failed item naming its line; the others run. The same `Idempotency-Key` returns the job
@@ -117,7 +117,7 @@ async def create_job(
     )
     if not created:
         out = await run_in_threadpool(_status, st, job.id)
-        return JSONResponse(out.model_dump(mode="json"), status_code=200)
+        return model_json(out)
 
     submission = jobs.Submission(st.factory, job, spec, st.settings)
     try:
@@ -154,17 +154,17 @@ async def create_job(
     st.metrics.items_ingested.labels("accepted").inc(report.total - report.rejected)
     st.metrics.items_ingested.labels("rejected").inc(report.rejected)
     out = await run_in_threadpool(_status, st, job.id)
-    return JSONResponse(out.model_dump(mode="json"), status_code=202)
+    return model_json(out, 202)
 
 
 @router.get("", response_model=JobList)
-async def list_jobs(db: ReadsDep, who: Reader, limit: int = Query(50, ge=1, le=500)) -> JobList:
-    return JobList(data=await db(jobs.list_jobs, limit, who.tenant))
+async def list_jobs(db: ReadsDep, who: Reader, limit: int = Query(50, ge=1, le=500)) -> Response:
+    return model_json(JobList(data=await db(jobs.list_jobs, limit, who.tenant)))
 
 
 @router.get("/{job_id}", response_model=JobStatus)
-async def get_job(job_id: str, db: ReadsDep, st: StateDep, who: Reader) -> JobStatus:
-    return await db(jobs.job_status, job_id, st.settings, who.tenant, st.live_queues)
+async def get_job(job_id: str, db: ReadsDep, st: StateDep, who: Reader) -> Response:
+    return model_json(await db(jobs.job_status, job_id, st.settings, who.tenant, st.live_queues))
 
 
 @router.post("/{job_id}/cancel", response_model=JobStatus)
@@ -215,11 +215,15 @@ async def get_results(
     cursor: str | None = Query(None, description="next_cursor of the previous page"),
     limit: int = Query(100, ge=1, le=1000),
     calibration: str | None = CALIBRATION_QUERY,
-) -> Any:
+) -> Response:
     """Results in input order: a page of JSON (follow `next_cursor`), or the whole job streamed
     as JSONL or CSV; under any calibration, recomputed from the stored raw scores."""
     if format == "json":
-        return await db(results.page, st.reads, job_id, calibration, cursor, limit, who.tenant)
+        # a calibration may read the whole job through `st.reads` (a batch prior): threads
+        run = db if calibration is None else db.blocking
+        return page_json(
+            await run(results.page, st.reads, job_id, calibration, cursor, limit, who.tenant)
+        )
     # 404s for an unknown job (or another tenant's) before the stream starts
     view = await run_in_threadpool(results.resolve_view, st.reads, job_id, calibration, who.tenant)
     if format == "jsonl":
