@@ -11,7 +11,7 @@ from fastapi import Response
 from pydantic import BaseModel, Field
 
 from service.jobs import JobStatus
-from service.results import ResultsPage
+from service.results import Page
 
 JSON = "application/json"
 
@@ -40,8 +40,9 @@ def model_json(model: BaseModel, status_code: int = 200) -> Response:
     return Response(model.__pydantic_serializer__.to_json(model), status_code, media_type=JSON)
 
 
-def page_json(page: ResultsPage) -> Response:
+def page_json(page: Page) -> Response:
     """A results page: rows of plain JSON values (numpy floats where a calibration recomputed
-    them), which orjson encodes fastest; NaN becomes null, as pydantic writes it."""
+    them) or stored JSON text, which orjson encodes fastest; NaN becomes null, as pydantic
+    writes it."""
     body = {"data": page.data, "next_cursor": page.next_cursor}
     return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON)

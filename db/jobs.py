@@ -36,6 +36,7 @@ from db.dashboard import count_scored
 from db.models import (
     DEFAULT_TENANT,
     RESULT_COLUMNS,
+    RESULT_TEXT_COLUMNS,
     AnyRow,
     Chunk,
     ChunkState,
@@ -246,18 +247,26 @@ _RESULTS = (
 _TENANT_RESULTS = _RESULTS.join_from(_items, _jobs, _jobs.c.id == _items.c.job_id).where(
     _jobs.c.tenant == bindparam("tenant")
 )
+_RESULT_TEXTS = _RESULTS.with_only_columns(*RESULT_TEXT_COLUMNS)
+_TENANT_RESULT_TEXTS = _TENANT_RESULTS.with_only_columns(*RESULT_TEXT_COLUMNS)
 
 
 def result_rows(
-    s: Session, job_id: str, after_idx: int = -1, limit: int = 1000, tenant: str | None = None
+    s: Session,
+    job_id: str,
+    after_idx: int = -1,
+    limit: int = 1000,
+    tenant: str | None = None,
+    text: bool = False,
 ) -> Sequence[AnyRow]:
-    """Up to `limit` items after position `after_idx` as RESULT_COLUMNS, in input order; with
-    `tenant`, none of another tenant's job (an empty page: the caller tells a missing job from
-    a finished page)."""
+    """Up to `limit` items after position `after_idx` as RESULT_COLUMNS (RESULT_TEXT_COLUMNS
+    with `text`), in input order; with `tenant`, none of another tenant's job (an empty page:
+    the caller tells a missing job from a finished page)."""
     params: dict[str, Any] = {"job_id": job_id, "after": after_idx, "limit": limit}
     if tenant is None:
-        return s.connection().execute(_RESULTS, params).all()
-    return s.connection().execute(_TENANT_RESULTS, {**params, "tenant": tenant}).all()
+        return s.connection().execute(_RESULT_TEXTS if text else _RESULTS, params).all()
+    query = _TENANT_RESULT_TEXTS if text else _TENANT_RESULTS
+    return s.connection().execute(query, {**params, "tenant": tenant}).all()
 
 
 def _rows_where_in(

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    cast,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -224,6 +225,11 @@ RESULT_COLUMNS = (
     _items.c.line,
     _items.c.error,
     _items.c.error_field,
+)
+# The same, with the result as the JSON text the worker wrote, for a page served as stored
+# (`service.results.stored_record` passes it through unparsed).
+RESULT_TEXT_COLUMNS = tuple(
+    cast(c, Text).label("result") if c is _items.c.result else c for c in RESULT_COLUMNS
 )
 
 
