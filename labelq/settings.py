@@ -129,7 +129,8 @@ class Settings(BaseSettings):
         default=16,
         ge=1,
         description="Threads an API process runs database work on, and its PostgreSQL "
-        "connections (one each, held open).",
+        "connections (one each, held open); on PostgreSQL as many again for reads on its "
+        "event loop.",
     )
 
     def allowed_models(self) -> dict[str, str]:
