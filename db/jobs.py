@@ -244,29 +244,29 @@ _RESULTS = (
     .order_by(_items.c.idx)
     .limit(bindparam("limit"))
 )
-_TENANT_RESULTS = _RESULTS.join_from(_items, _jobs, _jobs.c.id == _items.c.job_id).where(
+_STORED = _RESULTS.with_only_columns(*RESULT_TEXT_COLUMNS)
+_TENANT_STORED = _STORED.join_from(_items, _jobs, _jobs.c.id == _items.c.job_id).where(
     _jobs.c.tenant == bindparam("tenant")
 )
-_RESULT_TEXTS = _RESULTS.with_only_columns(*RESULT_TEXT_COLUMNS)
-_TENANT_RESULT_TEXTS = _TENANT_RESULTS.with_only_columns(*RESULT_TEXT_COLUMNS)
 
 
 def result_rows(
-    s: Session,
-    job_id: str,
-    after_idx: int = -1,
-    limit: int = 1000,
-    tenant: str | None = None,
-    text: bool = False,
+    s: Session, job_id: str, after_idx: int = -1, limit: int = 1000
 ) -> Sequence[AnyRow]:
-    """Up to `limit` items after position `after_idx` as RESULT_COLUMNS (RESULT_TEXT_COLUMNS
-    with `text`), in input order; with `tenant`, none of another tenant's job (an empty page:
-    the caller tells a missing job from a finished page)."""
+    """Up to `limit` items after position `after_idx` as RESULT_COLUMNS, in input order."""
+    params = {"job_id": job_id, "after": after_idx, "limit": limit}
+    return s.connection().execute(_RESULTS, params).all()
+
+
+def stored_result_rows(
+    s: Session, job_id: str, after_idx: int, limit: int, tenant: str | None = None
+) -> Sequence[AnyRow]:
+    """As `result_rows`, as RESULT_TEXT_COLUMNS; with `tenant`, none of another tenant's job
+    (an empty page: the caller tells a missing job from a finished page)."""
     params: dict[str, Any] = {"job_id": job_id, "after": after_idx, "limit": limit}
     if tenant is None:
-        return s.connection().execute(_RESULT_TEXTS if text else _RESULTS, params).all()
-    query = _TENANT_RESULT_TEXTS if text else _TENANT_RESULTS
-    return s.connection().execute(query, {**params, "tenant": tenant}).all()
+        return s.connection().execute(_STORED, params).all()
+    return s.connection().execute(_TENANT_STORED, {**params, "tenant": tenant}).all()
 
 
 def _rows_where_in(

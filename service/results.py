@@ -200,7 +200,7 @@ def page(
     if choice is None:
         # As stored: nothing to resolve, so the page itself is the only read; the join on the
         # job keeps other tenants out. No row: a missing job (NotFound) or a page past the end.
-        items = job_rows.result_rows(s, job_id, after, limit + 1, tenant, text=True)
+        items = job_rows.stored_result_rows(s, job_id, after, limit + 1, tenant)
         if not items:
             job_rows.get_job(s, job_id, tenant=tenant)
         rows: list[dict[str, Any] | orjson.Fragment] = [stored_record(i) for i in items[:limit]]
