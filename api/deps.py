@@ -15,13 +15,14 @@ from cachetools import TTLCache
 from fastapi import Depends, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import Forbidden, Unauthorized
 from api.metrics import Metrics
 from db.keys import hash_key
-from db.session import read_sessions
+from db.session import connection_lost, read_sessions
 from labelq.errors import RateLimited
 from labelq.settings import Settings
 from service import keys
@@ -188,8 +189,17 @@ class Reads(Db):
     ) -> T:
         if self.loop is None:
             return await super().__call__(fn, *args, **kwargs)
-        async with self.loop.gate, self.loop.sessions() as s:
-            return await s.run_sync(fn, *args, **kwargs)
+        async with self.loop.gate:
+            try:
+                async with self.loop.sessions() as s:
+                    return await s.run_sync(fn, *args, **kwargs)
+            except DBAPIError as exc:
+                if not connection_lost(exc):
+                    raise
+            # The server closed the connection (a restart): the pool was invalidated, so this
+            # read runs once more on a new one (the loop engine has no pre-ping).
+            async with self.loop.sessions() as s:
+                return await s.run_sync(fn, *args, **kwargs)
 
 
 async def reads(st: StateDep) -> Reads:

@@ -54,26 +54,30 @@ class JobStatus(BaseModel):
     finished_at: datetime | None
 
     @classmethod
-    def of(cls, job: Any, cancelled: int = 0, warnings: list[str] | None = None) -> JobStatus:
-        """From a row of `db.jobs.STATUS_COLUMNS`."""
-        done = job.succeeded + job.failed
+    def of(
+        cls, job: dict[str, Any], cancelled: int = 0, warnings: list[str] | None = None
+    ) -> JobStatus:
+        """From `db.jobs.STATUS_COLUMNS` by name."""
+        total, succeeded, failed = job["total"], job["succeeded"], job["failed"]
+        finished_at = job["finished_at"]
+        done = succeeded + failed
         return cls(
-            id=job.id,
-            classifier=job.classifier,
-            version=job.version,
-            model=job.model,
-            state=job.state,
-            total=job.total,
-            succeeded=job.succeeded,
-            failed=job.failed,
+            id=job["id"],
+            classifier=job["classifier"],
+            version=job["version"],
+            model=job["model"],
+            state=job["state"],
+            total=total,
+            succeeded=succeeded,
+            failed=failed,
             cancelled=cancelled,
-            progress=(done / job.total) if job.total else (1.0 if job.finished_at else 0.0),
-            metadata=job.metadata,
-            error=job.error,
+            progress=(done / total) if total else (1.0 if finished_at else 0.0),
+            metadata=job["metadata"],
+            error=job["error"],
             warnings=warnings or [],
-            created_at=job.created_at,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
+            created_at=job["created_at"],
+            started_at=job["started_at"],
+            finished_at=finished_at,
         )
 
 
@@ -96,14 +100,15 @@ def job_status(
     job = job_rows.job_status_row(s, job_id, tenant)
     cancelled = (
         job_rows.count_items(s, job_id, ItemStatus.cancelled)
-        if job.state in (JobState.cancelling, JobState.cancelled)
+        if job["state"] in (JobState.cancelling, JobState.cancelled)
         else 0
     )
     warnings = []
-    if not JobState(job.state).finished:
+    if not JobState(job["state"]).finished:
         seen = live(s) if live else live_queues(s, settings.worker_stale_after)
-        if not seen.get(job.queue):
-            warnings.append(no_worker_warning(job.queue, job.model, settings.worker_stale_after))
+        queue, model = job["queue"], job["model"]
+        if not seen.get(queue):
+            warnings.append(no_worker_warning(queue, model, settings.worker_stale_after))
     return JobStatus.of(job, cancelled, warnings)
 
 

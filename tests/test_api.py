@@ -240,3 +240,57 @@ def test_api_never_imports_the_engine() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("with_key", [False, True], ids=["open", "key"])
+def test_reads_go_on_when_postgres_closes_their_connections(
+    factory: Any, fake_scorer: Scorer, db_url: str, with_key: bool
+) -> None:
+    """The event loop's read connections have no pre-ping: when the server closes them (a
+    restart, an idle timeout, pg_terminate_backend), the next read on each fails, and must be
+    run again on a new connection rather than answered with a 500. Every read route a poller
+    uses, on the asyncpg driver path (status, a page as stored) and on SQLAlchemy's (a
+    recomputed page, listings). Without a key the key check is the first read to find its
+    connection dead (SQLAlchemy's path); with one, the key is trusted from the first request
+    and the status poll is (the driver path)."""
+    from sqlalchemy import create_engine, text
+
+    from service import keys
+
+    c, _ = make_client(factory, fake_scorer)
+    if with_key:
+        with factory() as s:
+            c.headers["Authorization"] = f"Bearer {keys.create(s, 'poller').key}"
+    with c:
+        c.post("/v1/classifiers", json=SPEC)
+        items = [{"custom_id": f"i{i}", "text": f"review {i}"} for i in range(12)]
+        job = c.post("/v1/jobs", json={"classifier": "api-test", "items": items}).json()
+        reads = [
+            f"/v1/jobs/{job['id']}",
+            f"/v1/jobs/{job['id']}/results?limit=5",
+            f"/v1/jobs/{job['id']}/results?limit=5&calibration=none",
+            "/v1/jobs",
+            "/v1/classifiers",
+        ]
+        before = [c.get(path).json() for path in reads]
+        admin = create_engine(db_url, isolation_level="AUTOCOMMIT")
+        for _ in range(3):  # each time, every pooled connection is a dead one
+            with admin.connect() as conn:
+                closed = conn.execute(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                ).scalar_one()
+            assert closed >= 1
+            for path, seen in zip(reads, before, strict=True):
+                r = c.get(path)
+                assert r.status_code == 200, (path, r.text)
+                assert _without_warnings(r.json()) == _without_warnings(seen), path
+        admin.dispose()
+
+
+def _without_warnings(body: Any) -> Any:
+    return {k: v for k, v in body.items() if k != "warnings"} if isinstance(body, dict) else body
