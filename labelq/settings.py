@@ -125,6 +125,11 @@ class Settings(BaseSettings):
     api_key: str | None = Field(default=None, description="Key the CLI's client sends.")
     api_host: str = Field(default="127.0.0.1", description="Address `labelq serve` binds.")
     api_port: int = Field(default=8000, description="Port `labelq serve` binds.")
+    api_access_log: bool = Field(
+        default=False,
+        description="`labelq serve` logs a line per request (the `labelq_http_requests` and "
+        "`labelq_http_request_seconds` series count and time every request either way).",
+    )
     api_db_threads: int = Field(
         default=16,
         ge=1,

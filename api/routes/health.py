@@ -25,7 +25,8 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers (`async`: no threadpool hop for a probe)."""
     return {"status": "ok"}
 
 
