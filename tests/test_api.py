@@ -294,3 +294,37 @@ def test_reads_go_on_when_postgres_closes_their_connections(
 
 def _without_warnings(body: Any) -> Any:
     return {k: v for k, v in body.items() if k != "warnings"} if isinstance(body, dict) else body
+
+
+@pytest.mark.parametrize("access_log", [False, True])
+def test_serve_hands_uvicorn_a_frozen_heap(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, access_log: bool
+) -> None:
+    """`labelq serve` freezes what startup made before it serves (so a full collection under
+    load does not walk it, stopping the loop for 100+ ms), and logs a line per request only
+    when asked to."""
+    import argparse
+    import gc
+
+    import uvicorn
+
+    from api import cli
+    from db.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'labelq.db'}"
+    upgrade(url)
+    seen: dict[str, Any] = {}
+
+    def run(app: Any, **options: Any) -> None:
+        seen.update(options, frozen=gc.get_freeze_count(), app=app)
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    settings = Settings(database_url=url, model="tiny-model", api_access_log=access_log)
+    args = argparse.Namespace(host="127.0.0.1", port=cli._free_port(), embedded=False)
+    gc.unfreeze()
+    try:
+        assert cli._serve(args, settings) == 0
+    finally:
+        gc.unfreeze()  # the rest of the test session collects as usual
+    assert seen["frozen"] > 10_000, "the app's objects are frozen before it serves"
+    assert seen["access_log"] is access_log
