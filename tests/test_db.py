@@ -356,3 +356,78 @@ def test_loop_reads_take_asyncpg_unless_the_url_has_libpq_only_options(
     loop = loop_url(make_url(url))
     assert (loop.drivername, dict(loop.query)) == (driver, query)
     assert (loop.host, loop.database) == (make_url(url).host, make_url(url).database)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_driver_reads_on_the_loop_give_what_sqlalchemy_gives(
+    factory: Factory, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's status and its pages as stored, read by asyncpg itself on the API's loop
+    engine (`DriverRead`), equal SQLAlchemy's reads of the same rows on a plain session, value
+    for value and type for type: zoned times, JSON metadata, custom ids kept as the input's
+    type (an integer stays one), failed items with their line and error, gold labels."""
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from db import session as sessions
+    from db.session import async_read_engine, async_sessions
+
+    fetched: list[str] = []
+    driver_fetch = sessions._driver_fetch
+
+    def counted(conn: Any, sql: str, args: list[Any]) -> list[Any]:
+        fetched.append(sql)
+        return driver_fetch(conn, sql, args)
+
+    monkeypatch.setattr(sessions, "_driver_fetch", counted)
+    entries = [
+        *_items(2),
+        InputError("invalid JSON", line=3),
+        ScoreItem(custom_id=9, fields={"text": "int id"}, line=4),
+        ScoreItem(custom_id=None, fields={"text": "no id"}, line=5),
+    ]
+    job, _ = _submit(factory, entries, chunk_size=5)
+    work = _claim(factory, job.id, 0)
+    assert work is not None
+    results = {
+        item_id: ({"label": "a", "custom_id": i.custom_id}, None) for item_id, i in work.items
+    }
+    results[work.items[1][0]] = (None, "boom")
+    assert _complete(factory, work, results)
+    with transaction(factory) as s:
+        jobs.set_gold_labels(s, {work.items[0][0]: "b"})
+
+    def read(s: Session) -> list[Any]:
+        return [
+            jobs.job_status_row(s, job.id),
+            jobs.job_status_row(s, job.id, "default"),
+            jobs.stored_result_rows(s, job.id, -1, 10),
+            jobs.stored_result_rows(s, job.id, 1, 2, "default"),
+            jobs.stored_result_rows(s, job.id, -1, 10, "another"),
+        ]
+
+    async def on_the_loop() -> list[Any]:
+        engine = async_read_engine(factory.kw["bind"], 2)
+        assert engine is not None
+        try:
+            async with async_sessions(engine)() as s:
+                assert isinstance(s, AsyncSession)
+                return await s.run_sync(read)
+        finally:
+            await engine.dispose()
+
+    with factory() as s:
+        plain = read(s)
+    assert not fetched, "a plain session reads through SQLAlchemy"
+    driver = asyncio.run(on_the_loop())
+    assert len(fetched) == 5, "the loop engine's reads went to asyncpg itself"
+    assert driver == plain
+    assert [[type(v) for v in row] for row in driver[2]] == [
+        [type(v) for v in row] for row in plain[2]
+    ]
+    status = driver[0]
+    assert status["created_at"].tzinfo is not None and status["metadata"] == {"k": 1}
+    assert [row[1] for row in driver[2]] == ["c0", "c1", None, 9, None]
+    assert driver[4] == []
