@@ -15,6 +15,9 @@ chunk runner, so the stored results are what a worker writes); the rest stay que
 - baseline: `/healthz` (no key, no database) with no pause, the floor one process of this
   stack reaches here; "no pause" over it is the ratio printed.
 
+Each run also prints the API process's CPU time per answer (from the kernel's count for that
+process): steadier than latency on a noisy machine, and what decides how far one process goes.
+
     .venv/bin/python bench/load.py [--clients 200] [--seconds 60] [--poll 0.5]
 """
 
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -152,6 +156,7 @@ def _api_key(db_url: str) -> str:
 async def load(
     round_: Round, url: str, job_ids: list[str], clients: int, seconds: float, key: str, poll: float
 ) -> tuple[list[float], list[str], float]:
+    """Latencies, errors and the elapsed time of one run."""
     """`clients` concurrent clients, each on its own keep-alive connection. The clients use
     aiohttp (its parser is C): with httpx the load generator itself saturated a core at 32
     requests/s and its queueing was most of the latency measured."""
@@ -201,6 +206,7 @@ def main() -> None:
     }
     url = f"http://127.0.0.1:{PORT}"
     runs: dict[str, tuple[list[float], list[str], float]] = {}
+    cpu: dict[str, float] = {}  # the API process's CPU seconds in each run
     try:
         api = spawn(["serve"], env, work / "api-setup.log")
         try:
@@ -221,10 +227,13 @@ def main() -> None:
                 NO_PAUSE: (results_round, 0.0),
                 BASELINE: (healthz_round, 0.0),
             }
+            server = psutil.Process(api.pid)
             for label, (round_, poll) in rounds.items():
+                before = sum(server.cpu_times()[:2])
                 runs[label] = asyncio.run(
                     load(round_, url, job_ids, args.clients, args.seconds, key, poll)
                 )
+                cpu[label] = sum(server.cpu_times()[:2]) - before
         finally:
             stop(api)
     finally:
@@ -239,9 +248,11 @@ def main() -> None:
         p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
         first = f" (first: {errors[0]})" if errors else ""
         rates[label] = len(ms) / elapsed
+        per_answer = cpu[label] / len(ms) * 1e6
         print(
             f"  {label:24s} {len(ms) / elapsed:7.0f} requests/s  p50 {statistics.median(ms):7.1f}"
-            f" ms  p99 {p99:7.1f} ms  errors {len(errors)}{first}"
+            f" ms  p99 {p99:7.1f} ms  API CPU {per_answer:5.0f} us/request"
+            f"  errors {len(errors)}{first}"
         )
     ratio = rates[NO_PAUSE] / rates[BASELINE]
     print(f"  requests/s, no pause / baseline: {ratio:.2f}")
