@@ -57,7 +57,7 @@ def stored_record(item: tuple[Any, ...]) -> dict[str, Any] | orjson.Fragment:
     encoded again (that was a fifth of the API process's CPU in bench/load.py). The row is
     unpacked by position: a SQLAlchemy Row's attributes cost half a microsecond each, three
     times a row, and were most of a 50-row page's 130 us in Python."""
-    _, _, status, text, gold_label, *_ = item
+    status, text, gold_label = item[_STATUS], item[_RESULT], item[_GOLD_LABEL]
     if status == ItemStatus.succeeded and text is not None:
         body = text.rstrip()
         if body[:1] == "{" and body[-1:] == "}" and '"' in body:  # an object with a key
@@ -72,6 +72,11 @@ def stored_record(item: tuple[Any, ...]) -> dict[str, Any] | orjson.Fragment:
 
 SUCCEEDED_TAIL = b',"status":' + orjson.dumps(ItemStatus.succeeded.value) + b"}"
 RESULT_NAMES = tuple(column.key for column in RESULT_TEXT_COLUMNS)
+# Positions in a result row (RESULT_COLUMNS and RESULT_TEXT_COLUMNS share their order), found
+# from the names: a reordered column list cannot silently shift what is read.
+_IDX, _STATUS, _RESULT, _GOLD_LABEL = (
+    RESULT_NAMES.index(name) for name in ("idx", "status", "result", "gold_label")
+)
 
 
 @dataclass
@@ -216,7 +221,7 @@ def page(
         items = job_rows.result_rows(s, job_id, after, limit + 1)
         rows = list(view.rows(items[:limit]))
     more = len(items) > limit
-    return Page(rows, str(items[limit - 1][0]) if more else None)
+    return Page(rows, str(items[limit - 1][_IDX]) if more else None)
 
 
 EXPORT_PIECE = 1 << 16  # one write per ~64 KiB, not one per row: per-write overhead dominated
