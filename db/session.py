@@ -125,6 +125,11 @@ def connection_lost(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
+# A DriverRead's statement for asyncpg: SQL, parameter names in $n order, the values of
+# parameters the statement fixes itself, and (column position, result processor) pairs.
+_Compiled = tuple[str, tuple[str, ...], dict[str, Any], list[tuple[int, Any]]]
+
+
 class DriverRead:
     """A hot read statement (a status poll, a page of results): on a connection that allows
     it (`DRIVER_READS`), run by asyncpg itself, compiled for it once, its rows plain tuples;
@@ -139,10 +144,9 @@ class DriverRead:
     def __init__(self, stmt: Select[Any]):
         self.stmt = stmt
         self.names = tuple(stmt.selected_columns.keys())
-        self._compiled: tuple[str, tuple[str, ...], dict[str, Any], list[tuple[int, Any]]] | None
-        self._compiled = None
+        self._compiled: _Compiled | None = None
 
-    def _for(self, dialect: Dialect) -> tuple[str, tuple[str, ...], dict[str, Any], list[Any]]:
+    def _for(self, dialect: Dialect) -> _Compiled:
         if self._compiled is None:
             compiled = self.stmt.compile(dialect=dialect)
             processors = [
