@@ -4,7 +4,7 @@ service, so offline scores match the service's."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,38 @@ def output_line(row: ScoredItem) -> dict[str, Any]:
     return row.model_dump()
 
 
+def classified(
+    scorer: Scorer,
+    spec: ClassifierSpec,
+    entries: Iterable[Item | InputError],
+    *,
+    batch_size: int = 64,
+    calibrated: ExportedCalibration | None = None,
+) -> Iterator[list[tuple[ScoredItem, dict[str, Any]]]]:
+    """Each batch of entries scored, as (scored item, output line) pairs in input order; a bad
+    entry becomes an error line and the rest go on. Under a calibration, each batch is
+    calibrated as one (a batch calibration's own batch): `labelq classify` and the notebook
+    API give the same rows for the same inputs and batch size."""
+    calibrator = calibration.load(calibrated.method, calibrated.params) if calibrated else None
+    for batch in batches(entries, batch_size):
+        items = [x for x in batch if isinstance(x, Item)]
+        scored = iter(scorer.score_batch(spec, items) if items else ())
+        rows = [next(scored) if isinstance(e, Item) else _line_error(e) for e in batch]
+        lines = [output_line(row) for row in rows]
+        if calibrated is not None:
+            ok = [k for k, row in enumerate(rows) if isinstance(row, ItemResult)]
+            redone = calibration.calibrate_rows(
+                [lines[k] for k in ok],
+                spec.label_names,
+                spec.bias_vector(),
+                calibrator,
+                calibrated.info(),
+            )
+            for k, line in zip(ok, redone, strict=True):
+                lines[k] = line
+        yield list(zip(rows, lines, strict=True))
+
+
 def classify_records(
     scorer: Scorer,
     spec: ClassifierSpec,
@@ -77,26 +109,12 @@ def classify_records(
     """Score every record; a bad one becomes an error row and the rest go on."""
     from tqdm import tqdm
 
-    calibrator = calibration.load(calibrated.method, calibrated.params) if calibrated else None
     report = ClassifyReport()
     with tqdm(total=total, unit="item", desc="classify", disable=not progress) as bar:
-        for batch in batches(items_of(records), batch_size):
-            items = [x for x in batch if isinstance(x, Item)]
-            scored = iter(scorer.score_batch(spec, items) if items else ())
-            rows = [next(scored) if isinstance(e, Item) else _line_error(e) for e in batch]
-            lines = [output_line(row) for row in rows]
-            if calibrated is not None:
-                ok = [k for k, row in enumerate(rows) if isinstance(row, ItemResult)]
-                redone = calibration.calibrate_rows(
-                    [lines[k] for k in ok],
-                    spec.label_names,
-                    spec.bias_vector(),
-                    calibrator,
-                    calibrated.info(),
-                )
-                for k, line in zip(ok, redone, strict=True):
-                    lines[k] = line
-            for row, line in zip(rows, lines, strict=True):
+        for batch in classified(
+            scorer, spec, items_of(records), batch_size=batch_size, calibrated=calibrated
+        ):
+            for row, line in batch:
                 report.failed += isinstance(row, ItemError)
                 writer.write(line)
                 report.written += 1

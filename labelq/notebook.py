@@ -16,11 +16,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from labelq import calibration
 from labelq.backends.base import ScoringBackend
-from labelq.classify import ExportedCalibration, output_line
-from labelq.errors import InputError, LabelqError
-from labelq.scoring import Item, ItemResult, Scorer, batches
+from labelq.classify import ExportedCalibration, classified
+from labelq.errors import LabelqError
+from labelq.jsonl import items_of
+from labelq.scoring import Scorer
 from labelq.settings import Settings
 from labelq.spec import ClassifierSpec, load_spec, parse_spec
 
@@ -88,44 +88,19 @@ class Classifier:
         batch_size: int = 64,
     ) -> list[dict[str, Any]]:
         """One result dict per record, in order; a record that cannot be scored gets `error`
-        (and `field`) instead of a label. `fields` maps template fields to record keys."""
-        calibrator = (
-            calibration.load(self.calibrated.method, self.calibrated.params)
-            if self.calibrated
-            else None
-        )
+        (and `field`) instead of a label. `fields` maps template fields to record keys. The
+        same rows as `labelq classify` with the same batch size (a calibration is applied a
+        batch at a time there and here)."""
+        numbered = ((n, _renamed(dict(r), fields or {})) for n, r in enumerate(records, start=1))
         out: list[dict[str, Any]] = []
-        for batch in batches(enumerate(records, start=1), batch_size):
-            entries: list[Item | InputError] = []
-            for number, record in batch:
-                data = dict(record)
-                for field, key in (fields or {}).items():
-                    if key in data:
-                        data[field] = data.pop(key)
-                try:
-                    entries.append(Item.from_record(data, line=number))
-                except InputError as exc:
-                    entries.append(exc)
-            items = [e for e in entries if isinstance(e, Item)]
-            scored = iter(self.scorer.score_batch(self.spec, items) if items else ())
-            rows = []
-            for entry in entries:
-                if isinstance(entry, Item):
-                    row = next(scored)
-                    line = output_line(row)
-                    if calibrator is not None and isinstance(row, ItemResult):
-                        assert self.calibrated is not None
-                        line = calibration.calibrate_rows(
-                            [line],
-                            self.spec.label_names,
-                            self.spec.bias_vector(),
-                            calibrator,
-                            self.calibrated.info(),
-                        )[0]
-                    rows.append(line)
-                else:
-                    rows.append({"line": entry.line, "error": entry.message, "field": entry.field})
-            out.extend(rows)
+        for batch in classified(
+            self.scorer,
+            self.spec,
+            items_of(numbered),
+            batch_size=batch_size,
+            calibrated=self.calibrated,
+        ):
+            out.extend(line for _, line in batch)
         return out
 
     def classify(
@@ -159,3 +134,11 @@ class Classifier:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _renamed(data: dict[str, Any], fields: Mapping[str, str]) -> dict[str, Any]:
+    """A record with template field names for the keys `fields` maps them from."""
+    for field, key in fields.items():
+        if key in data:
+            data[field] = data.pop(key)
+    return data

@@ -152,3 +152,42 @@ def test_notebook_api_returns_a_dataframe(fake_scorer: Scorer) -> None:
     assert set(out.columns) >= {"label", "confidence", "probs", "completion_logprobs"}
     from_list = clf.classify([{"text": "positive"}, {"body": "no text"}])
     assert from_list["field"][1] == "text" and "missing field" in from_list["error"][1]
+
+
+def test_notebook_and_classify_agree_under_a_batch_calibration(
+    tmp_path: Path, fake_scorer: Scorer
+) -> None:
+    """A batch calibration removes the batch's own mean log-probability: the notebook API and
+    `labelq classify` must calibrate the same batches, so the same rows come out of both (the
+    notebook used to calibrate row by row, each row a batch of one: a different prior)."""
+    texts = [f"review {i} " + ("positive" if i % 3 else "negative") for i in range(25)]
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("\n".join(json.dumps({"custom_id": i, "text": t}) for i, t in enumerate(texts)))
+    exported = tmp_path / "batch.json"
+    exported.write_text(
+        json.dumps(
+            {
+                "id": 3,
+                "classifier": "formats",
+                "version": 1,
+                "method": "batch",
+                "params": {"mean": [-0.1, -3.0], "min_batch": 10},
+                "labels": ["positive", "negative"],
+            }
+        )
+    )
+    spec = parse_spec(SPEC)
+    classify_file(fake_scorer, spec, src, out, calibration_file=exported, batch_size=10)
+    offline = [json.loads(line) for line in out.read_text().splitlines()]
+    clf = Classifier(spec, fake_scorer.backend, calibration_file=exported)
+    notebook = clf.classify_records(
+        [{"custom_id": i, "text": t} for i, t in enumerate(texts)], batch_size=10
+    )
+    assert len(notebook) == len(offline) == 25
+    for a, b in zip(notebook, offline, strict=True):
+        assert a["custom_id"] == b["custom_id"]
+        assert a["probs"] == pytest.approx(b["probs"], abs=1e-12)
+        assert a["label"] == b["label"] and a["calibration"] == {"id": 3, "method": "batch"}
+    # The batch's own prior moved the probabilities away from the uncalibrated ones.
+    raw = Classifier(spec, fake_scorer.backend).classify_records([{"text": texts[0]}])[0]
+    assert notebook[0]["probs"]["positive"] != pytest.approx(raw["probs"]["positive"], abs=1e-3)
