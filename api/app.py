@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -12,40 +11,27 @@ import anyio
 import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
 from api import errors
-from api.deps import AppState, LoopReads, RateLimiter
+from api.deps import AppState, RateLimiter
 from api.metrics import Metrics
 from api.routes import calibrations, classifiers, dashboard, health, jobs, keys, pipelines
-from db.session import async_read_engine, async_sessions, make_engine, make_sessionmaker
 from labelq import __version__
-from labelq.settings import Settings
-from service.dispatch import CeleryDispatcher, Dispatcher
+from service import wiring
+from service.context import Services
 
 
-def create_app(
-    settings: Settings | None = None,
-    factory: sessionmaker[Session] | None = None,
-    dispatcher: Dispatcher | None = None,
-    on_shutdown: Callable[[], None] | None = None,
-) -> FastAPI:
-    settings = settings or Settings()
-    factory = factory or make_sessionmaker(
-        make_engine(settings.resolved_database_url(), **pool_for(settings.api_db_threads))
-    )
-    dispatcher = dispatcher or CeleryDispatcher(settings.broker_url)
+def create_app(services: Services, on_shutdown: Callable[[], None] | None = None) -> FastAPI:
+    """The API of a process whose `Services` are built (`service.wiring.build_api`)."""
+    settings = services.settings
     app = FastAPI(
-        lifespan=lifespan(settings.api_db_threads, on_shutdown),
+        lifespan=lifespan(on_shutdown),
         title="labelq",
         version=__version__,
         description="An LLM as a calibrated text classifier for batch work.",
     )
     metrics = Metrics()
-    app.state.labelq = AppState(
-        settings, factory, dispatcher, metrics, RateLimiter(settings.submissions_per_minute)
-    )
+    app.state.labelq = AppState(services, metrics, RateLimiter(settings.submissions_per_minute))
     errors.install(app)
     app.add_middleware(errors.BodyLimit, limit=settings.max_body_bytes)
     app.include_router(health.router)
@@ -58,36 +44,26 @@ def create_app(
     return app
 
 
-def pool_for(threads: int) -> dict[str, Any]:
-    """A pool of one connection per thread that does database work, none made and dropped per
-    request: past the pool size, SQLAlchemy's default overflow opens a connection (a new
-    PostgreSQL backend, milliseconds) and closes it on return, which under load was a fifth of
-    the API's time (py-spy)."""
-    return {"pool_size": threads, "max_overflow": 0}
-
-
 def lifespan(
-    threads: int, on_shutdown: Callable[[], None] | None
+    on_shutdown: Callable[[], None] | None,
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """Caps the threadpool that sync routes and database calls run on (anyio's default is 40)
-    to the connections in the pool (a thread beyond them only waits for one); on PostgreSQL,
-    opens the engine for reads on the event loop (`api.deps.Reads`) in the loop that serves,
-    with as many connections; runs `on_shutdown` when the server stops."""
+    """Caps the threadpool that use cases run on (anyio's default is 40) to the connections in
+    the pool (a thread beyond them only waits for one); on PostgreSQL, opens the reads on the
+    event loop (`call.on_loop`) in the loop that serves, with as many connections; runs
+    `on_shutdown` when the server stops."""
 
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
-        anyio.to_thread.current_default_thread_limiter().total_tokens = threads
         st: AppState = app.state.labelq
-        engine = st.factory.kw["bind"]
-        loop_engine = async_read_engine(engine, threads) if isinstance(engine, Engine) else None
-        if loop_engine is not None:
-            st.loop_reads = LoopReads(async_sessions(loop_engine), asyncio.Semaphore(threads))
+        anyio.to_thread.current_default_thread_limiter().total_tokens = st.settings.api_db_threads
+        loop = wiring.open_loop_reads(st.services)
+        st.loop = loop.reads if loop is not None else None
         try:
             yield
         finally:
-            st.loop_reads = None
-            if loop_engine is not None:
-                await loop_engine.dispose()
+            st.loop = None
+            if loop is not None:
+                await wiring.close_loop_reads(loop)
             if on_shutdown is not None:
                 on_shutdown()
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy.orm import sessionmaker
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,17 +47,18 @@ def seed(url: str, jobs: int, per_job: int) -> tuple[int, list[str]]:
     from sqlalchemy import text
 
     from db.classifiers import store_version
-    from db.dashboard import count_scored
+    from db.counts import count_scored
     from db.models import Job, JobState
-    from db.session import make_engine, make_sessionmaker
+    from labelq.settings import Settings
     from labelq.spec import ClassifierSpec
+    from service import wiring
 
-    engine = make_engine(url)
-    factory = make_sessionmaker(engine)
+    engine = wiring.database_engine(Settings(database_url=url))
+    factory = sessionmaker(engine, expire_on_commit=False)
     rng = np.random.default_rng(0)
     now = datetime.now(UTC)
     with factory() as s:
-        classifier, _ = store_version(s, ClassifierSpec.model_validate(SPEC))
+        classifier, _ = store_version(s, ClassifierSpec.model_validate(SPEC), tenant="default")
         job_ids = [str(uuid.uuid4()) for _ in range(jobs)]
         for k, job_id in enumerate(job_ids):
             s.add(
@@ -149,16 +151,16 @@ def main() -> None:
     from fastapi.testclient import TestClient
 
     from api.app import create_app
-    from db.session import make_engine, make_sessionmaker
     from labelq.settings import Settings
+    from service import wiring
 
     total = args.jobs * args.items_per_job
     with scratch_database() as url:
         start = time.perf_counter()
         _, job_ids = seed(url, args.jobs, args.items_per_job)
         print(f"seeded {total:,} scored items in {time.perf_counter() - start:.0f} s")
-        engine = make_engine(url)
-        app = create_app(Settings(database_url=url), make_sessionmaker(engine))
+        services = wiring.build_api(Settings(database_url=url))
+        app = create_app(services)
         base = "/v1/classifiers/bench"
         queries = {
             "reliability (15 bins)": f"{base}/reliability",
@@ -192,7 +194,7 @@ def main() -> None:
                 f"Python) {per_job * 1000:.0f} ms, reliability in SQL {in_sql * 1000:.1f} ms: "
                 f"ratio {per_job / in_sql:.1f}x"
             )
-        engine.dispose()
+        wiring.close(services)
 
 
 if __name__ == "__main__":

@@ -124,32 +124,33 @@ def _score(db_url: str, job_ids: list[str]) -> None:
     from sqlalchemy import select
 
     from db.models import Chunk
-    from db.session import make_engine, make_sessionmaker
     from labelq.backends.fake import FakeBackend
     from labelq.scoring import Scorer
     from labelq.settings import Settings
+    from service import wiring
     from service.chunks import ChunkRunner
+    from service.context import Ctx
 
-    engine = make_engine(db_url)
-    factory = make_sessionmaker(engine)
+    services = wiring.build(Settings(database_url=db_url, model="no-worker"))
     scorer = Scorer(FakeBackend())
-    runner = ChunkRunner(factory, lambda _: scorer, Settings(model="no-worker"), "bench")
+    runner = ChunkRunner(Ctx.system(services), lambda _: scorer, "bench")
     for job_id in job_ids:
-        with factory() as s:
+        with services.sessions() as s:
             seqs = list(s.scalars(select(Chunk.seq).where(Chunk.job_id == job_id)))
         for seq in seqs:
             runner.run(job_id, seq)
-    engine.dispose()
+    wiring.close(services)
 
 
 def _api_key(db_url: str) -> str:
-    from db.session import make_engine, make_sessionmaker
-    from service import keys
+    from labelq.settings import Settings
+    from service import keys, wiring
+    from service.context import Ctx
 
-    engine = make_engine(db_url)
-    with make_sessionmaker(engine)() as s:
-        key = keys.create(s, "bench-load").key
-    engine.dispose()
+    services = wiring.build(Settings(database_url=db_url))
+    body = keys.KeyCreate(name="bench-load", scopes=["read", "submit", "calibrate", "admin"])
+    key = keys.create(Ctx.system(services), body).key
+    wiring.close(services)
     return key
 
 

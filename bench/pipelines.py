@@ -42,10 +42,11 @@ def main() -> None:
     import redis
     from sqlalchemy import create_engine, text
 
-    from db.session import make_engine, make_sessionmaker
     from labelq.client import LabelqClient
     from labelq.demo_model import build_demo_model
     from labelq.settings import Settings
+    from service import wiring
+    from service.context import Ctx
     from service.pipelines import finish_runs
 
     work = Path(tempfile.mkdtemp(prefix="labelq-bench-pipelines-"))
@@ -67,8 +68,7 @@ def main() -> None:
     env = service_env(db_url, model, args.chunk_size)
     api = spawn(["serve"], env, work / "api.log")
     worker = spawn(["worker", "--loglevel", "WARNING"], env, work / "worker.log")
-    factory = make_sessionmaker(make_engine(db_url))
-    settings = Settings(database_url=db_url)
+    system = Ctx.system(wiring.build(Settings(database_url=db_url)))
     url = f"http://127.0.0.1:{PORT}"
     try:
         wait_http(url)
@@ -107,7 +107,7 @@ def main() -> None:
         start = time.perf_counter()
         run = client.run_pipeline("bench")
         client.wait(run["job_id"], poll=0.2, timeout=7200)
-        finish_runs(factory, settings)
+        finish_runs(system)
         piped = time.perf_counter() - start
         run = client.pipeline_runs("bench", 1)[0]
         assert run["state"] == "succeeded" and run["rows_read"] == args.rows, run

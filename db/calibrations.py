@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from db.models import Calibration, CalibrationStatus
+from db.models import Calibration, CalibrationStatus, Classifier
 from labelq.errors import Conflict, NotFound
 
 
@@ -28,6 +28,23 @@ def get_calibration(
     if row is None or (classifier_ids is not None and row.classifier_id not in classifier_ids):
         raise NotFound(f"calibration {calibration_id} does not exist", field="calibration")
     return row
+
+
+def calibration_of(
+    s: Session, calibration_id: int, name: str, *, tenant: str | None
+) -> tuple[Calibration, Classifier]:
+    """A calibration of classifier `name` of `tenant` (None: of any tenant), with its classifier
+    version; NotFound otherwise (another tenant's is as a missing one)."""
+    found = s.execute(
+        select(Calibration, Classifier)
+        .join(Classifier, Classifier.id == Calibration.classifier_id)
+        .where(Calibration.id == calibration_id)
+    ).first()
+    if found is None or (tenant is not None and found[1].tenant != tenant):
+        raise NotFound(f"calibration {calibration_id} does not exist", field="calibration")
+    if found[1].name != name:
+        raise NotFound(f"calibration {calibration_id} is not of {name!r}", field="calibration")
+    return found[0], found[1]
 
 
 def list_calibrations(s: Session, classifier_ids: Collection[int]) -> list[Calibration]:

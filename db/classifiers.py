@@ -9,7 +9,7 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import DEFAULT_TENANT, Classifier
+from db.models import Classifier
 from labelq.errors import Conflict, NotFound
 from labelq.spec import STORED, ClassifierSpec
 
@@ -24,9 +24,7 @@ def spec_of(classifier: Classifier) -> ClassifierSpec:
     return ClassifierSpec.model_validate(classifier.spec, context=STORED)
 
 
-def store_version(
-    s: Session, spec: ClassifierSpec, tenant: str = DEFAULT_TENANT
-) -> tuple[Classifier, bool]:
+def store_version(s: Session, spec: ClassifierSpec, *, tenant: str) -> tuple[Classifier, bool]:
     """`spec` as the next version of its name in `tenant`, or its existing version (created:
     False). A concurrent writer taking the same version number is retried in a savepoint."""
     digest = spec_hash(spec)
@@ -58,9 +56,7 @@ def store_version(
     raise Conflict(f"could not store classifier {spec.name!r}: too many concurrent writers")
 
 
-def get_classifier(
-    s: Session, name: str, version: int | None = None, tenant: str = DEFAULT_TENANT
-) -> Classifier:
+def get_classifier(s: Session, name: str, version: int | None, *, tenant: str) -> Classifier:
     """A version of a tenant's classifier (the latest when `version` is None)."""
     query = select(Classifier).where(Classifier.tenant == tenant, Classifier.name == name)
     if version is not None:
@@ -72,7 +68,7 @@ def get_classifier(
     return row
 
 
-def classifier_versions(s: Session, name: str, tenant: str = DEFAULT_TENANT) -> list[Classifier]:
+def classifier_versions(s: Session, name: str, *, tenant: str) -> list[Classifier]:
     rows = list(
         s.scalars(
             select(Classifier)
@@ -85,7 +81,7 @@ def classifier_versions(s: Session, name: str, tenant: str = DEFAULT_TENANT) -> 
     return rows
 
 
-def latest_classifiers(s: Session, tenant: str = DEFAULT_TENANT) -> list[Classifier]:
+def latest_classifiers(s: Session, *, tenant: str) -> list[Classifier]:
     latest = (
         select(Classifier.name, func.max(Classifier.version).label("v"))
         .where(Classifier.tenant == tenant)
@@ -100,3 +96,8 @@ def latest_classifiers(s: Session, tenant: str = DEFAULT_TENANT) -> list[Classif
             .order_by(Classifier.name)
         )
     )
+
+
+def classifier_by_id(s: Session, classifier_id: int) -> Classifier:
+    """A classifier version by its row id (ids come from rows already scoped to a tenant)."""
+    return s.get_one(Classifier, classifier_id)

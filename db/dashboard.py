@@ -5,12 +5,10 @@ every scored item, `ix_items_labelled` for the gold-labelled ones in confidence 
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -26,11 +24,9 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from db.models import RESULT_COLUMNS, AnyRow, Classifier, JobItem, ScoredCount
+from db.models import RESULT_COLUMNS, AnyRow, JobItem
 from labelq.dashboard import (
     GRID,
     BinSums,
@@ -40,9 +36,12 @@ from labelq.dashboard import (
     HistogramSums,
     PairCount,
     ThresholdSums,
-    score_columns,
 )
 from labelq.metrics import Binning
+
+T = TypeVar("T")
+# A query over a scope, in the caller's session: what a dashboard use case aggregates in SQL.
+Aggregate = Callable[[Session, "Scope"], T]
 
 
 @dataclass(frozen=True)
@@ -326,64 +325,23 @@ def jobs_in(s: Session, scope: Scope) -> list[str]:
     return list(s.scalars(select(JobItem.job_id).where(*scope.where()).distinct()))
 
 
-# Upper bounds of the Prometheus confidence histogram's buckets (+Inf is added).
-CONFIDENCE_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+def label_counts_against(
+    s: Session,
+    scope: Scope,
+    bucket: Bucket,
+    window: tuple[datetime | None, datetime | None],
+    reference: tuple[datetime | None, datetime | None] | None,
+) -> tuple[list[BucketLabelCount], list[BucketLabelCount] | None]:
+    """Predicted-label counts per bucket over `window`, and over the `reference` window as one
+    bucket (None: no reference), both cut out of `scope`."""
+    counts = label_counts(s, replace(scope, start=window[0], end=window[1]), bucket)
+    if reference is None:
+        return counts, None
+    return counts, label_counts(s, replace(scope, start=reference[0], end=reference[1]), None)
 
 
-def confidence_bucket(confidence: float) -> int:
-    """The histogram bucket k holding a confidence: (bound[k-1], bound[k]], the last +Inf."""
-    return bisect_left(CONFIDENCE_BUCKETS, confidence)
-
-
-def count_scored(s: Session, classifier_id: int, results: Iterable[dict[str, Any]]) -> None:
-    """Add one classifier version's new results to `ScoredCount`, in the caller's transaction:
-    one upsert of a row per label and bucket, in key order, so two chunks completing at once
-    lock the same rows in the same order and never deadlock."""
-    sums: dict[tuple[str, int], list[float]] = defaultdict(lambda: [0, 0.0])
-    for result in results:
-        scored = score_columns(result)
-        predicted, confidence = scored["predicted"], scored["confidence"]
-        if predicted is None or confidence is None:
-            continue
-        row = sums[str(predicted), confidence_bucket(float(confidence))]
-        row[0] += 1
-        row[1] += float(confidence)
-    if not sums:
-        return
-    upsert = (pg_insert if _dialect(s) == "postgresql" else sqlite_insert)(ScoredCount)
-    rows = [
-        {
-            "classifier_id": classifier_id,
-            "predicted": predicted,
-            "bucket": bucket,
-            "count": int(n),
-            "confidence_sum": total,
-        }
-        for (predicted, bucket), (n, total) in sorted(sums.items())
-    ]
-    s.execute(
-        upsert.values(rows).on_conflict_do_update(
-            index_elements=["classifier_id", "predicted", "bucket"],
-            set_={
-                "count": ScoredCount.count + upsert.excluded.count,
-                "confidence_sum": ScoredCount.confidence_sum + upsert.excluded.confidence_sum,
-            },
-        )
-    )
-
-
-def confidence_by_classifier(s: Session) -> list[tuple[str, str, int, str, int, int, float]]:
-    """(tenant, name, version, predicted, bucket index, count, confidence sum) over every scored
-    item, read from the counts kept on write."""
-    rows = s.execute(
-        select(
-            Classifier.tenant,
-            Classifier.name,
-            Classifier.version,
-            ScoredCount.predicted,
-            ScoredCount.bucket,
-            ScoredCount.count,
-            ScoredCount.confidence_sum,
-        ).join(Classifier, Classifier.id == ScoredCount.classifier_id)
-    )
-    return [(t, n, int(v), str(p), int(b), int(c), float(tot)) for t, n, v, p, b, c, tot in rows]
+def thresholds_and_grid(
+    s: Session, scope: Scope, values: Iterable[float]
+) -> tuple[list[ThresholdSums], list[ThresholdSums]]:
+    """`thresholds` at `values` and the whole `grid`, in one session."""
+    return thresholds(s, scope, values), grid(s, scope)

@@ -1,63 +1,25 @@
-"""Jobs, their items and chunks: queries and state changes on a caller's Session.
+"""Jobs and their items: rows and state changes on a caller's Session. Chunks, leases and what
+the reconciler reads are in `db.chunks`; the reads pollers make most in `db.reads`.
 
 Nothing here commits: the use case in `service/` that calls these functions owns the
 transaction. The job state machine lives here, in `finish_if_done` and the functions that move a
 job between states; nothing else assigns `Job.state`.
-
-A chunk is claimed under a lease: its `owner` renews `lease_expires_at` while it scores, and a
-chunk whose lease expired may be claimed again. Completion is conditional on still holding the
-claim, so a chunk's results are written exactly once however often it is delivered.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import (
-    ColumnElement,
-    Select,
-    and_,
-    bindparam,
-    exists,
-    func,
-    insert,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import ColumnElement, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from db.classifiers import spec_of
-from db.dashboard import count_scored
-from db.models import (
-    DEFAULT_TENANT,
-    RESULT_COLUMNS,
-    RESULT_TEXT_COLUMNS,
-    AnyRow,
-    Chunk,
-    ChunkState,
-    Classifier,
-    ItemStatus,
-    Job,
-    JobItem,
-    JobState,
-    as_utc,
-    utcnow,
-)
-from db.session import DriverRead, rowcount
-from labelq.dashboard import gold_columns, score_columns
+from db.models import Classifier, ItemStatus, Job, JobItem, JobState, utcnow
+from labelq.dashboard import gold_columns
 from labelq.errors import Conflict, NotFound
-from labelq.scoring import Item as ScoreItem
-from labelq.spec import ClassifierSpec
 
 INSERT_BATCH = 1000
-
-# (result row, error): one of the two is None.
-ItemOutcome = tuple[dict[str, Any] | None, str | None]
 
 
 # -- the job state machine -----------------------------------------------------------------------
@@ -97,6 +59,8 @@ def finish_if_done(job: Job) -> bool:
 
 # -- jobs ----------------------------------------------------------------------------------------
 def find_job_by_idempotency_key(s: Session, key: str) -> Job | None:
+    """The job an Idempotency-Key made, whoever's: the key is unique across tenants (the caller
+    says nothing of another tenant's job)."""
     return s.scalar(select(Job).where(Job.idempotency_key == key))
 
 
@@ -133,12 +97,13 @@ def add_job(
     return job
 
 
-def get_job(s: Session, job_id: str, *, for_update: bool = False, tenant: str | None = None) -> Job:
-    """A job; with `tenant`, only that tenant's (another's is NotFound, as a missing one)."""
-    return _visible(s.get(Job, job_id, with_for_update=for_update), job_id, tenant)
+def get_job(s: Session, job_id: str, *, tenant: str | None, for_update: bool = False) -> Job:
+    """A job of `tenant` (None: of any tenant); another tenant's is NotFound, as a missing
+    one."""
+    return _visible(s.get(Job, job_id, with_for_update=for_update), job_id, tenant=tenant)
 
 
-def _visible(job: Job | None, job_id: str, tenant: str | None) -> Job:
+def _visible(job: Job | None, job_id: str, *, tenant: str | None) -> Job:
     if job is None or (tenant is not None and job.tenant != tenant):
         raise NotFound(f"job {job_id} does not exist", field="job_id")
     return job
@@ -149,7 +114,7 @@ def job_classifier(s: Session, job: Job) -> Classifier:
 
 
 def get_job_and_classifier(
-    s: Session, job_id: str, tenant: str | None = None
+    s: Session, job_id: str, *, tenant: str | None
 ) -> tuple[Job, Classifier]:
     """`get_job` and `job_classifier` in one round trip."""
     found = s.execute(
@@ -157,51 +122,9 @@ def get_job_and_classifier(
         .join(Classifier, Classifier.id == Job.classifier_id)
         .where(Job.id == job_id)
     ).first()
-    job = _visible(found[0] if found else None, job_id, tenant)
+    job = _visible(found[0] if found else None, job_id, tenant=tenant)
     assert found is not None
     return job, found[1]
-
-
-# The hot reads of a poller (a job's status, a page of its results) select plain columns of the
-# tables with statements built once: no ORM entity is made per row and no statement is built per
-# call. Measured in-process on PostgreSQL (one 50-item page of a job, its status): the page
-# 2.0 ms through ORM entities, 0.64-0.87 ms this way; the status 0.69 ms, 0.50 ms. On the API's
-# event loop they are `DriverRead`s, run by asyncpg itself (see there).
-_jobs, _items, _classifiers = Job.__table__, JobItem.__table__, Classifier.__table__
-
-# A job as its status shows it (`service.jobs.JobStatus.of` reads these names).
-STATUS_COLUMNS = (
-    *(
-        _jobs.c[name]
-        for name in (
-            "id", "tenant", "classifier_id", "model", "queue", "state", "total", "succeeded",
-            "failed", "metadata", "error", "created_at", "started_at", "finished_at",
-        )
-    ),
-    _classifiers.c.name.label("classifier"),
-    _classifiers.c.version,
-)  # fmt: skip
-_STATUS = select(*STATUS_COLUMNS).join(_classifiers, _classifiers.c.id == _jobs.c.classifier_id)
-_STATUS_OF_ONE = DriverRead(_STATUS.where(_jobs.c.id == bindparam("job_id")))
-
-
-def job_status_row(s: Session, job_id: str, tenant: str | None = None) -> dict[str, Any]:
-    """The job's STATUS_COLUMNS by name, in one round trip; with `tenant`, only that
-    tenant's."""
-    row = _STATUS_OF_ONE.one(s, {"job_id": job_id})
-    if row is None or (tenant is not None and row["tenant"] != tenant):
-        raise NotFound(f"job {job_id} does not exist", field="job_id")
-    return row
-
-
-def list_jobs(s: Session, limit: int = 50, tenant: str = DEFAULT_TENANT) -> list[dict[str, Any]]:
-    """A tenant's newest jobs, as STATUS_COLUMNS by name."""
-    rows = s.connection().execute(
-        _STATUS.where(_jobs.c.tenant == tenant)
-        .order_by(_jobs.c.created_at.desc(), _jobs.c.id.desc())
-        .limit(limit)
-    )
-    return [dict(row._mapping) for row in rows]
 
 
 def count_items(s: Session, job_id: str, status: ItemStatus) -> int:
@@ -216,6 +139,7 @@ def count_items(s: Session, job_id: str, status: ItemStatus) -> int:
 
 
 def count_jobs_by_state(s: Session) -> dict[str, int]:
+    """Jobs by state, over every tenant (what `/metrics` shows)."""
     return {state: n for state, n in s.execute(select(Job.state, func.count()).group_by(Job.state))}
 
 
@@ -225,7 +149,7 @@ def insert_items(s: Session, rows: Sequence[dict[str, Any]]) -> None:
         s.execute(insert(JobItem), list(rows))
 
 
-def items_page(s: Session, job_id: str, after_idx: int = -1, limit: int = 1000) -> list[JobItem]:
+def items_page(s: Session, job_id: str, after_idx: int, limit: int) -> list[JobItem]:
     """Up to `limit` items after position `after_idx`, in input order (keyset pagination)."""
     return list(
         s.scalars(
@@ -237,41 +161,7 @@ def items_page(s: Session, job_id: str, after_idx: int = -1, limit: int = 1000) 
     )
 
 
-_RESULTS = (
-    select(*RESULT_COLUMNS)
-    .where(_items.c.job_id == bindparam("job_id"), _items.c.idx > bindparam("after"))
-    .order_by(_items.c.idx)
-    .limit(bindparam("limit"))
-)
-_STORED = _RESULTS.with_only_columns(*RESULT_TEXT_COLUMNS)
-_TENANT_STORED = DriverRead(
-    _STORED.join_from(_items, _jobs, _jobs.c.id == _items.c.job_id).where(
-        _jobs.c.tenant == bindparam("tenant")
-    )
-)
-_ANY_STORED = DriverRead(_STORED)
-
-
-def result_rows(
-    s: Session, job_id: str, after_idx: int = -1, limit: int = 1000
-) -> Sequence[AnyRow]:
-    """Up to `limit` items after position `after_idx` as RESULT_COLUMNS, in input order."""
-    params = {"job_id": job_id, "after": after_idx, "limit": limit}
-    return s.connection().execute(_RESULTS, params).all()
-
-
-def stored_result_rows(
-    s: Session, job_id: str, after_idx: int, limit: int, tenant: str | None = None
-) -> list[tuple[Any, ...]]:
-    """As `result_rows`, as tuples of RESULT_TEXT_COLUMNS; with `tenant`, none of another
-    tenant's job (an empty page: the caller tells a missing job from a finished page)."""
-    params: dict[str, Any] = {"job_id": job_id, "after": after_idx, "limit": limit}
-    if tenant is None:
-        return _ANY_STORED.all(s, params)
-    return _TENANT_STORED.all(s, {**params, "tenant": tenant})
-
-
-def _rows_where_in(
+def rows_where_in(
     s: Session,
     columns: Sequence[Any],
     key: Any,
@@ -286,7 +176,7 @@ def _rows_where_in(
 
 
 def item_ids_by_custom_id(s: Session, job_id: str, custom_ids: Sequence[str]) -> dict[str, int]:
-    rows = _rows_where_in(
+    rows = rows_where_in(
         s,
         (JobItem.id, JobItem.custom_id),
         JobItem.custom_id,
@@ -302,7 +192,7 @@ def set_gold_labels(s: Session, labels: dict[int, str]) -> None:
     ids = list(labels)
     for start in range(0, len(ids), INSERT_BATCH):
         page = ids[start : start + INSERT_BATCH]
-        rows = _rows_where_in(s, (JobItem.id, JobItem.result), JobItem.id, page)
+        rows = rows_where_in(s, (JobItem.id, JobItem.result), JobItem.id, page)
         results: dict[int, Any] = {i: result for i, result in rows}
         s.execute(
             update(JobItem),
@@ -313,471 +203,9 @@ def set_gold_labels(s: Session, labels: dict[int, str]) -> None:
         )
 
 
-def _gold_labels(s: Session, item_ids: list[int]) -> dict[int, str]:
+def gold_labels(s: Session, item_ids: list[int]) -> dict[int, str]:
     """The gold labels already given for these items (labels may come before scores)."""
-    rows = _rows_where_in(
+    rows = rows_where_in(
         s, (JobItem.id, JobItem.gold_label), JobItem.id, item_ids, JobItem.gold_label.is_not(None)
     )
     return {i: str(label) for i, label in rows}
-
-
-def _scored_columns(
-    job: Job,
-    result: dict[str, Any] | None,
-    calibration_id: int | None,
-    gold: str | None,
-    now: datetime,
-) -> dict[str, Any]:
-    """The dashboard's columns of a scored item (all None for a failed one)."""
-    if result is None:
-        return dict.fromkeys(
-            (
-                "calibration_id",
-                "classifier_id",
-                "predicted",
-                "confidence",
-                "correct",
-                "brier",
-                "scored_at",
-            )
-        )
-    return {
-        "calibration_id": calibration_id,
-        "classifier_id": job.classifier_id,
-        **score_columns(result),
-        **gold_columns(result, gold),
-        "scored_at": now,
-    }
-
-
-# -- chunks --------------------------------------------------------------------------------------
-def add_chunks(s: Session, job: Job, total: int, rejected: int, pending_seqs: set[int]) -> None:
-    """Cut a job whose items are all stored into chunks; chunks with nothing pending are done
-    at once. Ends the job if nothing is left to run."""
-    now = utcnow()
-    n_chunks = -(-total // job.chunk_size)
-    rows = []
-    for seq in range(n_chunks):
-        start = seq * job.chunk_size
-        pending = seq in pending_seqs
-        rows.append(
-            {
-                "job_id": job.id,
-                "seq": seq,
-                "start_idx": start,
-                "end_idx": min(start + job.chunk_size, total),
-                "state": ChunkState.pending if pending else ChunkState.done,
-                "attempts": 0,
-                "succeeded": 0,
-                "failed": 0,
-                "updated_at": now,
-            }
-        )
-    for start in range(0, len(rows), INSERT_BATCH):
-        s.execute(insert(Chunk), rows[start : start + INSERT_BATCH])
-    job.total = total
-    job.failed = rejected
-    job.chunks_total = n_chunks
-    job.chunks_done = n_chunks - len(pending_seqs)
-    finish_if_done(job)
-
-
-def mark_dispatched(s: Session, job_id: str, seqs: Sequence[int], when: datetime) -> None:
-    if seqs:
-        s.execute(
-            update(Chunk)
-            .where(Chunk.job_id == job_id, Chunk.seq.in_(list(seqs)))
-            .values(dispatched_at=when)
-        )
-
-
-@dataclass
-class ChunkWork:
-    """A claimed chunk: what a worker needs to score it, and the claim it must hold to write."""
-
-    job_id: str
-    seq: int
-    chunk_id: int
-    owner: str
-    attempt: int
-    classifier_id: int
-    spec: ClassifierSpec
-    model: str
-    items: list[tuple[int, ScoreItem]]  # (item row id, item)
-
-
-def _claimable(now: datetime) -> ColumnElement[bool]:
-    """Pending and due, or running under a lease that expired (its worker died or hung)."""
-    return or_(
-        and_(
-            Chunk.state == ChunkState.pending,
-            or_(Chunk.available_at.is_(None), Chunk.available_at <= now),
-        ),
-        and_(Chunk.state == ChunkState.running, Chunk.lease_expires_at < now),
-    )
-
-
-def claim_chunk(
-    s: Session,
-    job_id: str,
-    seq: int,
-    owner: str,
-    *,
-    lease_seconds: float,
-    max_attempts: int,
-) -> ChunkWork | None:
-    """Claim a chunk for `owner` under a lease and load its pending items. None when there is
-    nothing to do: done, cancelled, held by a live lease, or not yet due. A chunk claimed more
-    than `max_attempts` times fails its items with the reason instead of looping."""
-    now = utcnow()
-    chunk = s.scalar(select(Chunk).where(Chunk.job_id == job_id, Chunk.seq == seq))
-    job = s.get(Job, job_id)
-    if chunk is None or job is None:
-        return None
-    if chunk.state in (ChunkState.done, ChunkState.cancelled):
-        return None
-    if job.state in (JobState.cancelling, JobState.cancelled):
-        _cancel_chunks(s, job, [chunk.id])
-        return None
-    claimed = s.execute(
-        update(Chunk)
-        .where(Chunk.id == chunk.id, _claimable(now))
-        # Decided by the database alone (SQLite hands back zone-less times); refreshed below.
-        .execution_options(synchronize_session=False)
-        .values(
-            state=ChunkState.running,
-            owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            claimed_at=now,
-            attempts=Chunk.attempts + 1,
-        )
-    )
-    if rowcount(claimed) != 1:
-        return None
-    s.refresh(chunk)
-    mark_running(job)
-    if chunk.attempts > max_attempts:
-        reason = chunk.last_error or "its lease expired each time: the worker died or hung"
-        give_up = f"gave up after {chunk.attempts - 1} attempts: {reason}"
-        _complete(s, job, chunk, {row.id: (None, give_up) for row in _pending_items(s, chunk)})
-        return None
-    classifier = job_classifier(s, job)
-    items = [
-        (row.id, ScoreItem.from_record(row.input or {}, line=row.line))
-        for row in _pending_items(s, chunk)
-    ]
-    return ChunkWork(
-        job_id=job_id,
-        seq=seq,
-        chunk_id=chunk.id,
-        owner=owner,
-        attempt=chunk.attempts,
-        classifier_id=classifier.id,
-        spec=spec_of(classifier),
-        model=job.model,
-        items=items,
-    )
-
-
-def _holds(chunk_id: int, owner: str) -> ColumnElement[bool]:
-    return and_(Chunk.id == chunk_id, Chunk.state == ChunkState.running, Chunk.owner == owner)
-
-
-def renew_lease(s: Session, chunk_id: int, owner: str, lease_seconds: float) -> bool:
-    """Extend the lease; False when `owner` no longer holds the chunk."""
-    renewed = s.execute(
-        update(Chunk)
-        .where(_holds(chunk_id, owner))
-        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
-    )
-    return rowcount(renewed) == 1
-
-
-def release_chunk(
-    s: Session, work: ChunkWork, error: str, *, retry_in: float, max_attempts: int
-) -> bool:
-    """Hand a chunk back after a failure of the engine (not of its items): it is tried again in
-    `retry_in` seconds. Past `max_attempts` its items fail with the error, and so does every
-    chunk of the job not yet claimed, since they need the same engine. False when `owner` no
-    longer held the chunk."""
-    chunk = s.get(Chunk, work.chunk_id)
-    if chunk is None or chunk.state != ChunkState.running or chunk.owner != work.owner:
-        return False
-    job = get_job(s, work.job_id)
-    if chunk.attempts >= max_attempts:
-        message = f"gave up after {chunk.attempts} attempts: {error}"
-        _complete(s, job, chunk, {row.id: (None, message) for row in _pending_items(s, chunk)})
-        others = s.scalars(
-            select(Chunk).where(Chunk.job_id == job.id, Chunk.state == ChunkState.pending)
-        ).all()
-        for other in others:
-            other.state = ChunkState.running  # _complete moves running chunks to done
-            other.owner = work.owner
-            s.flush()
-            not_run = f"not run: the engine failed on chunk {chunk.seq}: {error}"
-            _complete(s, job, other, {r.id: (None, not_run) for r in _pending_items(s, other)})
-        return True
-    chunk.state = ChunkState.pending
-    chunk.owner = None
-    chunk.lease_expires_at = None
-    chunk.dispatched_at = None  # the reconciler sends it again once it is due
-    chunk.available_at = utcnow() + timedelta(seconds=retry_in)
-    chunk.last_error = error
-    return True
-
-
-def _pending_items(s: Session, chunk: Chunk) -> list[JobItem]:
-    return list(
-        s.scalars(
-            select(JobItem)
-            .where(
-                JobItem.job_id == chunk.job_id,
-                JobItem.idx >= chunk.start_idx,
-                JobItem.idx < chunk.end_idx,
-                JobItem.status == ItemStatus.pending,
-            )
-            .order_by(JobItem.idx)
-        )
-    )
-
-
-def complete_chunk(
-    s: Session,
-    work: ChunkWork,
-    results: dict[int, ItemOutcome],
-    calibration_id: int | None,
-) -> bool:
-    """Write a chunk's results and count them. Nothing is written (False) unless `work.owner`
-    still holds the chunk: a redelivered or taken-over chunk never writes twice."""
-    job = get_job(s, work.job_id)
-    chunk = s.get_one(Chunk, work.chunk_id)
-    return _complete(s, job, chunk, results, calibration_id, owner=work.owner)
-
-
-def _complete(
-    s: Session,
-    job: Job,
-    chunk: Chunk,
-    results: dict[int, ItemOutcome],
-    calibration_id: int | None = None,
-    owner: str | None = None,
-) -> bool:
-    succeeded = sum(1 for r, _ in results.values() if r is not None)
-    failed = len(results) - succeeded
-    condition = (
-        _holds(chunk.id, owner)
-        if owner
-        else and_(Chunk.id == chunk.id, Chunk.state == ChunkState.running)
-    )
-    done = s.execute(
-        update(Chunk)
-        .where(condition)
-        .values(
-            state=ChunkState.done,
-            succeeded=succeeded,
-            failed=failed,
-            lease_expires_at=None,
-        )
-    )
-    if rowcount(done) != 1:
-        return False
-    if results:
-        now = utcnow()
-        golds = _gold_labels(s, [i for i, (r, _) in results.items() if r is not None])
-        s.execute(
-            update(JobItem),
-            [
-                {
-                    "id": item_id,
-                    "status": ItemStatus.succeeded if result is not None else ItemStatus.failed,
-                    "result": result,
-                    "error": error,
-                    **_scored_columns(job, result, calibration_id, golds.get(item_id), now),
-                }
-                for item_id, (result, error) in results.items()
-            ],
-        )
-        count_scored(s, job.classifier_id, [r for r, _ in results.values() if r is not None])
-    s.execute(
-        update(Job)
-        .where(Job.id == job.id)
-        .values(
-            succeeded=Job.succeeded + succeeded,
-            failed=Job.failed + failed,
-            chunks_done=Job.chunks_done + 1,
-        )
-    )
-    s.refresh(job)
-    finish_if_done(job)
-    return True
-
-
-# -- cancel --------------------------------------------------------------------------------------
-def cancel_job(s: Session, job_id: str, tenant: str | None = None) -> Job:
-    """Stop pending chunks now; a chunk being scored finishes and is kept."""
-    job = get_job(s, job_id, for_update=True, tenant=tenant)
-    mark_cancelling(job)
-    pending = s.scalars(
-        select(Chunk.id).where(Chunk.job_id == job_id, Chunk.state == ChunkState.pending)
-    ).all()
-    _cancel_chunks(s, job, list(pending))
-    return job
-
-
-def _cancel_chunks(s: Session, job: Job, chunk_ids: list[int]) -> None:
-    if chunk_ids:
-        cancelled = rowcount(
-            s.execute(
-                update(Chunk)
-                .where(
-                    Chunk.id.in_(chunk_ids),
-                    Chunk.state.in_([ChunkState.pending, ChunkState.running]),
-                )
-                .values(state=ChunkState.cancelled, lease_expires_at=None)
-            )
-        )
-        s.execute(
-            update(JobItem)
-            .where(
-                JobItem.job_id == job.id,
-                JobItem.status == ItemStatus.pending,
-                exists().where(
-                    Chunk.id.in_(chunk_ids),
-                    JobItem.idx >= Chunk.start_idx,
-                    JobItem.idx < Chunk.end_idx,
-                ),
-            )
-            .values(status=ItemStatus.cancelled)
-        )
-        s.execute(
-            update(Job).where(Job.id == job.id).values(chunks_done=Job.chunks_done + cancelled)
-        )
-        s.refresh(job)
-    finish_if_done(job)
-
-
-# -- what the reconciler looks at ----------------------------------------------------------------
-UNFINISHED = (JobState.queued, JobState.running, JobState.cancelling)
-
-
-@dataclass(frozen=True)
-class ChunkRef:
-    job_id: str
-    queue: str
-    seq: int
-
-
-def _unfinished_chunks() -> Select[str, str, int]:
-    return (
-        select(Job.id, Job.queue, Chunk.seq)
-        .join(Chunk, Chunk.job_id == Job.id)
-        .where(Job.state.in_(UNFINISHED))
-    )
-
-
-def chunks_to_send(s: Session, now: datetime, stalled_before: datetime) -> list[ChunkRef]:
-    """Claimable chunks whose task is missing or presumed lost:
-    - never sent, or handed back after an engine failure and now due;
-    - running under an expired lease, not sent again since it was claimed (or sent, and
-      still unclaimed a stall period later);
-    - pending, sent before `stalled_before`, in a queue that made no progress since then (no
-      live lease, no claim): its task was lost with the broker's memory."""
-    due = or_(Chunk.available_at.is_(None), Chunk.available_at <= now)
-    never_sent = and_(Chunk.state == ChunkState.pending, Chunk.dispatched_at.is_(None), due)
-    expired = and_(
-        Chunk.state == ChunkState.running,
-        Chunk.lease_expires_at < now,
-        or_(
-            Chunk.dispatched_at.is_(None),
-            # not sent since it was claimed (the task that was claimed is the one that died),
-            Chunk.dispatched_at <= Chunk.claimed_at,
-            # or sent, but still not claimed a stall period later: send again.
-            Chunk.dispatched_at < stalled_before,
-        ),
-    )
-    out = [
-        ChunkRef(job_id, queue, seq)
-        for job_id, queue, seq in s.execute(
-            _unfinished_chunks().where(or_(never_sent, expired)).order_by(Job.created_at, Chunk.seq)
-        )
-    ]
-    stalled = stalled_queues(s, now, stalled_before)
-    if stalled:
-        out += [
-            ChunkRef(job_id, queue, seq)
-            for job_id, queue, seq in s.execute(
-                _unfinished_chunks()
-                .where(
-                    Job.queue.in_(stalled),
-                    Chunk.state == ChunkState.pending,
-                    Chunk.dispatched_at < stalled_before,
-                    due,
-                )
-                .order_by(Job.created_at, Chunk.seq)
-            )
-        ]
-    return out
-
-
-def stalled_queues(s: Session, now: datetime, since: datetime) -> list[str]:
-    """Queues with unfinished work where no chunk is held by a live lease and none was claimed
-    since `since`."""
-    rows = s.execute(
-        select(
-            Job.queue,
-            func.max(Chunk.claimed_at),
-            func.count().filter(
-                and_(Chunk.state == ChunkState.running, Chunk.lease_expires_at >= now)
-            ),
-        )
-        .join(Chunk, Chunk.job_id == Job.id)
-        .where(Job.state.in_(UNFINISHED))
-        .group_by(Job.queue)
-    ).all()
-    return [
-        queue
-        for queue, last_claim, live in rows
-        if not live and (last_claim is None or as_utc(last_claim) < since)
-    ]
-
-
-def finish_done_jobs(s: Session) -> list[str]:
-    """End unfinished jobs whose chunks are all done; returns their ids. A job still being
-    uploaded has no chunks yet (they are cut when the upload ends) and is left alone."""
-    ended = []
-    for job in s.scalars(
-        select(Job).where(
-            Job.state.in_(UNFINISHED), Job.chunks_total > 0, Job.chunks_done >= Job.chunks_total
-        )
-    ):
-        if finish_if_done(job):
-            ended.append(job.id)
-    return ended
-
-
-def unfinished_queues(s: Session) -> dict[str, int]:
-    """Queues with jobs not yet finished, and how many such jobs each has."""
-    return {
-        queue: n
-        for queue, n in s.execute(
-            select(Job.queue, func.count()).where(Job.state.in_(UNFINISHED)).group_by(Job.queue)
-        )
-    }
-
-
-def requeue_after_restart(s: Session, queue: str) -> int:
-    """For the embedded default, whose task queue lived in the memory of a process that is gone:
-    every unfinished chunk of `queue` needs a new task, and leases held by that process are void.
-    Returns how many chunks are affected."""
-    jobs_of_queue = select(Job.id).where(Job.queue == queue, Job.state.in_(UNFINISHED))
-    affected = rowcount(
-        s.execute(
-            update(Chunk)
-            .where(
-                Chunk.job_id.in_(jobs_of_queue),
-                Chunk.state.in_([ChunkState.pending, ChunkState.running]),
-            )
-            .values(dispatched_at=None, lease_expires_at=utcnow())
-        )
-    )
-    return affected

@@ -9,10 +9,10 @@ import secrets
 from collections.abc import Sequence
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from db.models import DEFAULT_TENANT, SCOPES, ApiKey, utcnow
+from db.models import ApiKey, as_utc, utcnow
 
 KEY_PREFIX = "lq_"
 PREFIX_LENGTH = 12
@@ -22,9 +22,7 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def add_key(
-    s: Session, name: str, tenant: str = DEFAULT_TENANT, scopes: Sequence[str] = SCOPES
-) -> tuple[ApiKey, str]:
+def add_key(s: Session, name: str, scopes: Sequence[str], *, tenant: str) -> tuple[ApiKey, str]:
     """Store a new key (hashed); return its row and the key itself."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     row = ApiKey(
@@ -45,30 +43,50 @@ def any_keys(s: Session) -> bool:
 
 
 def find_key(s: Session, key: str) -> ApiKey | None:
-    """The live key row for `key`: looked up by its prefix, its hash compared in constant time.
-    Its last-used time is kept to the minute (not a write per request)."""
+    """The live key row for `key`: looked up by its prefix, its hash compared in constant time
+    (a read: `mark_used` records the use)."""
     digest = hash_key(key)
     candidates = s.scalars(
         select(ApiKey).where(ApiKey.prefix == key[:PREFIX_LENGTH], ApiKey.revoked_at.is_(None))
     ).all()
     for row in candidates:
         if hmac.compare_digest(row.key_hash, digest):
-            now = utcnow()
-            last = row.last_used_at
-            if last is None or (last.replace(tzinfo=now.tzinfo) < now - timedelta(minutes=1)):
-                row.last_used_at = now
             return row
     return None
 
 
-def list_keys(s: Session, tenant: str | None = None) -> list[ApiKey]:
+# A key's last-used time is kept to the minute: not a write per request.
+USE_RESOLUTION = timedelta(minutes=1)
+
+
+def use_is_stale(row: ApiKey) -> bool:
+    """Whether `row`'s last-used time is older than `USE_RESOLUTION` (time to record a use)."""
+    last = row.last_used_at
+    return last is None or as_utc(last) < utcnow() - USE_RESOLUTION
+
+
+def mark_used(s: Session, key_id: int) -> None:
+    """Record that a key was used now (unless a use in the last minute is recorded)."""
+    s.execute(
+        update(ApiKey)
+        .where(
+            ApiKey.id == key_id,
+            or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < utcnow() - USE_RESOLUTION),
+        )
+        .values(last_used_at=utcnow())
+    )
+
+
+def list_keys(s: Session, *, tenant: str | None) -> list[ApiKey]:
+    """Keys of `tenant` (None: of every tenant)."""
     query = select(ApiKey).order_by(ApiKey.id)
     if tenant is not None:
         query = query.where(ApiKey.tenant == tenant)
     return list(s.scalars(query))
 
 
-def revoke(s: Session, key_id: int, tenant: str | None = None) -> ApiKey | None:
+def revoke(s: Session, key_id: int, *, tenant: str | None) -> ApiKey | None:
+    """Revoke a key of `tenant` (None: of any tenant); None when there is no such key."""
     row = s.get(ApiKey, key_id)
     if row is None or (tenant is not None and row.tenant != tenant):
         return None

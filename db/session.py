@@ -1,16 +1,15 @@
-"""Engines and sessions. One engine per process and URL, made by the edge that needs it."""
+"""Engines and session makers: how labelq talks to its database. `service.wiring` builds one
+engine per process and URL with these; nothing else opens one."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import URL, Engine, Select, create_engine, event
-from sqlalchemy.engine import Connection, CursorResult, Dialect
+from sqlalchemy import URL, Engine, create_engine, event, text
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -18,7 +17,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
 
 def json_loads(data: str | bytes) -> Any:
@@ -63,15 +62,43 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def read_sessions(factory: sessionmaker[Session]) -> sessionmaker[Session]:
-    """Sessions for requests that only read (status polls, result pages, authentication):
-    autocommit, so each costs no BEGIN and no ROLLBACK round trip, on the same pool as
-    `factory`. Each statement sees its own snapshot: for reads that need one snapshot across
-    statements (the dashboard's SET LOCAL tuning, say) use `factory`."""
-    bind = factory.kw["bind"]
-    assert isinstance(bind, Engine)
+class ReadOnlyTransaction(Exception):
+    """A write was attempted in a session that only reads."""
+
+
+class ReadOnlySession(Session):
+    """A session for reads alone: an INSERT, UPDATE or DELETE through it, or a flush of changed
+    objects, raises `ReadOnlyTransaction`. Read sessions run in autocommit (each statement its
+    own transaction), so a write there would commit at once, outside any use case's
+    transaction: the rule that reads never write is checked here, not left to a docstring."""
+
+
+@event.listens_for(ReadOnlySession, "do_orm_execute")
+def _refuse_write_statements(state: ORMExecuteState) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        raise ReadOnlyTransaction("a read session cannot write: open a transaction (ctx.tx())")
+
+
+@event.listens_for(ReadOnlySession, "before_flush")
+def _refuse_flushes(session: Session, *_: Any) -> None:
+    if session.new or session.dirty or session.deleted:
+        changed = [type(o).__name__ for o in [*session.new, *session.dirty, *session.deleted]]
+        raise ReadOnlyTransaction(
+            f"a read session cannot write ({', '.join(sorted(set(changed)))}): open a "
+            "transaction (ctx.tx())"
+        )
+
+
+def read_sessions(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for use cases that only read (status polls, result pages, authentication):
+    autocommit, so each costs no BEGIN and no ROLLBACK round trip, on the same pool as the
+    engine's transactions; they refuse to write (`ReadOnlySession`). Each statement sees its own
+    snapshot: reads that need one snapshot across statements (the dashboard's SET LOCAL
+    tuning, say) open a transaction."""
     return sessionmaker(
-        bind.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+        engine.execution_options(isolation_level="AUTOCOMMIT"),
+        class_=ReadOnlySession,
+        expire_on_commit=False,
     )
 
 
@@ -104,8 +131,9 @@ def async_read_engine(engine: Engine, pool_size: int) -> AsyncEngine | None:
     No pre-ping: it was a second round trip on every request (a tenth of a status poll's CPU
     in the API process, and as much again in PostgreSQL's). A connection the server closed
     (a restart, an idle timeout, pg_terminate_backend) fails its next statement instead, which
-    invalidates the pool, and `api.deps.Reads` runs that read once more on a new connection:
-    SQLAlchemy's optimistic disconnect handling, safe here because these sessions only read."""
+    invalidates the pool, and `service.context.LoopReads` runs that read once more on a new
+    connection: SQLAlchemy's optimistic disconnect handling, safe here because these sessions
+    only read."""
     if engine.dialect.name != "postgresql":
         return None
     url = loop_url(engine.url)
@@ -125,90 +153,17 @@ def connection_lost(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
-# A DriverRead's statement for asyncpg: SQL, parameter names in $n order, the values of
-# parameters the statement fixes itself, and (column position, result processor) pairs.
-_Compiled = tuple[str, tuple[str, ...], dict[str, Any], list[tuple[int, Any]]]
-
-
-class DriverRead:
-    """A hot read statement (a status poll, a page of results): on a connection that allows
-    it (`DRIVER_READS`), run by asyncpg itself, compiled for it once, its rows plain tuples;
-    elsewhere (SQLite, psycopg, a session that writes) executed by SQLAlchemy as usual.
-
-    Why: SQLAlchemy's execution and result machinery cost more than the query. Measured with
-    16 concurrent readers on one event loop, CPU of the API process per statement: a job's
-    status row 182 us through an AsyncSession, 136 us this way; a 50-row page 234-281 us, 100
-    us (asyncpg decodes rows in C; the JSON codec is the one SQLAlchemy's dialect installs on
-    every connection). Result processors of the columns' types (UTC times) still run."""
-
-    def __init__(self, stmt: Select[Any]):
-        self.stmt = stmt
-        self.names = tuple(stmt.selected_columns.keys())
-        self._compiled: _Compiled | None = None
-
-    def _for(self, dialect: Dialect) -> _Compiled:
-        if self._compiled is None:
-            compiled = self.stmt.compile(dialect=dialect)
-            processors = [
-                (i, proc)
-                for i, column in enumerate(self.stmt.selected_columns)
-                if (proc := column.type.dialect_impl(dialect).result_processor(dialect, None))
-            ]
-            order = tuple(compiled.positiontup or ())
-            self._compiled = (compiled.string, order, dict(compiled.params), processors)
-        return self._compiled
-
-    def all(self, s: Session, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        conn = s.connection()
-        if not conn.get_execution_options().get(DRIVER_READS):
-            return [tuple(row) for row in conn.execute(self.stmt, params)]
-        sql, order, fixed, processors = self._for(conn.dialect)
-        args = [params[name] if name in params else fixed[name] for name in order]
-        rows = [tuple(record) for record in _driver_fetch(conn, sql, args)]
-        if processors:
-            for k, row in enumerate(rows):
-                values = list(row)
-                for i, proc in processors:
-                    values[i] = proc(values[i])
-                rows[k] = tuple(values)
-        return rows
-
-    def one(self, s: Session, params: dict[str, Any]) -> dict[str, Any] | None:
-        """The first row as a dict of its column names, or None."""
-        rows = self.all(s, params)
-        return dict(zip(self.names, rows[0], strict=True)) if rows else None
-
-
-def _driver_fetch(conn: Connection, sql: str, args: list[Any]) -> list[Any]:
-    """`sql` on the asyncpg connection under `conn`, awaited from the greenlet that
-    `AsyncSession.run_sync` runs sync code in (`AdaptedConnection.run_async`). A failure on a
-    connection asyncpg found closed is run through SQLAlchemy's own error handling (one
-    statement on the same connection), so the pool is invalidated as for any other statement
-    and the error says the connection was lost (`connection_lost`)."""
-    adapted = conn.connection.dbapi_connection
-    assert adapted is not None
-    try:
-        records: list[Any] = adapted.run_async(lambda raw: raw.fetch(sql, *args))
-    except Exception:
-        if adapted.driver_connection.is_closed():
-            conn.exec_driver_sql("SELECT 1")  # raises DBAPIError(connection_invalidated=True)
-        raise
-    return records
-
-
 def async_sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+    """Read sessions on the event loop: their sync side is a `ReadOnlySession`."""
+    return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=ReadOnlySession)
+
+
+def ping(s: Session) -> None:
+    """One round trip to the database (raises if it does not answer)."""
+    s.execute(text("SELECT 1"))
 
 
 def rowcount(result: Any) -> int:
     """Rows an UPDATE or DELETE matched (typed: `Result` does not declare it)."""
     assert isinstance(result, CursorResult)
     return int(result.rowcount)
-
-
-@contextmanager
-def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session whose work commits as one transaction, or rolls back on error. For use cases
-    that run outside a request (the worker, the reconciler, the CLI)."""
-    with factory() as session, session.begin():
-        yield session

@@ -10,20 +10,18 @@ from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field
-from sqlalchemy.orm import Session, sessionmaker
 
 from db import calibrations as calibration_rows
 from db import jobs as job_rows
-from db.classifiers import classifier_versions, get_classifier, spec_of
-from db.models import DEFAULT_TENANT, Calibration, CalibrationStatus, Classifier
-from db.session import transaction
+from db.classifiers import classifier_by_id, classifier_versions, get_classifier, spec_of
+from db.models import Calibration, CalibrationStatus, Classifier
 from labelq import calibration
-from labelq.errors import InputError, LabelqError, NotFound
+from labelq.errors import InputError, LabelqError
 from labelq.scoring import Item, ItemResult, Scorer
-from labelq.settings import Settings
 from labelq.spec import ClassifierSpec
-from service.dispatch import Dispatcher, queue_for
-from service.jobs import iter_items
+from service.context import Ctx
+from service.dispatch import queue_for
+from service.jobs import items
 
 log = logging.getLogger(__name__)
 
@@ -77,100 +75,83 @@ class CalibrationOut(BaseModel):
 
 
 # -- the API side --------------------------------------------------------------------------------
-def request_fit(
-    s: Session,
-    dispatcher: Dispatcher,
-    settings: Settings,
-    name: str,
-    body: CalibrationRequest,
-    tenant: str = DEFAULT_TENANT,
-) -> CalibrationOut:
+def request_fit(ctx: Ctx, name: str, body: CalibrationRequest) -> CalibrationOut:
     """Store a calibration in `fitting` and hand the fit to a worker of the model's queue."""
     calibrator = calibration.make(body.method, **body.options)  # checks method and options
-    if body.job_id:
-        job = job_rows.get_job(s, body.job_id, tenant=tenant)
-        classifier = job_rows.job_classifier(s, job)
-        if classifier.name != name:
-            raise InputError(
-                f"job {body.job_id} ran classifier {classifier.name!r}", field="job_id"
-            )
-        if body.version is not None and body.version != classifier.version:
-            raise InputError(f"job {body.job_id} ran version {classifier.version}", field="version")
-        model = job.model
-    else:
-        if not isinstance(calibrator, calibration.ContextualCalibration):
-            raise InputError(f"{body.method} is fitted on a job's results", field="job_id")
-        classifier = get_classifier(s, name, body.version, tenant)
-        model = settings.resolve_model(spec_of(classifier).model)
-    fitted_on = {
-        "job_id": body.job_id,
-        "holdout": body.holdout,
-        "seed": body.seed,
-        "bins": body.bins,
-        "options": body.options,
-        "model": model,
-        "activate": body.activate,
-    }
-    row = calibration_rows.add_calibration(s, classifier.id, body.method, fitted_on)
-    s.commit()
-    dispatcher.dispatch_fit(row.id, queue_for(model))
-    return CalibrationOut.of(row, classifier)
+    with ctx.tx() as s:
+        if body.job_id:
+            job = job_rows.get_job(s, body.job_id, tenant=ctx.tenant)
+            classifier = job_rows.job_classifier(s, job)
+            if classifier.name != name:
+                raise InputError(
+                    f"job {body.job_id} ran classifier {classifier.name!r}", field="job_id"
+                )
+            if body.version is not None and body.version != classifier.version:
+                raise InputError(
+                    f"job {body.job_id} ran version {classifier.version}", field="version"
+                )
+            model = job.model
+        else:
+            if not isinstance(calibrator, calibration.ContextualCalibration):
+                raise InputError(f"{body.method} is fitted on a job's results", field="job_id")
+            classifier = get_classifier(s, name, body.version, tenant=ctx.owner)
+            model = ctx.settings.resolve_model(spec_of(classifier).model)
+        fitted_on = {
+            "job_id": body.job_id,
+            "holdout": body.holdout,
+            "seed": body.seed,
+            "bins": body.bins,
+            "options": body.options,
+            "model": model,
+            "activate": body.activate,
+        }
+        row = calibration_rows.add_calibration(s, classifier.id, body.method, fitted_on)
+        out = CalibrationOut.of(row, classifier)
+    ctx.dispatcher.dispatch_fit(row.id, queue_for(model))
+    return out
 
 
-def list_for(
-    s: Session, name: str, version: int | None = None, tenant: str = DEFAULT_TENANT
-) -> list[CalibrationOut]:
-    classifiers = {
-        c.id: c
-        for c in classifier_versions(s, name, tenant)
-        if version is None or c.version == version
-    }
-    return [
-        CalibrationOut.of(row, classifiers[row.classifier_id])
-        for row in calibration_rows.list_calibrations(s, classifiers)
-    ]
+def list_for(ctx: Ctx, name: str, version: int | None) -> list[CalibrationOut]:
+    with ctx.reads() as s:
+        classifiers = {
+            c.id: c
+            for c in classifier_versions(s, name, tenant=ctx.owner)
+            if version is None or c.version == version
+        }
+        return [
+            CalibrationOut.of(row, classifiers[row.classifier_id])
+            for row in calibration_rows.list_calibrations(s, classifiers)
+        ]
 
 
-def _of_classifier(
-    s: Session, name: str, calibration_id: int, tenant: str
-) -> tuple[Calibration, Classifier]:
-    row = calibration_rows.get_calibration(s, calibration_id)
-    classifier = s.get_one(Classifier, row.classifier_id)
-    if classifier.tenant != tenant:
-        raise NotFound(f"calibration {calibration_id} does not exist", field="calibration")
-    if classifier.name != name:
-        raise NotFound(f"calibration {calibration_id} is not of {name!r}", field="calibration")
-    return row, classifier
+def get(ctx: Ctx, name: str, calibration_id: int) -> CalibrationOut:
+    with ctx.reads() as s:
+        return CalibrationOut.of(
+            *calibration_rows.calibration_of(s, calibration_id, name, tenant=ctx.tenant)
+        )
 
 
-def get(s: Session, name: str, calibration_id: int, tenant: str = DEFAULT_TENANT) -> CalibrationOut:
-    return CalibrationOut.of(*_of_classifier(s, name, calibration_id, tenant))
-
-
-def activate(
-    s: Session, name: str, calibration_id: int, tenant: str = DEFAULT_TENANT
-) -> CalibrationOut:
+def activate(ctx: Ctx, name: str, calibration_id: int) -> CalibrationOut:
     """Make this the classifier version's active calibration, in one transaction."""
-    row, classifier = _of_classifier(s, name, calibration_id, tenant)
-    calibration_rows.activate(s, row)
-    s.commit()
-    return CalibrationOut.of(row, classifier)
+    with ctx.tx() as s:
+        row, classifier = calibration_rows.calibration_of(
+            s, calibration_id, name, tenant=ctx.tenant
+        )
+        calibration_rows.activate(s, row)
+        return CalibrationOut.of(row, classifier)
 
 
 # -- the worker side -----------------------------------------------------------------------------
-def apply_active(
-    s: Session, classifier_id: int, spec: ClassifierSpec, rows: list[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], int | None]:
-    """Rows under the classifier's active calibration, and its id (None: none is active). Each
-    chunk is its own batch for batch calibration."""
-    active = calibration_rows.active_calibration(s, classifier_id)
+def under(
+    active: Calibration | None, spec: ClassifierSpec, rows: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Result rows under a classifier's active calibration (None: as they are). Each chunk is
+    its own batch for batch calibration."""
     if active is None:
-        return rows, None
+        return rows
     calibrator = calibration.load(active.method, active.params)
     info = {"id": active.id, "method": active.method}
-    return calibration.calibrate_rows(
-        rows, spec.label_names, spec.bias_vector(), calibrator, info
-    ), active.id
+    return calibration.calibrate_rows(rows, spec.label_names, spec.bias_vector(), calibrator, info)
 
 
 def content_free_log_probs(scorer: Scorer, spec: ClassifierSpec, inputs: list[str]) -> np.ndarray:
@@ -187,26 +168,26 @@ def content_free_log_probs(scorer: Scorer, spec: ClassifierSpec, inputs: list[st
     return calibration.result_log_probs(rows, spec.label_names, spec.bias_vector())
 
 
-def fit(factory: sessionmaker[Session], scorer_for: ScorerFor, calibration_id: int) -> None:
+def fit(ctx: Ctx, scorer_for: ScorerFor, calibration_id: int) -> None:
     """Fit a calibration the API stored in `fitting` and record the outcome. Reading the job's
     results and recording the fit are separate short transactions: the fit itself may score."""
     try:
-        _fit(factory, scorer_for, calibration_id)
+        _fit(ctx, scorer_for, calibration_id)
     except LabelqError as exc:
-        with transaction(factory) as s:
+        with ctx.tx() as s:
             calibration_rows.record_fit(s, calibration_id, error=str(exc))
     except Exception as exc:
         log.exception("fitting calibration %d failed", calibration_id)
-        with transaction(factory) as s:
+        with ctx.tx() as s:
             calibration_rows.record_fit(s, calibration_id, error=f"fit failed: {exc}")
 
 
-def _fit(factory: sessionmaker[Session], scorer_for: ScorerFor, calibration_id: int) -> None:
-    with factory() as s:
+def _fit(ctx: Ctx, scorer_for: ScorerFor, calibration_id: int) -> None:
+    with ctx.reads() as s:
         row = calibration_rows.get_calibration(s, calibration_id)
         if row.status != CalibrationStatus.fitting:
             return
-        spec = spec_of(s.get_one(Classifier, row.classifier_id))
+        spec = spec_of(classifier_by_id(s, row.classifier_id))
         request = dict(row.fitted_on)
         method = row.method
     labels = spec.label_names
@@ -215,7 +196,7 @@ def _fit(factory: sessionmaker[Session], scorer_for: ScorerFor, calibration_id: 
     results: list[dict[str, Any]] = []
     y: np.ndarray | None = None
     if request.get("job_id"):
-        scored = [i for i in iter_items(factory, request["job_id"]) if i.result is not None]
+        scored = [i for i in items(ctx, request["job_id"]) if i.result is not None]
         labelled = [i for i in scored if i.gold_label is not None]
         if labelled:
             y = np.array([index[i.gold_label or ""] for i in labelled], dtype=np.int64)
@@ -242,7 +223,7 @@ def _fit(factory: sessionmaker[Session], scorer_for: ScorerFor, calibration_id: 
         bins=int(request.get("bins", 15)),
         content_free=content_free,
     )
-    with transaction(factory) as s:
+    with ctx.tx() as s:
         row = calibration_rows.record_fit(
             s,
             calibration_id,

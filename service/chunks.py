@@ -20,16 +20,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from db import jobs as job_rows
-from db.jobs import ChunkWork, ItemOutcome
-from db.session import transaction
+from db import chunks
+from db.calibrations import active_calibration
+from db.chunks import ChunkWork, ItemOutcome
 from labelq.scoring import Item, ItemError, ItemResult, ScoredItem, Scorer
-from labelq.settings import Settings
 from labelq.spec import ClassifierSpec
-from service.calibrations import apply_active
+from service.calibrations import under
+from service.context import Ctx
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +75,8 @@ class LeaseKeeper:
     """Renews a claimed chunk's lease every third of its length until stopped. A renewal that
     fails (database away) is retried at the next beat; a lost claim is logged."""
 
-    def __init__(self, factory: sessionmaker[Session], work: ChunkWork, lease_seconds: float):
-        self.factory, self.work, self.lease = factory, work, lease_seconds
+    def __init__(self, ctx: Ctx, work: ChunkWork, lease_seconds: float):
+        self.ctx, self.work, self.lease = ctx, work, lease_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"lease-{work.chunk_id}", daemon=True
@@ -94,8 +93,8 @@ class LeaseKeeper:
     def _run(self) -> None:
         while not self._stop.wait(self.lease / 3):
             try:
-                with transaction(self.factory) as s:
-                    held = job_rows.renew_lease(s, self.work.chunk_id, self.work.owner, self.lease)
+                with self.ctx.tx() as s:
+                    held = chunks.renew_lease(s, self.work.chunk_id, self.work.owner, self.lease)
                 if not held:
                     log.warning(
                         "lost the claim on chunk %s/%d; its results will not be written",
@@ -109,12 +108,11 @@ class LeaseKeeper:
 
 @dataclass
 class ChunkRunner:
-    """Runs chunks for one worker: `name` identifies it in leases; `discard` drops a model's
-    engine after it failed, so the next attempt loads it afresh."""
+    """Runs chunks for one worker, in the system context: `name` identifies it in leases;
+    `discard` drops a model's engine after it failed, so the next attempt loads it afresh."""
 
-    factory: sessionmaker[Session]
+    ctx: Ctx
     scorer_for: ScorerFor
-    settings: Settings
     name: str
     discard: Callable[[str], None] | None = None
     calibrate: bool = True
@@ -122,10 +120,10 @@ class ChunkRunner:
     def run(self, job_id: str, seq: int) -> bool:
         """Score chunk `seq` of a job; False when there was nothing to write (done, cancelled,
         held by another worker, not yet due, or handed back after an engine failure)."""
-        s = self.settings
+        s = self.ctx.settings
         owner = f"{self.name}/{uuid.uuid4().hex[:8]}"
-        with transaction(self.factory) as session:
-            work = job_rows.claim_chunk(
+        with self.ctx.tx() as session:
+            work = chunks.claim_chunk(
                 session,
                 job_id,
                 seq,
@@ -135,7 +133,7 @@ class ChunkRunner:
             )
         if work is None:
             return False
-        with LeaseKeeper(self.factory, work, s.lease_seconds):
+        with LeaseKeeper(self.ctx, work, s.lease_seconds):
             try:
                 scored = self._score(work)
             except EngineFailure as exc:
@@ -158,41 +156,38 @@ class ChunkRunner:
             raise
 
     def _hand_back(self, work: ChunkWork, error: str) -> None:
-        retry_in = min(self.settings.engine_retry_backoff * 2 ** (work.attempt - 1), 600.0)
+        settings = self.ctx.settings
+        retry_in = min(settings.engine_retry_backoff * 2 ** (work.attempt - 1), 600.0)
         log.error(
             "engine failed on chunk %s/%d (attempt %d of %d): %s",
             work.job_id,
             work.seq,
             work.attempt,
-            self.settings.max_chunk_attempts,
+            settings.max_chunk_attempts,
             error,
         )
-        with transaction(self.factory) as session:
-            job_rows.release_chunk(
-                session,
-                work,
-                error,
-                retry_in=retry_in,
-                max_attempts=self.settings.max_chunk_attempts,
+        with self.ctx.tx() as session:
+            chunks.release_chunk(
+                session, work, error, retry_in=retry_in, max_attempts=settings.max_chunk_attempts
             )
 
     @_write_retry
     def _write(self, work: ChunkWork, scored: list[ScoredItem]) -> bool:
         """The chunk's results, calibrated under the active calibration, in one transaction."""
         succeeded = [row.model_dump(mode="json") for row in scored if isinstance(row, ItemResult)]
-        with transaction(self.factory) as session:
+        with self.ctx.tx() as session:
             calibration_id = None
             if self.calibrate and succeeded:
-                succeeded, calibration_id = apply_active(
-                    session, work.classifier_id, work.spec, succeeded
-                )
+                active = active_calibration(session, work.classifier_id)
+                succeeded = under(active, work.spec, succeeded)
+                calibration_id = active.id if active else None
             calibrated = iter(succeeded)
             results: dict[int, ItemOutcome] = {}
             for (item_id, _), row in zip(work.items, scored, strict=True):
                 results[item_id] = (
                     (next(calibrated), None) if isinstance(row, ItemResult) else (None, row.error)
                 )
-            written = job_rows.complete_chunk(session, work, results, calibration_id)
+            written = chunks.complete_chunk(session, work, results, calibration_id)
         if not written:
             log.info("chunk %s/%d is no longer ours; results not written", work.job_id, work.seq)
         return written

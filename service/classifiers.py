@@ -6,12 +6,10 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy.orm import Session
 
 from db import classifiers as classifier_rows
-from db.models import DEFAULT_TENANT
-from labelq.settings import Settings
 from labelq.spec import ClassifierSpec, check_template
+from service.context import Ctx
 
 
 class ClassifierCreated(BaseModel):
@@ -40,29 +38,30 @@ class ClassifierDetail(BaseModel):
     versions: list[ClassifierVersion]
 
 
-def store(
-    s: Session, spec: ClassifierSpec, settings: Settings, tenant: str = DEFAULT_TENANT
-) -> ClassifierCreated:
-    """A changed spec under a name is a new version; the same spec returns its version. Its
-    model must be one the service serves, and its template must render in the sandbox."""
-    settings.resolve_model(spec.model)
+def store(ctx: Ctx, spec: ClassifierSpec) -> ClassifierCreated:
+    """A changed spec under a name is a new version of the caller's classifier; the same spec
+    returns its version. Its model must be one the service serves, and its template must
+    render in the sandbox."""
+    ctx.settings.resolve_model(spec.model)
     check_template(spec)
-    row, created = classifier_rows.store_version(s, spec, tenant)
-    s.commit()
-    return ClassifierCreated(
-        name=row.name, version=row.version, created=created, created_at=row.created_at
-    )
+    with ctx.tx() as s:
+        row, created = classifier_rows.store_version(s, spec, tenant=ctx.owner)
+        return ClassifierCreated(
+            name=row.name, version=row.version, created=created, created_at=row.created_at
+        )
 
 
-def latest(s: Session, tenant: str = DEFAULT_TENANT) -> list[ClassifierSummary]:
-    return [
-        ClassifierSummary(name=c.name, latest_version=c.version, created_at=c.created_at)
-        for c in classifier_rows.latest_classifiers(s, tenant)
-    ]
+def latest(ctx: Ctx) -> list[ClassifierSummary]:
+    with ctx.reads() as s:
+        return [
+            ClassifierSummary(name=c.name, latest_version=c.version, created_at=c.created_at)
+            for c in classifier_rows.latest_classifiers(s, tenant=ctx.owner)
+        ]
 
 
-def detail(s: Session, name: str, tenant: str = DEFAULT_TENANT) -> ClassifierDetail:
-    versions = classifier_rows.classifier_versions(s, name, tenant)
+def detail(ctx: Ctx, name: str) -> ClassifierDetail:
+    with ctx.reads() as s:
+        versions = classifier_rows.classifier_versions(s, name, tenant=ctx.owner)
     return ClassifierDetail(
         name=name,
         latest=versions[-1].spec,
@@ -82,10 +81,9 @@ class ClassifierVersionDetail(BaseModel):
     created_at: datetime
 
 
-def version(
-    s: Session, name: str, number: int, tenant: str = DEFAULT_TENANT
-) -> ClassifierVersionDetail:
-    row = classifier_rows.get_classifier(s, name, number, tenant)
+def version(ctx: Ctx, name: str, number: int) -> ClassifierVersionDetail:
+    with ctx.reads() as s:
+        row = classifier_rows.get_classifier(s, name, number, tenant=ctx.owner)
     return ClassifierVersionDetail(
         name=row.name,
         version=row.version,

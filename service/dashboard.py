@@ -12,22 +12,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 from typing import Literal, TypeVar
 
 from pydantic import BaseModel, Field
-from sqlalchemy.orm import Session, sessionmaker
 
 from db import calibrations as calibration_rows
 from db import dashboard as sums
 from db import jobs as job_rows
 from db.classifiers import classifier_versions, spec_of
 from db.dashboard import Scope
-from db.models import Classifier
+from db.models import Calibration, Classifier
 from labelq import dashboard as dash
 from labelq.dashboard import Bucket
 from labelq.errors import InputError
 from labelq.metrics import Binning
-from service.results import CALIBRATION_CHOICES, calibration_by_id, resolve_view
+from service.context import Ctx
+from service.results import CALIBRATION_CHOICES, calibration_choice, check_ready, resolve_view
 
 T = TypeVar("T")
 STREAM_PAGE = 2000
@@ -66,18 +67,26 @@ class _Resolved:
     wanted: dict[int, int | None] | None
 
 
-def _resolve(s: Session, tenant: str, name: str, q: Query) -> _Resolved:
-    versions = classifier_versions(s, name, tenant)
-    if q.version is not None:
-        versions = [v for v in versions if v.version == q.version]
-        if not versions:
-            raise InputError(f"classifier {name!r} has no version {q.version}", field="version")
-    if q.job is not None:
-        job = job_rows.get_job(s, q.job, tenant=tenant)
-        versions = [v for v in versions if v.id == job.classifier_id]
-        if not versions:
-            raise InputError(f"job {q.job} is not a job of classifier {name!r}", field="job")
-    wanted = _wanted(s, versions, q.calibration)
+def _resolve(ctx: Ctx, name: str, q: Query) -> _Resolved:
+    with ctx.reads() as s:
+        versions = classifier_versions(s, name, tenant=ctx.owner)
+        if q.version is not None:
+            versions = [v for v in versions if v.version == q.version]
+            if not versions:
+                raise InputError(f"classifier {name!r} has no version {q.version}", field="version")
+        if q.job is not None:
+            job = job_rows.get_job(s, q.job, tenant=ctx.tenant)
+            versions = [v for v in versions if v.id == job.classifier_id]
+            if not versions:
+                raise InputError(f"job {q.job} is not a job of classifier {name!r}", field="job")
+        found: dict[int, Calibration | None] = {}
+        if q.calibration == "active":
+            found = {v.id: calibration_rows.active_calibration(s, v.id) for v in versions}
+        elif q.calibration not in ("stored", "none"):
+            choice = calibration_choice(q.calibration, f"stored, {CALIBRATION_CHOICES}")
+            row = calibration_rows.get_calibration(s, choice, {v.id for v in versions})
+            found = {row.classifier_id: row}
+        wanted = _wanted(q.calibration, versions, found)
     if wanted is not None and len(wanted) < len(versions):  # a calibration id: its version only
         versions = [v for v in versions if v.id in wanted]
     scope = Scope([v.id for v in versions], q.job, q.start, q.end)
@@ -92,34 +101,31 @@ def _labels(versions: list[Classifier]) -> list[str]:
     return out
 
 
-def _wanted(s: Session, versions: list[Classifier], choice: str) -> dict[int, int | None] | None:
+def _wanted(
+    choice: str, versions: list[Classifier], found: dict[int, Calibration | None]
+) -> dict[int, int | None] | None:
+    """Classifier row id -> the calibration asked for (None: uncalibrated); None: as stored."""
     if choice == "stored":
         return None
     if choice == "none":
         return dict.fromkeys((v.id for v in versions), None)
-    if choice == "active":
-        wanted: dict[int, int | None] = {}
-        for v in versions:
-            row = calibration_rows.active_calibration(s, v.id)
-            wanted[v.id] = row.id if row else None
-        return wanted
-    choices = f"stored, {CALIBRATION_CHOICES}"
-    row = calibration_by_id(s, choice, {v.id for v in versions}, choices)
-    return {row.classifier_id: row.id}
+    if choice != "active":
+        for row in found.values():
+            assert row is not None
+            check_ready(row)
+    return {version: row.id if row else None for version, row in found.items()}
 
 
-def _stream(
-    factory: sessionmaker[Session], tenant: str, r: _Resolved, choice: str
-) -> dash.Readings:
+def _stream(ctx: Ctx, r: _Resolved, choice: str) -> dash.Readings:
     """Every item in scope, recomputed under `choice`, job by job, page by page."""
     readings = dash.Readings()
-    with factory() as s:
+    with ctx.reads() as s:
         jobs = sums.jobs_in(s, r.scope)
     for job_id in jobs:
-        view = resolve_view(factory, job_id, None if choice == "stored" else choice, tenant)
+        view = resolve_view(ctx, job_id, None if choice == "stored" else choice)
         after = 0
         while True:
-            with factory() as s:
+            with ctx.reads() as s:
                 page = sums.scored_items(s, r.scope, job_id, after, STREAM_PAGE)
             for item, row in zip(page, view.rows(page), strict=True):
                 assert item.scored_at is not None
@@ -131,19 +137,18 @@ def _stream(
 
 
 def _run(
-    factory: sessionmaker[Session],
-    tenant: str,
+    ctx: Ctx,
     name: str,
     q: Query,
-    in_sql: Callable[[Session, Scope], T],
+    in_sql: sums.Aggregate[T],
     in_python: Callable[[dash.Readings], T],
 ) -> tuple[T, list[str], Basis]:
-    with factory() as s:
-        r = _resolve(s, tenant, name, q)
+    r = _resolve(ctx, name, q)
+    with ctx.snapshot() as s:
         if r.wanted is None or not sums.calibrations_other_than(s, r.scope, r.wanted):
             sums.tune_for_aggregates(s)
             return in_sql(s, r.scope), r.labels, Basis(calibration=q.calibration, computed="sql")
-    readings = _stream(factory, tenant, r, q.calibration)
+    readings = _stream(ctx, r, q.calibration)
     note = (
         f"some results were stored under another calibration than {q.calibration!r}: "
         f"{len(readings.ids)} results were recomputed from their raw scores in one pass"
@@ -160,15 +165,12 @@ class Reliability(dash.ReliabilityOut):
     basis: Basis
 
 
-def reliability(
-    factory: sessionmaker[Session], tenant: str, name: str, q: Query, bins: int, binning: Binning
-) -> Reliability:
+def reliability(ctx: Ctx, name: str, q: Query, bins: int, binning: Binning) -> Reliability:
     rows, _, basis = _run(
-        factory,
-        tenant,
+        ctx,
         name,
         q,
-        lambda s, scope: sums.reliability(s, scope, bins, binning),
+        partial(sums.reliability, bins=bins, binning=binning),
         lambda r: dash.reliability_sums(r, bins, binning),
     )
     out = dash.finish_reliability(rows, bins, binning)
@@ -186,8 +188,7 @@ class Timeseries(BaseModel):
 
 
 def timeseries(
-    factory: sessionmaker[Session],
-    tenant: str,
+    ctx: Ctx,
     name: str,
     q: Query,
     bucket: Bucket,
@@ -195,11 +196,10 @@ def timeseries(
     bins: int,
 ) -> Timeseries:
     rows, _, basis = _run(
-        factory,
-        tenant,
+        ctx,
         name,
         q,
-        lambda s, scope: sums.bucket_bins(s, scope, bucket, bins),
+        partial(sums.bucket_bins, bucket=bucket, bins=bins),
         lambda r: dash.bucket_bin_sums(r, bins, bucket),
     )
     keep = ["bucket", *wanted, "labelled"]
@@ -212,15 +212,12 @@ class Histogram(BaseModel):
     basis: Basis
 
 
-def confidence_histogram(
-    factory: sessionmaker[Session], tenant: str, name: str, q: Query, bins: int
-) -> Histogram:
+def confidence_histogram(ctx: Ctx, name: str, q: Query, bins: int) -> Histogram:
     rows, _, basis = _run(
-        factory,
-        tenant,
+        ctx,
         name,
         q,
-        lambda s, scope: sums.histogram(s, scope, bins),
+        partial(sums.histogram, bins=bins),
         lambda r: dash.histogram_sums(r, bins),
     )
     return Histogram(bins=dash.finish_histogram(rows, bins), basis=basis)
@@ -230,8 +227,8 @@ class Confusion(dash.Confusion):
     basis: Basis
 
 
-def confusion(factory: sessionmaker[Session], tenant: str, name: str, q: Query) -> Confusion:
-    rows, labels, basis = _run(factory, tenant, name, q, sums.confusion, dash.pair_counts)
+def confusion(ctx: Ctx, name: str, q: Query) -> Confusion:
+    rows, labels, basis = _run(ctx, name, q, sums.confusion, dash.pair_counts)
     return Confusion(**dash.finish_confusion(rows, labels).model_dump(), basis=basis)
 
 
@@ -241,8 +238,7 @@ class LabelDistribution(dash.LabelDistribution):
 
 
 def label_distribution(
-    factory: sessionmaker[Session],
-    tenant: str,
+    ctx: Ctx,
     name: str,
     q: Query,
     bucket: Bucket,
@@ -257,14 +253,12 @@ def label_distribution(
 
     # The reference window may lie outside [from, to): both passes read the widened scope
     # and cut each window out of it.
-    def in_sql(
-        s: Session, scope: Scope
-    ) -> tuple[list[dash.BucketLabelCount], list[dash.BucketLabelCount] | None]:
-        window = replace(scope, start=q.start, end=q.end)
-        ref = replace(scope, start=reference_from, end=reference_to)
-        return sums.label_counts(s, window, bucket), sums.label_counts(
-            s, ref, None
-        ) if has_ref else None
+    in_sql = partial(
+        sums.label_counts_against,
+        bucket=bucket,
+        window=(q.start, q.end),
+        reference=(reference_from, reference_to) if has_ref else None,
+    )
 
     def in_python(
         r: dash.Readings,
@@ -274,7 +268,7 @@ def label_distribution(
         return dash.label_counts(window, bucket), dash.label_counts(ref, None) if has_ref else None
 
     wide = replace(q, start=None, end=None) if has_ref else q
-    (rows, ref_rows), labels, basis = _run(factory, tenant, name, wide, in_sql, in_python)
+    (rows, ref_rows), labels, basis = _run(ctx, name, wide, in_sql, in_python)
     reference = {"from": reference_from, "to": reference_to} if has_ref else {"first_bucket": True}
     out = dash.finish_label_distribution(rows, ref_rows, labels, reference)
     return LabelDistribution(**out.model_dump(), bucket=bucket, basis=basis)
@@ -285,8 +279,7 @@ class Selective(dash.Selective):
 
 
 def selective(
-    factory: sessionmaker[Session],
-    tenant: str,
+    ctx: Ctx,
     name: str,
     q: Query,
     thresholds: list[float],
@@ -299,11 +292,10 @@ def selective(
     if target_accuracy is not None and not 0 < target_accuracy <= 1:
         raise InputError("target_accuracy must lie in (0, 1]", field="target_accuracy")
     (rows, grid), _, basis = _run(
-        factory,
-        tenant,
+        ctx,
         name,
         q,
-        lambda s, scope: (sums.thresholds(s, scope, thresholds), sums.grid(s, scope)),
+        partial(sums.thresholds_and_grid, values=thresholds),
         lambda r: (dash.threshold_sums(r, thresholds), dash.grid_sums(r)),
     )
     return Selective(**dash.finish_selective(rows, grid, target_accuracy).model_dump(), basis=basis)
@@ -314,8 +306,7 @@ class Compared(BaseModel):
 
 
 def compare(
-    factory: sessionmaker[Session],
-    tenant: str,
+    ctx: Ctx,
     name: str,
     q: Query,
     choices: list[str],
@@ -327,7 +318,6 @@ def compare(
         raise InputError("compare takes 2 to 4 calibrations, e.g. none,active", field="compare")
     return Compared(
         calibrations=[
-            reliability(factory, tenant, name, replace(q, calibration=c), bins, binning)
-            for c in choices
+            reliability(ctx, name, replace(q, calibration=c), bins, binning) for c in choices
         ]
     )

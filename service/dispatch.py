@@ -8,7 +8,16 @@ the row says whether there is work, and a lost or duplicated task is harmless (s
 from __future__ import annotations
 
 import hashlib
-from typing import Protocol
+import logging
+from typing import TYPE_CHECKING, Protocol
+
+from db import chunks
+from db.models import utcnow
+
+if TYPE_CHECKING:
+    from service.context import Ctx
+
+log = logging.getLogger(__name__)
 
 TASK_SCORE_CHUNK = "labelq.score_chunk"
 TASK_FIT_CALIBRATION = "labelq.fit_calibration"
@@ -63,3 +72,27 @@ class CeleryDispatcher:
             return True
         except Exception:
             return False
+
+
+def send(ctx: Ctx, job_id: str, queue: str, seqs: list[int]) -> bool:
+    """Send chunk tasks and record when. A failure to send is logged, not raised: unsent
+    chunks are the reconciler's to send."""
+    if not seqs:
+        return True
+    # Taken before sending: a worker may claim a chunk before dispatch() returns, and a send
+    # recorded after the claim would hide the chunk from the reconciler if that worker died.
+    sent_at = utcnow()
+    try:
+        ctx.dispatcher.dispatch(job_id, queue, seqs)
+    except Exception as exc:
+        log.warning(
+            "could not send %d chunk(s) of job %s to %s (%s); the reconciler will",
+            len(seqs),
+            job_id,
+            queue,
+            exc,
+        )
+        return False
+    with ctx.tx() as s:
+        chunks.mark_dispatched(s, job_id, seqs, sent_at)
+    return True

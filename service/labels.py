@@ -7,12 +7,12 @@ import json
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy.orm import Session
 
 from db import jobs as job_rows
 from db.classifiers import spec_of
 from labelq.errors import InputError
 from labelq.jsonl import read_records
+from service.context import Ctx
 
 # (line or None, custom_id, label) as given
 Entry = tuple[int | None, Any, Any]
@@ -52,13 +52,38 @@ def parse_labels(body: bytes, jsonl: bool) -> tuple[list[Entry], list[dict[str, 
     return entries, rejected
 
 
-def store_labels(
-    s: Session, job_id: str, entries: list[Entry], tenant: str | None = None
-) -> LabelsReport:
-    """Check entries against the job's labels and items and store the good ones."""
-    job = job_rows.get_job(s, job_id, tenant=tenant)
-    valid = set(spec_of(job_rows.job_classifier(s, job)).label_names)
-    rejected: list[dict[str, Any]] = []
+def set_labels(ctx: Ctx, job_id: str, body: bytes, jsonl: bool) -> LabelsReport:
+    """Gold labels for a job's items, from a request body (see `parse_labels`): checked against
+    the job's labels and items, the good ones stored in one transaction."""
+    entries, rejected = parse_labels(body, jsonl)
+    with ctx.tx() as s:
+        job = job_rows.get_job(s, job_id, tenant=ctx.tenant)
+        valid = set(spec_of(job_rows.job_classifier(s, job)).label_names)
+        wanted = _wanted(entries, valid, rejected)
+        found = job_rows.item_ids_by_custom_id(s, job_id, list(wanted))
+        labels: dict[int, str] = {}
+        for custom_id, (line, label) in wanted.items():
+            if custom_id in found:
+                labels[found[custom_id]] = label
+            else:
+                rejected.append(
+                    {
+                        "line": line,
+                        "custom_id": custom_id,
+                        "label": label,
+                        "error": "no item of this job has this custom_id",
+                        "field": "custom_id",
+                    }
+                )
+        job_rows.set_gold_labels(s, labels)
+    return LabelsReport(accepted=len(labels), rejected=rejected)
+
+
+def _wanted(
+    entries: list[Entry], valid: set[str], rejected: list[dict[str, Any]]
+) -> dict[str, tuple[int | None, str]]:
+    """custom_id -> (line, label) of the entries that name a label of the job; the others are
+    added to `rejected` with the reason."""
     wanted: dict[str, tuple[int | None, str]] = {}
     for line, custom_id, label in entries:
         entry = {"line": line, "custom_id": custom_id, "label": label}
@@ -71,21 +96,4 @@ def store_labels(
             rejected.append({**entry, "error": "custom_id given twice", "field": "custom_id"})
         else:
             wanted[str(custom_id)] = (line, label)
-    found = job_rows.item_ids_by_custom_id(s, job_id, list(wanted))
-    labels: dict[int, str] = {}
-    for custom_id, (line, label) in wanted.items():
-        if custom_id in found:
-            labels[found[custom_id]] = label
-        else:
-            rejected.append(
-                {
-                    "line": line,
-                    "custom_id": custom_id,
-                    "label": label,
-                    "error": "no item of this job has this custom_id",
-                    "field": "custom_id",
-                }
-            )
-    job_rows.set_gold_labels(s, labels)
-    s.commit()
-    return LabelsReport(accepted=len(labels), rejected=rejected)
+    return wanted

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy.orm import Session
-
-from db import dashboard
+from db import counts
 from db.jobs import count_jobs_by_state
+from db.session import ping
+from service.context import Ctx
 from service.workers import QueueHealth, queues
 
-CONFIDENCE_BUCKETS = dashboard.CONFIDENCE_BUCKETS
+CONFIDENCE_BUCKETS = counts.CONFIDENCE_BUCKETS
 
 
 @dataclass
@@ -38,22 +38,32 @@ class Snapshot:
     classifiers: list[ClassifierReadings]
 
 
-def snapshot(s: Session, stale_after: float) -> Snapshot:
+def snapshot(ctx: Ctx) -> Snapshot:
+    """Every tenant's figures (the system context)."""
     found: dict[tuple[str, str, int], ClassifierReadings] = {}
-    for (
-        tenant,
-        name,
-        version,
-        predicted,
-        bucket,
-        count,
-        total,
-    ) in dashboard.confidence_by_classifier(s):
+    with ctx.reads() as s:
+        by_classifier = counts.confidence_by_classifier(s)
+        by_state = count_jobs_by_state(s)
+    for tenant, name, version, predicted, bucket, count, total in by_classifier:
         r = found.setdefault((tenant, name, version), ClassifierReadings(tenant, name, version))
         for k in range(bucket, len(r.cumulative)):
             r.cumulative[k] += count
         r.confidence_sum += total
         r.predicted[predicted] = r.predicted.get(predicted, 0) + count
-    return Snapshot(
-        count_jobs_by_state(s), queues(s, stale_after), [found[k] for k in sorted(found)]
-    )
+    return Snapshot(by_state, queues(ctx), [found[k] for k in sorted(found)])
+
+
+def unserved_queues(ctx: Ctx) -> list[str] | None:
+    """Queues with unfinished jobs and no live worker; None when the database does not
+    answer (readiness)."""
+    try:
+        with ctx.reads() as s:
+            ping(s)
+        return [q.queue for q in queues(ctx) if q.unfinished_jobs and not q.live_workers]
+    except Exception:
+        return None
+
+
+def broker_answers(ctx: Ctx) -> bool:
+    """Whether the broker that carries tasks to workers answers (readiness)."""
+    return ctx.dispatcher.ping()

@@ -21,16 +21,12 @@ from collections import defaultdict
 from datetime import timedelta
 
 from pydantic import BaseModel
-from sqlalchemy.orm import Session, sessionmaker
 
-from db import jobs as job_rows
-from db import workers
+from db import chunks, workers
 from db.models import utcnow
-from db.session import transaction
-from labelq.settings import Settings
-from service import pipelines, webhooks
-from service.dispatch import Dispatcher
-from service.jobs import send
+from service import locks, pipelines, webhooks
+from service.context import Ctx
+from service.dispatch import send
 
 log = logging.getLogger(__name__)
 
@@ -47,41 +43,36 @@ class SweepReport(BaseModel):
 LOCK = "reconciler"
 
 
-def sweep_if_leader(
-    factory: sessionmaker[Session], dispatcher: Dispatcher, settings: Settings, owner: str
-) -> SweepReport | None:
+def sweep_if_leader(ctx: Ctx, owner: str) -> SweepReport | None:
     """Sweep if `owner` holds (or takes) the reconciler's lock; None when another holds it.
     Every worker tries every period, so the sweep never waits behind a busy queue, and the
     lock keeps two from sending, writing sinks or delivering webhooks at once."""
-    from db import locks
-
-    with transaction(factory) as s:
-        held = locks.acquire(s, LOCK, owner, max(3 * settings.reconcile_interval, 10))
-    return sweep(factory, dispatcher, settings) if held else None
+    held = locks.take(ctx, LOCK, owner, max(3 * ctx.settings.reconcile_interval, 10))
+    return sweep(ctx) if held else None
 
 
-def sweep(
-    factory: sessionmaker[Session], dispatcher: Dispatcher, settings: Settings
-) -> SweepReport:
+def sweep(ctx: Ctx) -> SweepReport:
+    """One pass over every tenant's unfinished work (the system context)."""
+    settings = ctx.settings
     now = utcnow()
     report = SweepReport()
-    with transaction(factory) as s:
-        report.jobs_ended = job_rows.finish_done_jobs(s)
+    with ctx.tx() as s:
+        report.jobs_ended = chunks.finish_done_jobs(s)
         report.workers_forgotten = workers.forget_stale(
             s, now - timedelta(seconds=10 * settings.worker_stale_after)
         )
-        due = job_rows.chunks_to_send(s, now, now - timedelta(seconds=settings.stall_after))
+        due = chunks.chunks_to_send(s, now, now - timedelta(seconds=settings.stall_after))
     by_job: dict[tuple[str, str], list[int]] = defaultdict(list)
     for ref in due:
         by_job[(ref.job_id, ref.queue)].append(ref.seq)
     for (job_id, queue), seqs in by_job.items():
-        if send(factory, dispatcher, job_id, queue, seqs):
+        if send(ctx, job_id, queue, seqs):
             report.sent += len(seqs)
         else:
             report.unsent += len(seqs)
     # Pipeline runs whose job ended: sink, then watermark. Then the notifications.
-    report.runs_ended = pipelines.finish_runs(factory, settings)
-    report.webhooks_delivered = webhooks.deliver_due(factory, settings)
+    report.runs_ended = pipelines.finish_runs(ctx)
+    report.webhooks_delivered = webhooks.deliver_due(ctx)
     if report.sent or report.unsent or report.jobs_ended:
         log.info(
             "reconciler: sent %d chunk(s), %d could not be sent, ended %d job(s)",
@@ -90,3 +81,11 @@ def sweep(
             len(report.jobs_ended),
         )
     return report
+
+
+def requeue_after_restart(ctx: Ctx, queue: str) -> int:
+    """For the embedded default, whose task queue lived in the memory of a process that is
+    gone: every unfinished chunk of `queue` needs a new task, and leases held by that process
+    are void. Returns how many chunks are affected."""
+    with ctx.tx() as s:
+        return chunks.requeue_after_restart(s, queue)

@@ -17,16 +17,17 @@ from typing import Any
 import numpy as np
 import orjson
 from pydantic import BaseModel
-from sqlalchemy.orm import Session, sessionmaker
 
 from db import calibrations as calibration_rows
 from db import jobs as job_rows
+from db import reads
 from db.classifiers import spec_of
 from db.models import RESULT_TEXT_COLUMNS, Calibration, CalibrationStatus, ItemStatus
 from labelq import calibration, metrics
 from labelq.errors import Conflict, InputError
 from labelq.metrics import ReliabilityBin
-from service.jobs import iter_items
+from service.context import Ctx
+from service.jobs import items
 
 CALIBRATION_CHOICES = "none, active or a calibration id"
 
@@ -104,57 +105,42 @@ class View:
         return rows
 
 
-def calibration_by_id(
-    s: Session, choice: str, classifier_ids: set[int], choices: str = CALIBRATION_CHOICES
-) -> Calibration:
-    """The ready calibration a choice names by id, of one of these classifier versions."""
+def calibration_choice(choice: str, choices: str = CALIBRATION_CHOICES) -> int:
+    """The calibration id a choice names (not `none`, `active` or `stored`)."""
     try:
-        calibration_id = int(choice)
+        return int(choice)
     except ValueError:
         raise InputError(f"calibration must be {choices}", field="calibration") from None
-    row = calibration_rows.get_calibration(s, calibration_id, classifier_ids)
-    _check_ready(row)
-    return row
 
 
-def _check_ready(row: Calibration) -> None:
+def check_ready(row: Calibration) -> None:
     if row.status != CalibrationStatus.ready:
         raise Conflict(f"calibration {row.id} is {row.status}", field="calibration")
 
 
-def resolve_view(
-    factory: sessionmaker[Session], job_id: str, choice: str | None, tenant: str | None = None
-) -> View:
-    """`choice`: None (as stored), `none` (uncalibrated), `active` (uncalibrated when none is
-    active), or a calibration id of the job's classifier version."""
-    with factory() as s:
-        return view_in(s, factory, job_id, choice, tenant)
-
-
-def view_in(
-    s: Session,
-    factory: sessionmaker[Session],
-    job_id: str,
-    choice: str | None,
-    tenant: str | None = None,
-) -> View:
-    """`resolve_view` on an open session (`factory` only for a batch calibration's prior)."""
-    job, classifier = job_rows.get_job_and_classifier(s, job_id, tenant)
-    spec = spec_of(classifier)
-    view = View(choice is None, spec.label_names, spec.bias_vector())
-    if choice is None or choice == "none":
-        return view
-    if choice == "active":
-        row = calibration_rows.active_calibration(s, job.classifier_id)
-        if row is None:
+def resolve_view(ctx: Ctx, job_id: str, choice: str | None) -> View:
+    """How the job's results are served: `choice` None (as stored), `none` (uncalibrated),
+    `active` (uncalibrated when none is active), or a calibration id of the job's classifier
+    version. NotFound for a job the caller cannot see."""
+    with ctx.reads() as s:
+        job, classifier = job_rows.get_job_and_classifier(s, job_id, tenant=ctx.tenant)
+        spec = spec_of(classifier)
+        view = View(choice is None, spec.label_names, spec.bias_vector())
+        if choice is None or choice == "none":
             return view
-        _check_ready(row)
-    else:
-        row = calibration_by_id(s, choice, {job.classifier_id})
+        if choice == "active":
+            row = calibration_rows.active_calibration(s, job.classifier_id)
+            if row is None:
+                return view
+        else:
+            row = calibration_rows.get_calibration(
+                s, calibration_choice(choice), {job.classifier_id}
+            )
+    check_ready(row)
     method, params, view.info = row.method, row.params, {"id": row.id, "method": row.method}
     if method == calibration.BatchCalibration.method:
         # Served page by page, the batch is still the whole job: estimate its prior once.
-        scored = [i.result for i in iter_items(factory, job_id) if i.result is not None]
+        scored = [i.result for i in items(ctx, job_id) if i.result is not None]
         z = calibration.result_log_probs(scored, view.labels, view.bias)
         view.calibrator = calibration.BatchCalibration.over_whole_batch(z)
     else:
@@ -162,19 +148,26 @@ def view_in(
     return view
 
 
-def iter_rows(
-    factory: sessionmaker[Session], job_id: str, view: View, batch: int = 1000
-) -> Iterator[dict[str, Any]]:
-    """Every result row of a job in input order, one short session per page: a 1M-item export
-    holds neither a transaction nor its rows for its whole duration."""
-    after = -1
-    while True:
-        with factory() as s:
-            items = job_rows.result_rows(s, job_id, after, batch)
-        yield from view.rows(items)
-        if len(items) < batch:
-            return
-        after = items[-1].idx
+def iter_rows(ctx: Ctx, job_id: str, view: View) -> Iterator[dict[str, Any]]:
+    """Every result row of a job (resolved as `view`) in input order, a page at a time."""
+    rows = ctx.pages(
+        lambda s, after, size: reads.result_rows(s, job_id, after, size),
+        -1,
+        lambda row: int(row.idx),
+    )
+    for page in _batched(rows, 1000):
+        yield from view.rows(page)
+
+
+def _batched(rows: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    page: list[Any] = []
+    for row in rows:
+        page.append(row)
+        if len(page) >= size:
+            yield page
+            page = []
+    if page:
+        yield page
 
 
 class ResultsPage(BaseModel):
@@ -191,46 +184,51 @@ class Page:
     next_cursor: str | None
 
 
-def page(
-    s: Session,
-    factory: sessionmaker[Session],
-    job_id: str,
-    choice: str | None,
-    cursor: str | None,
-    limit: int,
-    tenant: str | None = None,
-) -> Page:
-    """A page of results after `cursor`, under the calibration `choice` names: the job looked
-    up and the page read in one session (`factory` only for a batch calibration's prior)."""
+def page(ctx: Ctx, job_id: str, choice: str | None, cursor: str | None, limit: int) -> Page:
+    """A page of results after `cursor`, under the calibration `choice` names. As stored, the
+    page itself is the only read (runs on the API's event loop); under a calibration the job is
+    resolved first (a batch calibration reads the whole job for its prior)."""
     try:
         after = int(cursor) if cursor else -1
     except ValueError:
         raise InputError(
             "cursor must be a next_cursor value from a previous page", field="cursor"
         ) from None
-    items: Sequence[Sequence[Any]]
+    rows: list[dict[str, Any] | orjson.Fragment]
     if choice is None:
-        # As stored: nothing to resolve, so the page itself is the only read; the join on the
-        # job keeps other tenants out. No row: a missing job (NotFound) or a page past the end.
-        items = job_rows.stored_result_rows(s, job_id, after, limit + 1, tenant)
-        if not items:
-            job_rows.get_job(s, job_id, tenant=tenant)
-        rows: list[dict[str, Any] | orjson.Fragment] = [stored_record(i) for i in items[:limit]]
+        # The join on the job keeps other tenants out. No row: a missing job (NotFound) or a
+        # page past the end.
+        with ctx.reads() as s:
+            stored = reads.stored_result_rows(s, job_id, after, limit + 1, tenant=ctx.tenant)
+            if not stored:
+                job_rows.get_job(s, job_id, tenant=ctx.tenant)
+        rows = [stored_record(i) for i in stored[:limit]]
+        more = len(stored) > limit
+        last = stored[limit - 1][_IDX] if more else None
     else:
-        view = view_in(s, factory, job_id, choice, tenant)
-        items = job_rows.result_rows(s, job_id, after, limit + 1)
-        rows = list(view.rows(items[:limit]))
-    more = len(items) > limit
-    return Page(rows, str(items[limit - 1][_IDX]) if more else None)
+        view = resolve_view(ctx, job_id, choice)
+        with ctx.reads() as s:
+            found = reads.result_rows(s, job_id, after, limit + 1)
+        rows = list(view.rows(found[:limit]))
+        more = len(found) > limit
+        last = found[limit - 1][_IDX] if more else None
+    return Page(rows, str(last) if more else None)
 
 
 EXPORT_PIECE = 1 << 16  # one write per ~64 KiB, not one per row: per-write overhead dominated
 
 
-def export_jsonl(factory: sessionmaker[Session], job_id: str, view: View) -> Iterator[bytes]:
+def export(ctx: Ctx, job_id: str, choice: str | None, format: str) -> Iterator[bytes]:
+    """The whole job's results as JSONL or CSV, streamed in pieces; the job is resolved now
+    (NotFound, a bad calibration) and read page by page as the stream is consumed."""
+    view = resolve_view(ctx, job_id, choice)
+    return export_jsonl(ctx, job_id, view) if format == "jsonl" else export_csv(ctx, job_id, view)
+
+
+def export_jsonl(ctx: Ctx, job_id: str, view: View) -> Iterator[bytes]:
     lines: list[str] = []
     size = 0
-    for row in iter_rows(factory, job_id, view):
+    for row in iter_rows(ctx, job_id, view):
         line = json.dumps(row, ensure_ascii=False) + "\n"
         lines.append(line)
         size += len(line)
@@ -243,13 +241,13 @@ def export_jsonl(factory: sessionmaker[Session], job_id: str, view: View) -> Ite
 CSV_FIELDS = ["custom_id", "status", "label", "confidence", "margin", "entropy", "energy"]
 
 
-def export_csv(factory: sessionmaker[Session], job_id: str, view: View) -> Iterator[bytes]:
+def export_csv(ctx: Ctx, job_id: str, view: View) -> Iterator[bytes]:
     labels = view.labels
     header = [*CSV_FIELDS, *(f"p_{label}" for label in labels), "label_set", "line", "error"]
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(header)
-    for row in iter_rows(factory, job_id, view):
+    for row in iter_rows(ctx, job_id, view):
         probs = row.get("probs", {})
         label_set = row.get("label_set")
         writer.writerow(
@@ -276,9 +274,11 @@ class JobMetrics(BaseModel):
     mean_set_size: float | None = None
 
 
-def job_metrics(factory: sessionmaker[Session], job_id: str, view: View, bins: int) -> JobMetrics:
-    """How trustworthy the confidences are on the job's gold-labelled items."""
-    rows = [r for r in iter_rows(factory, job_id, view) if r.get("gold_label") and r.get("probs")]
+def job_metrics(ctx: Ctx, job_id: str, choice: str | None, bins: int) -> JobMetrics:
+    """How trustworthy the confidences are on the job's gold-labelled items, under the
+    calibration `choice` names."""
+    view = resolve_view(ctx, job_id, choice)
+    rows = [r for r in iter_rows(ctx, job_id, view) if r.get("gold_label") and r.get("probs")]
     if not rows:
         raise Conflict("no scored item of this job has a gold label yet", field="labels")
     index = {label: k for k, label in enumerate(view.labels)}

@@ -8,11 +8,10 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from pydantic import BaseModel
-from sqlalchemy.orm import Session
 
-from db import jobs as job_rows
-from db import workers
+from db import chunks, workers
 from db.models import utcnow
+from service.context import Ctx
 
 
 class QueueHealth(BaseModel):
@@ -21,25 +20,29 @@ class QueueHealth(BaseModel):
     unfinished_jobs: int
 
 
-def beat(s: Session, name: str, queue: str, model: str) -> None:
-    workers.beat(s, name, queue, model)
-    s.commit()
+def beat(ctx: Ctx, name: str, queue: str, model: str) -> None:
+    """Record that worker `name` is alive and serving `queue`."""
+    with ctx.tx() as s:
+        workers.beat(s, name, queue, model)
 
 
-def leave(s: Session, name: str) -> None:
-    workers.remove(s, name)
-    s.commit()
+def leave(ctx: Ctx, name: str) -> None:
+    with ctx.tx() as s:
+        workers.remove(s, name)
 
 
-def live_queues(s: Session, stale_after: float) -> dict[str, int]:
-    """Queue -> workers seen in the last `stale_after` seconds."""
-    return workers.live_workers(s, utcnow() - timedelta(seconds=stale_after))
+def live_queues(ctx: Ctx) -> dict[str, int]:
+    """Queue -> workers seen in the last LABELQ_WORKER_STALE_AFTER seconds."""
+    seen_since = utcnow() - timedelta(seconds=ctx.settings.worker_stale_after)
+    with ctx.reads() as s:
+        return workers.live_workers(s, seen_since)
 
 
-def queues(s: Session, stale_after: float) -> list[QueueHealth]:
+def queues(ctx: Ctx) -> list[QueueHealth]:
     """Every queue that has a live worker or unfinished jobs."""
-    live = live_queues(s, stale_after)
-    waiting = job_rows.unfinished_queues(s)
+    live = live_queues(ctx)
+    with ctx.reads() as s:
+        waiting = chunks.unfinished_queues(s)
     return [
         QueueHealth(queue=q, live_workers=live.get(q, 0), unfinished_jobs=waiting.get(q, 0))
         for q in sorted(set(live) | set(waiting))
@@ -47,24 +50,22 @@ def queues(s: Session, stale_after: float) -> list[QueueHealth]:
 
 
 class LiveQueues:
-    """Queue -> live workers, read from the database at most once a `ttl` (one API process's
+    """Queue -> live workers, read from the database at most once a `ttl` (one process's
     cache): every status poll of an unfinished job asks, and the answer moves only at
     heartbeat pace (LABELQ_WORKER_HEARTBEAT, 10 s by default) anyway."""
 
-    def __init__(
-        self, stale_after: float, ttl: float = 1.0, timer: Callable[[], float] = time.monotonic
-    ):
-        self.stale_after, self.ttl, self.timer = stale_after, ttl, timer
+    def __init__(self, ttl: float = 1.0, timer: Callable[[], float] = time.monotonic):
+        self.ttl, self.timer = ttl, timer
         self._lock = threading.Lock()
         self._value: dict[str, int] = {}
         self._until = float("-inf")
 
-    def __call__(self, s: Session) -> dict[str, int]:
+    def of(self, ctx: Ctx) -> dict[str, int]:
         now = self.timer()
         with self._lock:
             if now < self._until:
                 return self._value
-        value = live_queues(s, self.stale_after)
+        value = live_queues(ctx)
         with self._lock:
             self._value, self._until = value, now + self.ttl
         return value

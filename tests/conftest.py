@@ -16,13 +16,16 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
 from labelq.scoring import Scorer
 from labelq.settings import Settings
-from service import calibrations
+from service import calibrations, wiring
 from service.chunks import ChunkRunner
+from service.context import Ctx, Services
+from service.dispatch import Dispatcher
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -130,12 +133,17 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     _empty_postgres(url)
 
 
+def engine_at(url: str) -> Engine:
+    """An engine on a test database, as `service.wiring` builds a process's."""
+    return wiring.database_engine(Settings(database_url=url))
+
+
 @pytest.fixture
 def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
-    from db.session import make_engine, make_sessionmaker
-
-    engine = make_engine(db_url)
-    yield make_sessionmaker(engine)
+    """Sessions on the test's database (tests look at rows directly; the code under test gets
+    its `Services` through `service.wiring`, on the same engine)."""
+    engine = engine_at(db_url)
+    yield sessionmaker(engine, expire_on_commit=False)
     engine.dispose()
 
 
@@ -158,13 +166,16 @@ def scorer(request: pytest.FixtureRequest, fake_scorer: Scorer) -> Scorer:
 # -- the API in-process --------------------------------------------------------------------------
 class InlineDispatcher:
     """Runs dispatched chunks and fits at once, in the request (the Celery path is in test_e2e).
-    `hold` keeps them unrun (to look at queued jobs)."""
+    `hold` keeps them unrun (to look at queued jobs). `bind` it to the services it runs with."""
 
-    def __init__(self, factory: sessionmaker[Session], scorer: Scorer | None, settings: Settings):
-        self.factory, self.scorer = factory, scorer
+    def __init__(self, scorer: Scorer | None):
+        self.scorer = scorer
         self.sent: list[Any] = []
         self.hold = scorer is None
-        self.runner = ChunkRunner(factory, self._scorer_for, settings, "inline")
+
+    def bind(self, services: Services) -> None:
+        self.ctx = Ctx.system(services)
+        self.runner = ChunkRunner(self.ctx, self._scorer_for, "inline")
 
     def _scorer_for(self, _: str) -> Scorer:
         assert self.scorer is not None
@@ -179,10 +190,52 @@ class InlineDispatcher:
     def dispatch_fit(self, calibration_id: int, queue_name: str) -> None:
         self.sent.append(("fit", queue_name, [calibration_id]))
         if not self.hold:
-            calibrations.fit(self.factory, self._scorer_for, calibration_id)
+            calibrations.fit(self.ctx, self._scorer_for, calibration_id)
 
     def ping(self) -> bool:
         return True
+
+
+class Recorder:
+    """A dispatcher that only records what it was asked to send."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, list[int]]] = []
+        self.fits: list[int] = []
+
+    def dispatch(self, job_id: str, queue_name: str, seqs: list[int]) -> None:
+        self.sent.append((job_id, list(seqs)))
+
+    def dispatch_fit(self, calibration_id: int, queue_name: str) -> None:
+        self.fits.append(calibration_id)
+
+    def ping(self) -> bool:
+        return True
+
+
+def services_of(
+    factory: sessionmaker[Session], settings: Settings, dispatcher: Dispatcher | None = None
+) -> Services:
+    """The services of a process on the test's database (`factory`'s engine)."""
+    engine = factory.kw["bind"]
+    return wiring.services_on(engine, settings, dispatcher or Recorder())
+
+
+def system(
+    factory: sessionmaker[Session], settings: Settings, dispatcher: Dispatcher | None = None
+) -> Ctx:
+    """The system context on the test's database."""
+    return Ctx.system(services_of(factory, settings, dispatcher))
+
+
+def tenant_ctx(
+    factory: sessionmaker[Session],
+    settings: Settings,
+    dispatcher: Dispatcher | None = None,
+    tenant: str = "default",
+) -> Ctx:
+    """A tenant's context on the test's database."""
+    return Ctx.of(services_of(factory, settings, dispatcher), tenant)
 
 
 def make_client(
@@ -190,8 +243,10 @@ def make_client(
 ) -> tuple[TestClient, InlineDispatcher]:
     """The API on `factory` with an inline dispatcher; requests come from 127.0.0.1."""
     config = Settings(model="tiny-model", chunk_size=4, **settings)
-    dispatcher = InlineDispatcher(factory, scorer, config)
-    app = create_app(config, factory, dispatcher)
+    dispatcher = InlineDispatcher(scorer)
+    services = services_of(factory, config, dispatcher)
+    dispatcher.bind(services)
+    app = create_app(services)
     return TestClient(app, client=("127.0.0.1", 50000)), dispatcher
 
 
@@ -223,3 +278,16 @@ def run_cli(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def create_key(
+    factory: sessionmaker[Session],
+    name: str,
+    tenant: str = "default",
+    scopes: tuple[str, ...] = ("read", "submit", "calibrate", "admin"),
+) -> str:
+    """A new API key on the test's database, as `labelq keys create` makes one."""
+    from service import keys
+
+    body = keys.KeyCreate(name=name, tenant=tenant, scopes=list(scopes))
+    return keys.create(system(factory, Settings()), body).key

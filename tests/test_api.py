@@ -16,7 +16,7 @@ from labelq.scoring import Item as ScoreItem
 from labelq.scoring import ItemResult, Scorer
 from labelq.settings import Settings
 from labelq.spec import parse_spec
-from tests.conftest import InlineDispatcher, make_client
+from tests.conftest import InlineDispatcher, create_key, make_client, services_of
 
 SPEC = {
     "name": "api-test",
@@ -159,13 +159,10 @@ def test_cancel_stops_pending_chunks(bare_client: Any) -> None:
 
 
 def test_auth_with_keys(factory: Any) -> None:
-    from service import keys
-
     c, _ = make_client(factory, None)
     with c:
         assert c.get("/v1/classifiers").status_code == 200  # no keys: loopback is open
-        with factory() as s:
-            key = keys.create(s, "t").key
+        key = create_key(factory, "t")
         r = c.get("/v1/classifiers")
         assert r.status_code == 401 and r.json()["field"] == "Authorization"
         assert c.get("/v1/classifiers", headers={"Authorization": "Bearer nope"}).status_code == 401
@@ -176,8 +173,7 @@ def test_auth_with_keys(factory: Any) -> None:
 
 
 def test_no_keys_refuses_remote_clients(factory: Any) -> None:
-    settings = Settings(model="m")
-    app = create_app(settings, factory, InlineDispatcher(factory, None, settings))
+    app = create_app(services_of(factory, Settings(model="m"), InlineDispatcher(None)))
     with TestClient(app, client=("203.0.113.9", 5000)) as c:
         r = c.get("/v1/classifiers")
         assert r.status_code == 401 and "loopback" in r.json()["error"]
@@ -199,7 +195,8 @@ def test_health_ready_metrics(bare_client: Any) -> None:
 def test_readyz_reports_a_dead_broker(factory: Any) -> None:
     from service.dispatch import CeleryDispatcher
 
-    app = create_app(Settings(model="m"), factory, CeleryDispatcher("redis://127.0.0.1:1/0"))
+    dead = CeleryDispatcher("redis://127.0.0.1:1/0")
+    app = create_app(services_of(factory, Settings(model="m"), dead))
     with TestClient(app) as c:
         r = c.get("/readyz")
         assert r.status_code == 503 and r.json()["checks"]["broker"] is False
@@ -234,7 +231,7 @@ def test_api_never_imports_the_engine() -> None:
     import sys
 
     code = (
-        "import sys, api.app, api.cli; "
+        "import sys, api.app, api.cli, api.server, embedded.cli, service.wiring; "
         "heavy = [m for m in ('vllm', 'torch') if m in sys.modules]; "
         "assert not heavy, heavy"
     )
@@ -257,12 +254,9 @@ def test_reads_go_on_when_postgres_closes_their_connections(
     and the status poll is (the driver path)."""
     from sqlalchemy import create_engine, text
 
-    from service import keys
-
     c, _ = make_client(factory, fake_scorer)
     if with_key:
-        with factory() as s:
-            c.headers["Authorization"] = f"Bearer {keys.create(s, 'poller').key}"
+        c.headers["Authorization"] = f"Bearer {create_key(factory, 'poller')}"
     with c:
         c.post("/v1/classifiers", json=SPEC)
         items = [{"custom_id": f"i{i}", "text": f"review {i}"} for i in range(12)]
@@ -308,8 +302,9 @@ def test_serve_hands_uvicorn_a_frozen_heap(
 
     import uvicorn
 
-    from api import cli
+    from api import server
     from db.migrate import upgrade
+    from embedded import cli
 
     url = f"sqlite:///{tmp_path / 'labelq.db'}"
     upgrade(url)
@@ -320,7 +315,7 @@ def test_serve_hands_uvicorn_a_frozen_heap(
 
     monkeypatch.setattr(uvicorn, "run", run)
     settings = Settings(database_url=url, model="tiny-model", api_access_log=access_log)
-    args = argparse.Namespace(host="127.0.0.1", port=cli._free_port(), embedded=False)
+    args = argparse.Namespace(host="127.0.0.1", port=server._free_port(), embedded=False)
     gc.unfreeze()
     try:
         assert cli._serve(args, settings) == 0
@@ -328,3 +323,20 @@ def test_serve_hands_uvicorn_a_frozen_heap(
         gc.unfreeze()  # the rest of the test session collects as usual
     assert seen["frozen"] > 10_000, "the app's objects are frozen before it serves"
     assert seen["access_log"] is access_log
+
+
+def test_a_retry_is_held_to_the_apps_limits_not_the_environments(
+    factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry ingests its items under the settings the app was built with, as an upload
+    does: not under whatever LABELQ_ variables the process's environment holds."""
+    c, _ = make_client(factory, None)  # chunks stay queued
+    with c:
+        c.post("/v1/classifiers", json=SPEC)
+        items = [{"custom_id": f"k{i}", "text": f"t{i}"} for i in range(3)]
+        job = c.post("/v1/jobs", json={"classifier": "api-test", "items": items}).json()
+        c.post(f"/v1/jobs/{job['id']}/cancel")
+        monkeypatch.setenv("LABELQ_MAX_ITEMS_PER_JOB", "2")  # not the app's limit
+        retry = c.post(f"/v1/jobs/{job['id']}/retry")
+        assert retry.status_code == 202, retry.text
+        assert (retry.json()["total"], retry.json()["state"]) == (3, "queued")

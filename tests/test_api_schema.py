@@ -15,9 +15,9 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from sqlalchemy.orm import sessionmaker
 
-from service import keys
-from tests.conftest import make_client
+from tests.conftest import create_key, make_client
 
 SPEC = {
     "name": "schema",
@@ -29,18 +29,17 @@ SPEC = {
 @pytest.fixture(scope="module")
 def api_schema(tmp_path_factory: pytest.TempPathFactory, fake_scorer: Any) -> Iterator[Any]:
     from db.migrate import upgrade
-    from db.session import make_engine, make_sessionmaker
+    from tests.conftest import engine_at
 
     url = f"sqlite:///{tmp_path_factory.mktemp('schema') / 'labelq.db'}"
     upgrade(url)
-    engine = make_engine(url)
-    factory = make_sessionmaker(engine)
+    engine = engine_at(url)
+    factory = sessionmaker(engine, expire_on_commit=False)
     client, _ = make_client(factory, fake_scorer, submissions_per_minute=100_000)
     with client:
         client.post("/v1/classifiers", json=SPEC)
         client.post("/v1/jobs", json={"classifier": "schema", "items": [{"text": "a"}]})
-        with factory() as s:
-            key = keys.create(s, "schemathesis").key
+        key = create_key(factory, "schemathesis")
         schema = schemathesis.openapi.from_asgi("/openapi.json", client.app)
         yield schema, {"Authorization": f"Bearer {key}"}
     engine.dispose()

@@ -12,14 +12,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.classifiers import store_version
 from db.models import Chunk, JobItem, as_utc, utcnow
-from db.session import transaction
 from labelq.backends.fake import FakeBackend
 from labelq.scoring import Item, Scorer
 from labelq.settings import Settings
 from labelq.spec import parse_spec
-from service import jobs
+from service import ingest, jobs
 from service.chunks import ChunkRunner, EngineFailure, LeaseKeeper, score_items
+from service.dispatch import queue_for
 from service.reconcile import sweep
+from tests.conftest import Recorder, system
 
 SPEC = {
     "name": "chunks",
@@ -29,35 +30,25 @@ SPEC = {
 Factory = sessionmaker[Session]
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, list[int]]] = []
-
-    def dispatch(self, job_id: str, queue_name: str, seqs: list[int]) -> None:
-        self.sent.append((job_id, list(seqs)))
-
-    def dispatch_fit(self, calibration_id: int, queue_name: str) -> None:
-        raise AssertionError("not expected")
-
-    def ping(self) -> bool:
-        return True
-
-
 def _settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {"model": "fake", "chunk_size": 4, "max_chunk_attempts": 3}
     return Settings(**{**values, **overrides})
 
 
 def _job(factory: Factory, texts: list[str], settings: Settings) -> str:
-    with transaction(factory) as s:
-        store_version(s, parse_spec(SPEC))
+    with factory.begin() as s:
+        store_version(s, parse_spec(SPEC), tenant="default")
     items = [Item(custom_id=f"c{i}", fields={"text": t}, line=i + 1) for i, t in enumerate(texts)]
-    return jobs.submit_items(factory, Recorder(), settings, "chunks", items)
+    ctx = system(factory, settings).acting_for("default")
+    return ingest.submit(ctx, ingest.JobRequest(classifier="chunks"), items)
+
+
+def _runner(factory: Factory, settings: Settings, scorer_for: Any, **kw: Any) -> ChunkRunner:
+    return ChunkRunner(system(factory, settings), scorer_for, "w", **kw)
 
 
 def _status(factory: Factory, job_id: str, settings: Settings) -> jobs.JobStatus:
-    with factory() as s:
-        return jobs.job_status(s, job_id, settings)
+    return jobs.status(system(factory, settings), job_id)
 
 
 def _errors(factory: Factory, job_id: str) -> list[str | None]:
@@ -83,9 +74,7 @@ def test_an_engine_that_fails_every_item_is_the_engines_fault() -> None:
 def test_chunk_with_a_bad_item_is_written_with_its_error(factory: Factory) -> None:
     settings = _settings()
     job_id = _job(factory, ["good", "poison", "positive", "x"], settings)
-    runner = ChunkRunner(
-        factory, lambda _: Scorer(FakeBackend(fail_marker="poison")), settings, "w"
-    )
+    runner = _runner(factory, settings, lambda _: Scorer(FakeBackend(fail_marker="poison")))
     assert runner.run(job_id, 0)
     status = _status(factory, job_id, settings)
     assert (status.state, status.succeeded, status.failed) == ("succeeded", 3, 1)
@@ -93,7 +82,7 @@ def test_chunk_with_a_bad_item_is_written_with_its_error(factory: Factory) -> No
 
 
 def _make_due(factory: Factory) -> None:
-    with transaction(factory) as s:
+    with factory.begin() as s:
         s.execute(update(Chunk).values(available_at=utcnow() - timedelta(seconds=1)))
 
 
@@ -101,10 +90,11 @@ def test_engine_failure_is_retried_with_backoff_then_fails_the_job(factory: Fact
     settings = _settings(engine_retry_backoff=30)
     job_id = _job(factory, [f"t{i}" for i in range(10)], settings)  # chunks of 4, 4, 2
     discarded: list[str] = []
-    runner = ChunkRunner(
-        factory, lambda _: Scorer(FakeBackend(down=True)), settings, "w", discard=discarded.append
+    runner = _runner(
+        factory, settings, lambda _: Scorer(FakeBackend(down=True)), discard=discarded.append
     )
     recorder = Recorder()
+    sweeper = system(factory, settings, recorder)
     for attempt in range(1, 4):
         assert not runner.run(job_id, 0)
         with factory() as s:
@@ -118,10 +108,10 @@ def test_engine_failure_is_retried_with_backoff_then_fails_the_job(factory: Fact
                 assert chunk.last_error == "RuntimeError: fake engine is down"
         if attempt < 3:
             sent = len(recorder.sent)
-            sweep(factory, recorder, settings)
+            sweep(sweeper)
             assert len(recorder.sent) == sent, "not sent again before it is due"
             _make_due(factory)
-            sweep(factory, recorder, settings)
+            sweep(sweeper)
             assert recorder.sent[sent:] == [(job_id, [0])]
     status = _status(factory, job_id, settings)
     assert (status.state, status.succeeded, status.failed) == ("failed", 0, 10)
@@ -138,7 +128,7 @@ def test_a_model_that_cannot_load_ends_the_job(factory: Factory) -> None:
     def cannot_load(model: str) -> Scorer:
         raise OSError(f"{model} is not a model directory")
 
-    assert not ChunkRunner(factory, cannot_load, settings, "w").run(job_id, 0)
+    assert not _runner(factory, settings, cannot_load).run(job_id, 0)
     status = _status(factory, job_id, settings)
     assert status.state == "failed"
     assert "model fake could not be loaded: fake is not a model directory" in (
@@ -155,21 +145,21 @@ def test_the_lease_is_renewed_while_scoring(factory: Factory) -> None:
             time.sleep(1.5)  # longer than the lease: only renewal keeps the chunk ours
             return super().token_logprobs(requests)
 
-    assert ChunkRunner(factory, lambda _: Scorer(Slow()), settings, "w").run(job_id, 0)
+    assert _runner(factory, settings, lambda _: Scorer(Slow())).run(job_id, 0)
     assert _status(factory, job_id, settings).state == "succeeded"
 
 
 def test_a_lease_keeper_stops_renewing_once_the_claim_is_lost(factory: Factory) -> None:
-    from db import jobs as job_rows
+    from db import chunks
 
     settings = _settings()
     job_id = _job(factory, ["a"], settings)
-    with transaction(factory) as s:
-        work = job_rows.claim_chunk(s, job_id, 0, "me", lease_seconds=0.3, max_attempts=3)
+    with factory.begin() as s:
+        work = chunks.claim_chunk(s, job_id, 0, "me", lease_seconds=0.3, max_attempts=3)
     assert work is not None
-    with transaction(factory) as s:
+    with factory.begin() as s:
         s.execute(update(Chunk).values(owner="someone-else"))
-    with LeaseKeeper(factory, work, 0.3) as keeper:
+    with LeaseKeeper(system(factory, settings), work, 0.3) as keeper:
         time.sleep(0.5)
         assert not keeper._thread.is_alive()
 
@@ -181,10 +171,10 @@ def test_a_job_waiting_for_a_worker_says_so(factory: Factory) -> None:
     job_id = _job(factory, ["a"], settings)
     warnings = _status(factory, job_id, settings).warnings
     assert len(warnings) == 1 and "no worker has been seen on queue labelq.fake." in warnings[0]
-    with factory() as s:
-        workers.beat(s, "w1", jobs.queue_for("fake"), "fake")
-        assert _status(factory, job_id, settings).warnings == []
-        assert [q.live_workers for q in workers.queues(s, 60)] == [1]
+    ctx = system(factory, settings)
+    workers.beat(ctx, "w1", queue_for("fake"), "fake")
+    assert _status(factory, job_id, settings).warnings == []
+    assert [q.live_workers for q in workers.queues(ctx)] == [1]
 
 
 def test_an_api_process_reads_live_workers_at_most_once_a_second(factory: Factory) -> None:
@@ -193,11 +183,11 @@ def test_an_api_process_reads_live_workers_at_most_once_a_second(factory: Factor
     settings = _settings()
     job_id = _job(factory, ["a"], settings)
     now = [0.0]
-    live = workers.LiveQueues(60, ttl=1.0, timer=lambda: now[0])
-    with factory() as s:
-        assert jobs.job_status(s, job_id, settings, live=live).warnings  # none seen yet
-        workers.beat(s, "w1", jobs.queue_for("fake"), "fake")
-        now[0] = 0.9  # the answer read at 0 still stands
-        assert jobs.job_status(s, job_id, settings, live=live).warnings
-        now[0] = 1.0
-        assert jobs.job_status(s, job_id, settings, live=live).warnings == []
+    ctx = system(factory, settings)
+    ctx.services.live_queues = workers.LiveQueues(ttl=1.0, timer=lambda: now[0])
+    assert jobs.status(ctx, job_id).warnings  # none seen yet
+    workers.beat(ctx, "w1", queue_for("fake"), "fake")
+    now[0] = 0.9  # the answer read at 0 still stands
+    assert jobs.status(ctx, job_id).warnings
+    now[0] = 1.0
+    assert jobs.status(ctx, job_id).warnings == []

@@ -75,8 +75,7 @@ def seeded(
 ) -> Iterator[tuple[TestClient, dict[str, Any]]]:
     """One seeded database per module and backend: the queries only read it."""
     from db.migrate import upgrade
-    from db.session import make_engine, make_sessionmaker
-    from tests.conftest import _empty_postgres
+    from tests.conftest import _empty_postgres, engine_at
 
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('dash') / 'labelq.db'}"
@@ -85,9 +84,9 @@ def seeded(
     upgrade(url)
     if request.param == "postgresql":
         _empty_postgres(url)
-    engine = make_engine(url)
+    engine = engine_at(url)
     try:
-        with _seed(make_sessionmaker(engine), fake_scorer) as seeded:
+        with _seed(sessionmaker(engine, expire_on_commit=False), fake_scorer) as seeded:
             yield seeded
     finally:
         engine.dispose()
@@ -388,19 +387,18 @@ def test_postgres_estimates_the_dashboard_groups_from_their_statistics(pg_url: s
     from db.classifiers import store_version
     from db.migrate import upgrade
     from db.models import Job
-    from db.session import make_engine, make_sessionmaker
     from labelq.spec import ClassifierSpec
-    from tests.conftest import _empty_postgres
+    from tests.conftest import _empty_postgres, engine_at
 
     upgrade(pg_url)
     _empty_postgres(pg_url)
-    engine = make_engine(pg_url)
+    engine = engine_at(pg_url)
     rng = np.random.default_rng(0)
     n = 3000
     start = datetime(2026, 11, 1, tzinfo=UTC)
     try:
-        with make_sessionmaker(engine)() as s:
-            classifier, _ = store_version(s, ClassifierSpec.model_validate(SPEC))
+        with sessionmaker(engine, expire_on_commit=False)() as s:
+            classifier, _ = store_version(s, ClassifierSpec.model_validate(SPEC), tenant="default")
             s.add(Job(id="j", classifier_id=classifier.id, model="m", queue="q", chunk_size=64))
             s.flush()
             seconds = rng.uniform(0, 100 * 3600, n)

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
 from labelq.settings import Settings
-from tests.conftest import InlineDispatcher
+from tests.conftest import InlineDispatcher, create_key, services_of
 from tests.test_dashboard import DASH, NAME, _seed
 
 pytestmark = pytest.mark.slow
@@ -38,12 +38,12 @@ def _free_port() -> int:
 def factory(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
     """A SQLite database of the test's own (the page is the same whatever the database)."""
     from db.migrate import upgrade
-    from db.session import make_engine, make_sessionmaker
+    from tests.conftest import engine_at
 
     url = f"sqlite:///{tmp_path / 'labelq.db'}"
     upgrade(url)
-    engine = make_engine(url)
-    yield make_sessionmaker(engine)
+    engine = engine_at(url)
+    yield sessionmaker(engine, expire_on_commit=False)
     engine.dispose()
 
 
@@ -59,7 +59,10 @@ def served(
         ).json()
         ids["platt"] = platt["id"]
     config = Settings(model="tiny-model", chunk_size=4)
-    app = create_app(config, factory, InlineDispatcher(factory, fake_scorer, config))
+    dispatcher = InlineDispatcher(fake_scorer)
+    services = services_of(factory, config, dispatcher)
+    dispatcher.bind(services)
+    app = create_app(services)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -150,11 +153,8 @@ def test_every_chart_is_drawn_from_the_api(
 def test_keys_are_asked_for_and_only_admins_activate(
     served: tuple[str, dict[str, Any]], browser: Any, factory: sessionmaker[Session]
 ) -> None:
-    from service import keys
-
     url, ids = served
-    with factory() as s:
-        admin = keys.create(s, "operator").key
+    admin = create_key(factory, "operator")
     auth = {"Authorization": f"Bearer {admin}"}
     reader = httpx.post(
         f"{url}/v1/keys", json={"name": "viewer", "scopes": ["read"]}, headers=auth

@@ -10,16 +10,17 @@ import pytest
 from sqlalchemy import func, make_url, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import jobs, keys
+from db import chunks, jobs, keys, reads
+from db.chunks import ChunkWork
 from db.classifiers import get_classifier, latest_classifiers, store_version
-from db.jobs import ChunkWork
 from db.models import ApiKey, Chunk, ItemStatus, Job, JobItem, utcnow
-from db.session import loop_url, transaction
+from db.session import ReadOnlyTransaction, loop_url
 from labelq.errors import Conflict, InputError, NotFound
 from labelq.scoring import Item as ScoreItem
 from labelq.settings import Settings
 from labelq.spec import parse_spec
-from service import jobs as job_service
+from service import ingest
+from tests.conftest import system, tenant_ctx
 
 SPEC = {"name": "db-test", "template": "{{ text }} =>", "labels": {"a": " a", "b": " b"}}
 LEASE = 60.0
@@ -59,34 +60,38 @@ def test_migrations_match_the_models(db_url: str) -> None:
 
 def test_classifier_versions(factory: Factory) -> None:
     spec = parse_spec(SPEC)
-    with transaction(factory) as s:
-        first, created = store_version(s, spec)
+    with factory.begin() as s:
+        first, created = store_version(s, spec, tenant="default")
         assert (first.version, created) == (1, True)
-        again, created = store_version(s, spec)
+        again, created = store_version(s, spec, tenant="default")
         assert (again.version, again.id, created) == (1, first.id, False)
-        second, created = store_version(s, parse_spec({**SPEC, "label_bias": {"a": 1}}))
+        other = parse_spec({**SPEC, "label_bias": {"a": 1}})
+        second, created = store_version(s, other, tenant="default")
         assert (second.version, created) == (2, True)
+        elsewhere, created = store_version(s, other, tenant="acme")  # a tenant of its own
+        assert (elsewhere.version, created) == (1, True)
     with factory() as s:
-        assert get_classifier(s, "db-test").version == 2
-        assert get_classifier(s, "db-test", 1).spec == spec.model_dump(mode="json")
-        assert [c.version for c in latest_classifiers(s)] == [2]
+        assert get_classifier(s, "db-test", None, tenant="default").version == 2
+        first_spec = get_classifier(s, "db-test", 1, tenant="default").spec
+        assert first_spec == spec.model_dump(mode="json")
+        assert [c.version for c in latest_classifiers(s, tenant="default")] == [2]
         with pytest.raises(NotFound):
-            get_classifier(s, "db-test", 3)
+            get_classifier(s, "db-test", 3, tenant="default")
+        with pytest.raises(NotFound):
+            get_classifier(s, "db-test", 2, tenant="acme")
 
 
 def _submit(
     factory: Factory, entries: list[Any], chunk_size: int = 3, key: str | None = None
 ) -> tuple[Job, Recorder]:
-    with transaction(factory) as s:
-        store_version(s, parse_spec(SPEC))
+    with factory.begin() as s:
+        store_version(s, parse_spec(SPEC), tenant="default")
     settings = Settings(model="m", chunk_size=chunk_size)
-    job, spec, created = job_service.start(factory, settings, "db-test", None, {"k": 1}, key)
-    assert created
     recorder = Recorder()
-    submission = job_service.Submission(factory, job, spec)
-    submission.add_all(entries)
-    submission.seal(recorder)
-    return job, recorder
+    ctx = tenant_ctx(factory, settings, recorder)
+    request = ingest.JobRequest(classifier="db-test", metadata={"k": 1}, idempotency_key=key)
+    job_id = ingest.submit(ctx, request, entries)
+    return _job(factory, job_id), recorder
 
 
 def _items(n: int) -> list[Any]:
@@ -94,13 +99,13 @@ def _items(n: int) -> list[Any]:
 
 
 def _claim(factory: Factory, job_id: str, seq: int, owner: str = "w1", attempts: int = 3) -> Any:
-    with transaction(factory) as s:
-        return jobs.claim_chunk(s, job_id, seq, owner, lease_seconds=LEASE, max_attempts=attempts)
+    with factory.begin() as s:
+        return chunks.claim_chunk(s, job_id, seq, owner, lease_seconds=LEASE, max_attempts=attempts)
 
 
 def _complete(factory: Factory, work: ChunkWork, results: dict[int, Any]) -> bool:
-    with transaction(factory) as s:
-        return jobs.complete_chunk(s, work, results, None)
+    with factory.begin() as s:
+        return chunks.complete_chunk(s, work, results, None)
 
 
 def _job(factory: Factory, job_id: str) -> Job:
@@ -155,7 +160,7 @@ def test_chunk_life_cycle_is_idempotent(factory: Factory) -> None:
 
 
 def _expire_leases(factory: Factory, job_id: str) -> None:
-    with transaction(factory) as s:
+    with factory.begin() as s:
         s.execute(
             update(Chunk)
             .where(Chunk.job_id == job_id)
@@ -172,9 +177,9 @@ def test_an_expired_lease_is_taken_over_and_the_old_owner_writes_nothing(
     _expire_leases(factory, job.id)
     alive = _claim(factory, job.id, 0, owner="alive")
     assert alive is not None and alive.attempt == 2
-    with transaction(factory) as s:
-        assert not jobs.renew_lease(s, dead.chunk_id, "dead", LEASE)
-        assert jobs.renew_lease(s, alive.chunk_id, "alive", LEASE)
+    with factory.begin() as s:
+        assert not chunks.renew_lease(s, dead.chunk_id, "dead", LEASE)
+        assert chunks.renew_lease(s, alive.chunk_id, "alive", LEASE)
     results = {item_id: ({"label": "a"}, None) for item_id, _ in dead.items}
     assert not _complete(factory, dead, results)  # woke up late: not its chunk any more
     assert _complete(factory, alive, results)
@@ -198,22 +203,22 @@ def test_attempts_are_bounded_and_the_job_ends(factory: Factory) -> None:
 def test_engine_failure_hands_back_then_fails_the_job(factory: Factory) -> None:
     job, _ = _submit(factory, _items(6), chunk_size=2)
     work = _claim(factory, job.id, 0, attempts=2)
-    with transaction(factory) as s:
-        assert jobs.release_chunk(s, work, "engine down", retry_in=3600, max_attempts=2)
+    with factory.begin() as s:
+        assert chunks.release_chunk(s, work, "engine down", retry_in=3600, max_attempts=2)
     # Handed back, not due yet: not claimable, and the reconciler does not send it.
     assert _claim(factory, job.id, 0, attempts=2) is None
     with factory() as s:
-        due = jobs.chunks_to_send(s, utcnow(), utcnow() - timedelta(seconds=120))
+        due = chunks.chunks_to_send(s, utcnow(), utcnow() - timedelta(seconds=120))
     assert (job.id, 0) not in {(r.job_id, r.seq) for r in due}
-    with transaction(factory) as s:
+    with factory.begin() as s:
         s.execute(update(Chunk).values(available_at=utcnow() - timedelta(seconds=1)))
     with factory() as s:
-        due = jobs.chunks_to_send(s, utcnow(), utcnow() - timedelta(seconds=120))
+        due = chunks.chunks_to_send(s, utcnow(), utcnow() - timedelta(seconds=120))
     assert (job.id, 0) in {(r.job_id, r.seq) for r in due}
     work = _claim(factory, job.id, 0, attempts=2)
     assert work is not None and work.attempt == 2
-    with transaction(factory) as s:
-        assert jobs.release_chunk(s, work, "engine down", retry_in=1, max_attempts=2)
+    with factory.begin() as s:
+        assert chunks.release_chunk(s, work, "engine down", retry_in=1, max_attempts=2)
     row = _job(factory, job.id)
     assert (row.state, row.failed, row.chunks_done) == ("failed", 6, 3)
     with factory() as s:
@@ -230,36 +235,36 @@ def test_reconciler_sends_what_has_no_task(factory: Factory) -> None:
     now = utcnow()
     stalled_before = now - timedelta(seconds=120)
     with factory() as s:
-        assert jobs.chunks_to_send(s, now, stalled_before) == []  # all three were just sent
+        assert chunks.chunks_to_send(s, now, stalled_before) == []  # all three were just sent
     # The broker lost the tasks: nothing is claimed; once the queue stalls, all are re-sent.
     with factory() as s:
         later = now + timedelta(seconds=121)
-        refs = jobs.chunks_to_send(s, later, later - timedelta(seconds=120))
+        refs = chunks.chunks_to_send(s, later, later - timedelta(seconds=120))
     assert [r.seq for r in refs] == [0, 1, 2]
     # A live lease on the queue means it is not stalled.
     assert _claim(factory, job.id, 0) is not None
     with factory() as s:
         later = utcnow() + timedelta(seconds=1)
-        assert jobs.chunks_to_send(s, later, later + timedelta(seconds=1)) == []
+        assert chunks.chunks_to_send(s, later, later + timedelta(seconds=1)) == []
     # Its worker dies: once the lease expires the chunk is sent again, once.
     _expire_leases(factory, job.id)
     with factory() as s:
-        refs = jobs.chunks_to_send(s, utcnow(), utcnow() - timedelta(seconds=120))
+        refs = chunks.chunks_to_send(s, utcnow(), utcnow() - timedelta(seconds=120))
     assert [r.seq for r in refs] == [0]
-    with transaction(factory) as s:
-        jobs.mark_dispatched(s, job.id, [0], utcnow())
+    with factory.begin() as s:
+        chunks.mark_dispatched(s, job.id, [0], utcnow())
     with factory() as s:
-        assert jobs.chunks_to_send(s, utcnow(), utcnow() - timedelta(seconds=120)) == []
+        assert chunks.chunks_to_send(s, utcnow(), utcnow() - timedelta(seconds=120)) == []
 
 
 def test_sweep_ends_jobs_whose_chunks_are_done(factory: Factory) -> None:
     from service.reconcile import sweep
 
     job, _ = _submit(factory, _items(2), chunk_size=2)
-    with transaction(factory) as s:
+    with factory.begin() as s:
         s.execute(update(Chunk).values(state="done", succeeded=2))
         s.execute(update(Job).values(chunks_done=1, succeeded=2))
-    report = sweep(factory, Recorder(), Settings())
+    report = sweep(system(factory, Settings(), Recorder()))
     assert report.jobs_ended == [job.id] and _job(factory, job.id).state == "succeeded"
 
 
@@ -267,8 +272,10 @@ def test_cancel_stops_pending_chunks_and_keeps_finished_ones(factory: Factory) -
     job, _ = _submit(factory, _items(9), chunk_size=3)
     running = _claim(factory, job.id, 0)
     assert running is not None
-    with transaction(factory) as s:
-        assert jobs.cancel_job(s, job.id).state == "cancelling"
+    with factory.begin() as s:
+        with pytest.raises(NotFound):  # another tenant cannot
+            chunks.cancel_job(s, job.id, tenant="acme")
+        assert chunks.cancel_job(s, job.id, tenant="default").state == "cancelling"
     assert _claim(factory, job.id, 1) is None
     _complete(factory, running, {i: ({"label": "a"}, None) for i, _ in running.items})
     with factory() as s:
@@ -284,22 +291,29 @@ def test_cancel_stops_pending_chunks_and_keeps_finished_ones(factory: Factory) -
             select(func.count()).select_from(Chunk).where(Chunk.state == "cancelled")
         )
         assert cancelled == 2
-    with transaction(factory) as s, pytest.raises(Conflict):
-        jobs.cancel_job(s, job.id)
+    with factory.begin() as s, pytest.raises(Conflict):
+        chunks.cancel_job(s, job.id, tenant=None)
 
 
 def test_idempotency_key_returns_the_first_job(factory: Factory) -> None:
     job, _ = _submit(factory, _items(1), key="abc")
-    again, _, created = job_service.start(
-        factory, Settings(model="m"), "db-test", None, None, "abc"
-    )
-    assert not created and again.id == job.id
+    ctx = tenant_ctx(factory, Settings(model="m"))
+    again = ingest.open_job(ctx, ingest.JobRequest(classifier="db-test", idempotency_key="abc"))
+    assert again.submission is None and again.job_id == job.id
 
 
 def test_results_iterate_in_input_order_across_pages(factory: Factory) -> None:
     job, _ = _submit(factory, _items(25), chunk_size=10)
-    ids = [i.custom_id for i in job_service.iter_items(factory, job.id, batch=7)]
+    ctx = system(factory, Settings())
+    fetched: list[int] = []
+
+    def fetch(s: Session, after: int, size: int) -> list[JobItem]:
+        fetched.append(after)
+        return jobs.items_page(s, job.id, after, size)
+
+    ids = [i.custom_id for i in ctx.pages(fetch, -1, lambda i: i.idx, size=7)]
     assert ids == [f"c{i}" for i in range(25)]
+    assert fetched == [-1, 6, 13, 20], "a page a read, each after the last one's end"
     with factory() as s:
         assert [i.idx for i in jobs.items_page(s, job.id, after_idx=20, limit=3)] == [21, 22, 23]
 
@@ -307,16 +321,22 @@ def test_results_iterate_in_input_order_across_pages(factory: Factory) -> None:
 def test_api_keys_are_stored_hashed_and_revocable(factory: Factory) -> None:
     with factory() as s:
         assert not keys.any_keys(s)
-    with transaction(factory) as s:
-        row, key = keys.add_key(s, "ci", "acme", ["read"])
-    with transaction(factory) as s:
+    with factory.begin() as s:
+        row, key = keys.add_key(s, "ci", ["read"], tenant="acme")
+    with factory.begin() as s:
         assert keys.any_keys(s)
         found = keys.find_key(s, key)
         assert found is not None and (found.tenant, found.scopes) == ("acme", ["read"])
-        assert found.last_used_at is not None
+        assert found.last_used_at is None and keys.use_is_stale(found)
+        keys.mark_used(s, found.id)
+    with factory.begin() as s:
+        found = keys.find_key(s, key)
+        assert found is not None and found.last_used_at is not None
+        assert not keys.use_is_stale(found), "a use is recorded once a minute, not per request"
         assert keys.find_key(s, key + "x") is None
         assert key not in {k.key_hash for k in s.scalars(select(ApiKey))}
-        keys.revoke(s, row.id)
+        assert keys.revoke(s, row.id, tenant="other") is None  # not another tenant's to revoke
+        assert keys.revoke(s, row.id, tenant="acme") is not None
     with factory() as s:
         assert keys.find_key(s, key) is None and not keys.any_keys(s)
 
@@ -326,15 +346,15 @@ def test_a_claim_racing_its_own_send_is_still_recovered(factory: Factory) -> Non
     the reconciler must still send the chunk again."""
     job, _ = _submit(factory, _items(3), chunk_size=3)
     assert _claim(factory, job.id, 0, owner="dead") is not None
-    with transaction(factory) as s:  # the send recorded just after the claim
-        jobs.mark_dispatched(s, job.id, [0], utcnow() + timedelta(milliseconds=20))
+    with factory.begin() as s:  # the send recorded just after the claim
+        chunks.mark_dispatched(s, job.id, [0], utcnow() + timedelta(milliseconds=20))
     _expire_leases(factory, job.id)
     later = utcnow() + timedelta(seconds=1)
     with factory() as s:
-        assert jobs.chunks_to_send(s, later, later - timedelta(seconds=120)) == []
+        assert chunks.chunks_to_send(s, later, later - timedelta(seconds=120)) == []
         # ... but a stall period later it is sent again, whatever the timestamps say.
         much_later = later + timedelta(seconds=121)
-        refs = jobs.chunks_to_send(s, much_later, much_later - timedelta(seconds=120))
+        refs = chunks.chunks_to_send(s, much_later, much_later - timedelta(seconds=120))
     assert [(r.job_id, r.seq) for r in refs] == [(job.id, 0)]
 
 
@@ -371,17 +391,16 @@ def test_driver_reads_on_the_loop_give_what_sqlalchemy_gives(
 
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from db import session as sessions
     from db.session import async_read_engine, async_sessions
 
     fetched: list[str] = []
-    driver_fetch = sessions._driver_fetch
+    driver_fetch = reads._driver_fetch
 
     def counted(conn: Any, sql: str, args: list[Any]) -> list[Any]:
         fetched.append(sql)
         return driver_fetch(conn, sql, args)
 
-    monkeypatch.setattr(sessions, "_driver_fetch", counted)
+    monkeypatch.setattr(reads, "_driver_fetch", counted)
     entries = [
         *_items(2),
         InputError("invalid JSON", line=3),
@@ -396,16 +415,16 @@ def test_driver_reads_on_the_loop_give_what_sqlalchemy_gives(
     }
     results[work.items[1][0]] = (None, "boom")
     assert _complete(factory, work, results)
-    with transaction(factory) as s:
+    with factory.begin() as s:
         jobs.set_gold_labels(s, {work.items[0][0]: "b"})
 
     def read(s: Session) -> list[Any]:
         return [
-            jobs.job_status_row(s, job.id),
-            jobs.job_status_row(s, job.id, "default"),
-            jobs.stored_result_rows(s, job.id, -1, 10),
-            jobs.stored_result_rows(s, job.id, 1, 2, "default"),
-            jobs.stored_result_rows(s, job.id, -1, 10, "another"),
+            reads.job_status_row(s, job.id, tenant=None),
+            reads.job_status_row(s, job.id, tenant="default"),
+            reads.stored_result_rows(s, job.id, -1, 10, tenant=None),
+            reads.stored_result_rows(s, job.id, 1, 2, tenant="default"),
+            reads.stored_result_rows(s, job.id, -1, 10, tenant="another"),
         ]
 
     async def on_the_loop() -> list[Any]:
@@ -431,3 +450,16 @@ def test_driver_reads_on_the_loop_give_what_sqlalchemy_gives(
     assert status["created_at"].tzinfo is not None and status["metadata"] == {"k": 1}
     assert [row[1] for row in driver[2]] == ["c0", "c1", None, 9, None]
     assert driver[4] == []
+
+
+def test_read_sessions_refuse_to_write(factory: Factory) -> None:
+    """A use case's read session (autocommit) cannot write: a write there would commit on its
+    own, outside any transaction, so it raises instead."""
+    job, _ = _submit(factory, _items(1), chunk_size=1)
+    ctx = system(factory, Settings())
+    with ctx.reads() as s, pytest.raises(ReadOnlyTransaction):
+        s.execute(update(Job).values(error="x"))
+    with ctx.reads() as s, pytest.raises(ReadOnlyTransaction):
+        s.get_one(Job, job.id).error = "x"
+        s.flush()
+    assert _job(factory, job.id).error is None

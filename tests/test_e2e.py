@@ -155,10 +155,11 @@ def service(
     pg_url: str, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
     from api.app import create_app
-    from api.cli import BackgroundServer
+    from api.server import BackgroundServer
     from db.migrate import upgrade
     from labelq.client import LabelqClient
     from labelq.settings import Settings
+    from service import wiring
 
     logs = tmp_path_factory.mktemp("e2e")
     redis = RedisServer(logs)
@@ -210,7 +211,8 @@ def service(
         worker_stale_after=10,
     )
     try:
-        with BackgroundServer(create_app(settings)) as server, LabelqClient(server.url) as client:
+        app = create_app(wiring.build_api(settings))
+        with BackgroundServer(app) as server, LabelqClient(server.url) as client:
             client.create_classifier(json.dumps(SPEC), yaml=False)
             state.update(client=client, db=pg_url, model=tiny_model, url=server.url)
             yield state

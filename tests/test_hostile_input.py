@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import make_client
+from tests.conftest import create_key, make_client, system
 
 SPEC = {
     "name": "hostile",
@@ -228,18 +228,18 @@ def test_a_key_revoked_elsewhere_is_refused_once_the_trust_runs_out(
     """A key revoked by another process (here: straight in the database, as `labelq keys
     revoke` does) is refused by the next request with LABELQ_KEY_CACHE_SECONDS=0, and by
     `TrustedKeys` only after its time is up; a wrong key is never trusted."""
-    from api.deps import TrustedKeys
+    from labelq.settings import Settings
     from service import keys
+    from service.keys import TrustedKeys
 
-    with factory() as s:
-        keys.create(s, "operator")  # a key stays: with none, loopback is served keyless
-        made = keys.create(s, "poller")
-    headers = {"Authorization": f"Bearer {made.key}"}
+    create_key(factory, "operator")  # a key stays: with none, loopback is served keyless
+    made = create_key(factory, "poller")
+    headers = {"Authorization": f"Bearer {made}"}
     c, _ = make_client(factory, fake_scorer, key_cache_seconds=0)
     with c:
         assert c.get("/v1/jobs", headers=headers).status_code == 200
-        with factory() as s:
-            keys.revoke(s, keys.LOCAL, made.id)
+        poller = next(k for k in keys.listed(system(factory, Settings())) if k.name == "poller")
+        keys.revoke(system(factory, Settings()), poller.id)  # as `labelq keys revoke` does
         assert c.get("/v1/jobs", headers=headers).status_code == 401
 
     now = [0.0]
@@ -258,10 +258,7 @@ def test_a_key_revoked_elsewhere_is_refused_once_the_trust_runs_out(
 
 
 def test_scopes_and_tenants_are_isolated(factory: Any, fake_scorer: Any) -> None:
-    from service import keys
-
-    with factory() as s:
-        root = keys.create(s, "operator").key  # default tenant, every scope
+    root = create_key(factory, "operator")  # default tenant, every scope
     c, _ = make_client(factory, fake_scorer)
 
     def auth(key: str) -> dict[str, str]:

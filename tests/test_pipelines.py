@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from labelq.pipeline import Schedule
+from service.context import Ctx
 from service.reconcile import sweep
 from service.schedules import due
 from tests.conftest import make_client
@@ -102,7 +103,7 @@ def api(factory: Any, fake_scorer: Any) -> Iterator[Any]:
 
 
 def _settle(client: Any, dispatcher: Any, factory: Any) -> None:
-    sweep(factory, dispatcher, client.app.state.labelq.settings)
+    sweep(Ctx.system(client.app.state.labelq.services))
 
 
 def test_sql_pipeline_runs_twice_then_survives_a_failed_sink(

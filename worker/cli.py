@@ -12,8 +12,8 @@ from labelq.settings import Settings
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    from db.session import make_engine, make_sessionmaker
-    from service.dispatch import CONTROL_QUEUE, CeleryDispatcher
+    from service import wiring
+    from service.dispatch import CONTROL_QUEUE
     from worker.app import worker_app
     from worker.runtime import WorkerRuntime
 
@@ -29,11 +29,8 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.model_copy(
         update={"model": model, "in_process_engine": args.pool == "prefork"}
     )
-    from db.migrate import require_current
-
-    require_current(settings.resolved_database_url())
-    factory = make_sessionmaker(make_engine(settings.resolved_database_url()))
-    runtime = WorkerRuntime(settings, factory, model, CeleryDispatcher(settings.broker_url))
+    wiring.require_current(settings)
+    runtime = WorkerRuntime(wiring.build(settings), model)
     if settings.ready_file:
         settings.ready_file.unlink(missing_ok=True)  # left by an earlier run
     ready = True
@@ -68,11 +65,11 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _beat(args: argparse.Namespace, settings: Settings) -> int:
-    from db.migrate import require_current
+    from service import wiring
     from worker.app import make_celery
     from worker.scheduler import DatabaseScheduler
 
-    require_current(settings.resolved_database_url())
+    wiring.require_current(settings)
     DatabaseScheduler.settings = settings
     app = make_celery(settings, "labelq-beat")
     print(

@@ -1,6 +1,7 @@
-"""What one worker process holds: its settings, database sessions, engines, the chunk runner
-and the heartbeat that tells the API its queue is served. Built once at the edge (the CLI or
-the embedded app) from settings passed in, and stopped before the process exits."""
+"""What one worker process holds: its services (settings, database, dispatcher), engines, the
+chunk runner and the heartbeat that tells the API its queue is served. Built once at the edge
+(the CLI or the embedded app) from `Services` passed in, and stopped before the process exits.
+Every use case it calls runs in the system context."""
 
 from __future__ import annotations
 
@@ -9,12 +10,10 @@ import os
 import socket
 import threading
 
-from sqlalchemy.orm import Session, sessionmaker
-
-from labelq.settings import Settings
 from service import calibrations, pipelines, workers
 from service.chunks import ChunkRunner
-from service.dispatch import Dispatcher, queue_for
+from service.context import Ctx, Services
+from service.dispatch import queue_for
 from service.reconcile import SweepReport, sweep_if_leader
 from worker.engine import Engines
 
@@ -28,10 +27,8 @@ def worker_name() -> str:
 class Heartbeat:
     """Records this worker in the database every `interval` seconds until stopped."""
 
-    def __init__(
-        self, factory: sessionmaker[Session], name: str, queue: str, model: str, interval: float
-    ):
-        self.factory, self.name, self.queue, self.model = factory, name, queue, model
+    def __init__(self, ctx: Ctx, name: str, queue: str, model: str, interval: float):
+        self.ctx, self.name, self.queue, self.model = ctx, name, queue, model
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="labelq-heartbeat", daemon=True)
@@ -45,15 +42,13 @@ class Heartbeat:
         if self._thread.is_alive():
             self._thread.join(timeout=5)
         try:
-            with self.factory() as s:
-                workers.leave(s, self.name)
+            workers.leave(self.ctx, self.name)
         except Exception as exc:
             log.warning("could not remove worker %s: %s", self.name, exc)
 
     def _beat(self) -> None:
         try:
-            with self.factory() as s:
-                workers.beat(s, self.name, self.queue, self.model)
+            workers.beat(self.ctx, self.name, self.queue, self.model)
         except Exception as exc:
             log.warning("heartbeat failed: %s", exc)
 
@@ -88,52 +83,43 @@ class Sweeper:
 
 
 class WorkerRuntime:
-    def __init__(
-        self,
-        settings: Settings,
-        factory: sessionmaker[Session],
-        model: str,
-        dispatcher: Dispatcher | None = None,
-        name: str | None = None,
-    ):
-        self.settings = settings
-        self.factory = factory
+    def __init__(self, services: Services, model: str, name: str | None = None):
+        self.services = services
+        self.settings = services.settings
+        self.ctx = Ctx.system(services)
         self.model = model
         self.queue = queue_for(model)
         self.name = name or worker_name()
-        self.dispatcher = dispatcher
-        self.engines = Engines(settings)
+        self.engines = Engines(self.settings)
         self.runner = ChunkRunner(
-            factory, self.engines.scorer_for, settings, self.name, discard=self.engines.discard
+            self.ctx, self.engines.scorer_for, self.name, discard=self.engines.discard
         )
-        self.heartbeat = Heartbeat(factory, self.name, self.queue, model, settings.worker_heartbeat)
-        self.sweeper = Sweeper(self, settings.reconcile_interval) if dispatcher else None
+        self.heartbeat = Heartbeat(
+            self.ctx, self.name, self.queue, model, self.settings.worker_heartbeat
+        )
+        self.sweeper = Sweeper(self, self.settings.reconcile_interval)
 
     def score_chunk(self, job_id: str, seq: int) -> bool:
         return self.runner.run(job_id, seq)
 
     def fit_calibration(self, calibration_id: int) -> None:
-        calibrations.fit(self.factory, self.engines.scorer_for, calibration_id)
+        calibrations.fit(self.ctx, self.engines.scorer_for, calibration_id)
 
     def reconcile(self) -> SweepReport | None:
         """A sweep, if no other worker is sweeping (see `sweep_if_leader`)."""
-        if self.dispatcher is None:
-            raise RuntimeError("this worker has no dispatcher to re-send chunks with")
-        return sweep_if_leader(self.factory, self.dispatcher, self.settings, self.name)
+        return sweep_if_leader(self.ctx, self.name)
 
     def run_pipeline(self, name: str, trigger: str = "schedule", tenant: str = "default") -> None:
-        if self.dispatcher is None:
-            raise RuntimeError("this worker has no dispatcher to send a run's chunks with")
-        pipelines.start_run(self.factory, self.dispatcher, self.settings, name, trigger, tenant)
+        """A run of `tenant`'s pipeline, the system acting for that tenant."""
+        pipelines.start_run(self.ctx.acting_for(tenant), name, trigger)
 
     def start(self, sweep: bool = True) -> None:
         self.heartbeat.start()
-        if sweep and self.sweeper is not None:
+        if sweep:
             self.sweeper.start()
 
     def stop(self) -> None:
         """Leave the worker list and stop the engines; no engine process outlives this."""
-        if self.sweeper is not None:
-            self.sweeper.stop()
+        self.sweeper.stop()
         self.heartbeat.stop()
         self.engines.close()

@@ -18,10 +18,9 @@ from typing import Any
 
 from celery.beat import ScheduleEntry, Scheduler
 
-from db import locks
-from db.session import make_engine, make_sessionmaker, transaction
 from labelq.settings import Settings
-from service import pipelines
+from service import locks, pipelines, wiring
+from service.context import Ctx
 from service.dispatch import CONTROL_QUEUE, TASK_RUN_PIPELINE
 from service.schedules import celery_schedule
 
@@ -37,7 +36,8 @@ class DatabaseScheduler(Scheduler):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         assert self.settings is not None, "labelq beat sets DatabaseScheduler.settings"
-        self.factory = make_sessionmaker(make_engine(self.settings.resolved_database_url()))
+        self.services = wiring.build(self.settings)
+        self.ctx = Ctx.system(self.services)
         self.owner = f"beat-{socket.gethostname()}:{os.getpid()}"
         self._static: dict[str, Any] = {}
         self._refreshed = 0.0
@@ -53,9 +53,7 @@ class DatabaseScheduler(Scheduler):  # type: ignore[misc]
         if not force and time.monotonic() - self._refreshed < REFRESH_SECONDS:
             return
         self._refreshed = time.monotonic()
-        with self.factory() as s:
-            specs = pipelines.enabled_specs(s)
-            last = pipelines.last_started(s)
+        specs, last = pipelines.schedule(self.ctx)
         wanted: dict[str, Any] = dict(self._static)
         for tenant, spec in specs:
             wanted[f"pipeline:{tenant}/{spec.name}"] = {
@@ -81,8 +79,7 @@ class DatabaseScheduler(Scheduler):  # type: ignore[misc]
     def tick(self, *args: Any, **kwargs: Any) -> float:
         assert self.settings is not None
         try:
-            with transaction(self.factory) as s:
-                held = locks.acquire(s, LOCK, self.owner, self.settings.beat_lock_seconds)
+            held = locks.take(self.ctx, LOCK, self.owner, self.settings.beat_lock_seconds)
         except Exception as exc:
             log.warning("beat: cannot reach the database (%s); not sending", exc)
             return 5.0
@@ -91,8 +88,7 @@ class DatabaseScheduler(Scheduler):  # type: ignore[misc]
                 log.warning("beat %s holds the lock and sends the schedule", self.owner)
             self._holding = held
         if not held:
-            with self.factory() as s:
-                other = locks.holder(s, LOCK)
+            other = locks.holder(self.ctx, LOCK)
             log.info("beat %s is passive: %s holds the lock", self.owner, other)
             return min(5.0, self.settings.beat_lock_seconds / 3)
         try:
@@ -104,10 +100,10 @@ class DatabaseScheduler(Scheduler):  # type: ignore[misc]
 
     def close(self) -> None:
         try:
-            with transaction(self.factory) as s:
-                locks.release(s, LOCK, self.owner)
+            locks.release(self.ctx, LOCK, self.owner)
         except Exception as exc:
             log.warning("beat: could not release its lock: %s", exc)
+        wiring.close(self.services)
         super().close()
 
 

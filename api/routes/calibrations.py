@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query
 
-from api.deps import Calibrator, DbDep, Reader, RowId, StateDep
+from api.deps import Calibrating, Reading, RowId
 from service import calibrations
 from service.calibrations import CalibrationOut, CalibrationRequest
 
@@ -12,30 +12,26 @@ router = APIRouter(prefix="/v1/classifiers/{name}/calibrations", tags=["calibrat
 
 
 @router.post("", status_code=202, response_model=CalibrationOut)
-async def fit(
-    name: str, body: CalibrationRequest, db: DbDep, st: StateDep, who: Calibrator
-) -> CalibrationOut:
+async def fit(name: str, body: CalibrationRequest, call: Calibrating) -> CalibrationOut:
     """Fit a calibration as a worker task on the gold-labelled results of `job_id` (held-out
     share `holdout` measures it before and after). Poll the returned calibration's `status`."""
-    return await db(calibrations.request_fit, st.dispatcher, st.settings, name, body, who.tenant)
+    return await call(calibrations.request_fit, name, body)
 
 
 @router.get("", response_model=list[CalibrationOut])
 async def list_calibrations(
-    name: str, db: DbDep, who: Reader, version: int | None = Query(None)
+    name: str, call: Reading, version: int | None = Query(None)
 ) -> list[CalibrationOut]:
-    return await db(calibrations.list_for, name, version, who.tenant)
+    return await call(calibrations.list_for, name, version)
 
 
 @router.get("/{calibration_id}", response_model=CalibrationOut)
-async def get_calibration(
-    name: str, calibration_id: RowId, db: DbDep, who: Reader
-) -> CalibrationOut:
-    return await db(calibrations.get, name, calibration_id, who.tenant)
+async def get_calibration(name: str, calibration_id: RowId, call: Reading) -> CalibrationOut:
+    return await call(calibrations.get, name, calibration_id)
 
 
 @router.post("/{calibration_id}/activate", response_model=CalibrationOut)
-async def activate(name: str, calibration_id: RowId, db: DbDep, who: Calibrator) -> CalibrationOut:
+async def activate(name: str, calibration_id: RowId, call: Calibrating) -> CalibrationOut:
     """Make this the classifier version's active calibration (one transaction). New results are
     written under it; past results can be read under it with `?calibration=active`."""
-    return await db(calibrations.activate, name, calibration_id, who.tenant)
+    return await call(calibrations.activate, name, calibration_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from api.deps import DbDep, Reader, RowId, StateDep, Submitter
+from api.deps import Reading, RowId, Submitting
 from labelq.errors import SpecError
 from labelq.spec import loads_spec
 from service import classifiers
@@ -33,7 +33,7 @@ router = APIRouter(prefix="/v1/classifiers", tags=["classifiers"])
     },
 )
 async def create_classifier(
-    request: Request, response: Response, st: StateDep, db: DbDep, who: Submitter
+    request: Request, response: Response, call: Submitting
 ) -> ClassifierCreated:
     """Store a spec (JSON or YAML body). A new spec under an existing name is a new version; the
     same spec again returns its existing version with 200. Its model must be one the service
@@ -44,22 +44,22 @@ async def create_classifier(
     yaml_body = "yaml" in request.headers.get("content-type", "")
     spec = loads_spec(body, format="yaml" if yaml_body else "json")
 
-    created = await db(classifiers.store, spec, st.settings, who.tenant)
+    created = await call(classifiers.store, spec)
     if not created.created:
         response.status_code = 200
     return created
 
 
 @router.get("", response_model=list[ClassifierSummary])
-async def list_classifiers(db: DbDep, who: Reader) -> list[ClassifierSummary]:
-    return await db(classifiers.latest, who.tenant)
+async def list_classifiers(call: Reading) -> list[ClassifierSummary]:
+    return await call(classifiers.latest)
 
 
 @router.get("/{name}", response_model=ClassifierDetail)
-async def get_classifier(name: str, db: DbDep, who: Reader) -> ClassifierDetail:
-    return await db(classifiers.detail, name, who.tenant)
+async def get_classifier(name: str, call: Reading) -> ClassifierDetail:
+    return await call(classifiers.detail, name)
 
 
 @router.get("/{name}/versions/{version}", response_model=ClassifierVersionDetail)
-async def get_version(name: str, version: RowId, db: DbDep, who: Reader) -> ClassifierVersionDetail:
-    return await db(classifiers.version, name, version, who.tenant)
+async def get_version(name: str, version: RowId, call: Reading) -> ClassifierVersionDetail:
+    return await call(classifiers.version, name, version)

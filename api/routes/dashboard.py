@@ -10,11 +10,10 @@ from importlib import resources
 from typing import Annotated, cast, get_args
 
 from fastapi import APIRouter, Depends, Query
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
-from api.deps import Reader, StateDep
+from api.deps import Reading
 from labelq.dashboard import Bucket
 from labelq.errors import InputError
 from labelq.metrics import Binning
@@ -59,24 +58,20 @@ def _floats(text: str, field: str) -> list[float]:
 async def reliability(
     name: str,
     q: Filters,
-    st: StateDep,
-    who: Reader,
+    call: Reading,
     bins: Bins = 15,
     binning: Binning = "width",
 ) -> dashboard.Reliability:
     """Reliability diagram over gold-labelled items: per bin its count, accuracy and mean
     confidence, with ECE, MCE, Brier and accuracy (the definitions of `calibrate eval`)."""
-    return await run_in_threadpool(
-        dashboard.reliability, st.factory, who.tenant, name, q, bins, binning
-    )
+    return await call(dashboard.reliability, name, q, bins, binning)
 
 
 @router.get("/timeseries", response_model=dashboard.Timeseries)
 async def timeseries(
     name: str,
     q: Filters,
-    st: StateDep,
-    who: Reader,
+    call: Reading,
     bucket: Bucket = "day",
     metrics: str = "volume,accuracy,ece,brier,mean_confidence,coverage",
     bins: Bins = 15,
@@ -94,41 +89,29 @@ async def timeseries(
             else "name at least one metric",
             field="metrics",
         )
-    return await run_in_threadpool(
-        dashboard.timeseries,
-        st.factory,
-        who.tenant,
-        name,
-        q,
-        bucket,
-        cast(list[TimeMetric], wanted),
-        bins,
-    )
+    return await call(dashboard.timeseries, name, q, bucket, cast(list[TimeMetric], wanted), bins)
 
 
 @router.get("/confidence-histogram", response_model=dashboard.Histogram)
 async def confidence_histogram(
-    name: str, q: Filters, st: StateDep, who: Reader, bins: Bins = 20
+    name: str, q: Filters, call: Reading, bins: Bins = 20
 ) -> dashboard.Histogram:
     """Counts per equal-width confidence bin: correct, incorrect (gold-labelled) and
     unlabelled."""
-    return await run_in_threadpool(
-        dashboard.confidence_histogram, st.factory, who.tenant, name, q, bins
-    )
+    return await call(dashboard.confidence_histogram, name, q, bins)
 
 
 @router.get("/confusion", response_model=dashboard.Confusion)
-async def confusion(name: str, q: Filters, st: StateDep, who: Reader) -> dashboard.Confusion:
+async def confusion(name: str, q: Filters, call: Reading) -> dashboard.Confusion:
     """Gold x predicted counts over gold-labelled items (rows gold, columns predicted)."""
-    return await run_in_threadpool(dashboard.confusion, st.factory, who.tenant, name, q)
+    return await call(dashboard.confusion, name, q)
 
 
 @router.get("/label-distribution", response_model=dashboard.LabelDistribution)
 async def label_distribution(
     name: str,
     q: Filters,
-    st: StateDep,
-    who: Reader,
+    call: Reading,
     bucket: Bucket = "day",
     reference_from: datetime | None = None,
     reference_to: datetime | None = None,
@@ -136,15 +119,8 @@ async def label_distribution(
     """Predicted-label shares per bucket and their drift (population stability index,
     Jensen-Shannon divergence in bits) against a reference window, by default the first
     bucket."""
-    return await run_in_threadpool(
-        dashboard.label_distribution,
-        st.factory,
-        who.tenant,
-        name,
-        q,
-        bucket,
-        _utc(reference_from),
-        _utc(reference_to),
+    return await call(
+        dashboard.label_distribution, name, q, bucket, _utc(reference_from), _utc(reference_to)
     )
 
 
@@ -152,8 +128,7 @@ async def label_distribution(
 async def selective(
     name: str,
     q: Filters,
-    st: StateDep,
-    who: Reader,
+    call: Reading,
     thresholds: str = "0.5,0.6,0.7,0.8,0.9,0.95,0.99",
     target_accuracy: Annotated[float | None, Query(gt=0, le=1)] = None,
 ) -> dashboard.Selective:
@@ -161,26 +136,21 @@ async def selective(
     (the risk-coverage curve), and the lowest threshold on a 0.001 grid whose accuracy reaches
     `target_accuracy`."""
     values = _floats(thresholds, "thresholds")
-    return await run_in_threadpool(
-        dashboard.selective, st.factory, who.tenant, name, q, values, target_accuracy
-    )
+    return await call(dashboard.selective, name, q, values, target_accuracy)
 
 
 @router.get("/compare", response_model=dashboard.Compared)
 async def compare(
     name: str,
     q: Filters,
-    st: StateDep,
-    who: Reader,
+    call: Reading,
     compare: str = "none,active",
     bins: Bins = 15,
     binning: Binning = "width",
 ) -> dashboard.Compared:
     """The reliability and metrics of each named calibration, side by side."""
     choices = [c.strip() for c in compare.split(",") if c.strip()]
-    return await run_in_threadpool(
-        dashboard.compare, st.factory, who.tenant, name, q, choices, bins, binning
-    )
+    return await call(dashboard.compare, name, q, choices, bins, binning)
 
 
 class WhoAmI(BaseModel):
@@ -190,8 +160,9 @@ class WhoAmI(BaseModel):
 
 
 @page_router.get("/v1/me", response_model=WhoAmI)
-async def me(who: Reader) -> WhoAmI:
+async def me(call: Reading) -> WhoAmI:
     """The tenant and scopes of the key asking (the dashboard shows admin actions by them)."""
+    who = call.who
     return WhoAmI(tenant=who.tenant, scopes=sorted(who.scopes), key_id=who.key_id)
 
 

@@ -6,7 +6,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from fastapi import APIRouter, Response
-from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -15,11 +14,9 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from sqlalchemy import text
-from sqlalchemy.orm import Session
 
-from api.deps import DbDep, StateDep
-from service import monitoring, workers
+from api.deps import Monitoring, StateDep
+from service import monitoring
 
 router = APIRouter(tags=["health"])
 
@@ -31,41 +28,29 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(response: Response, st: StateDep) -> dict[str, Any]:
+async def readyz(response: Response, st: StateDep, call: Monitoring) -> dict[str, Any]:
     """Ready when the database and the broker answer. Queues with unfinished jobs and no live
     worker are listed under `unserved_queues` (the service is still ready: it takes jobs)."""
-
-    def database() -> tuple[bool, list[str]]:
-        try:
-            with st.factory() as s:
-                s.execute(text("SELECT 1"))
-                health = workers.queues(s, st.settings.worker_stale_after)
-            return True, [q.queue for q in health if q.unfinished_jobs and not q.live_workers]
-        except Exception:
-            return False, []
-
-    db_ok, unserved = await run_in_threadpool(database)
-    checks = {"database": db_ok, "broker": await run_in_threadpool(st.dispatcher.ping)}
+    unserved = await call(monitoring.unserved_queues)
+    broker = await call(monitoring.broker_answers)
+    checks = {"database": unserved is not None, "broker": broker}
     ready = all(checks.values())
     response.status_code = 200 if ready else 503
     return {
         "status": "ready" if ready else "not ready",
         "checks": checks,
-        "unserved_queues": unserved,
+        "unserved_queues": unserved or [],
     }
 
 
 @router.get("/metrics")
-async def metrics(db: DbDep, st: StateDep) -> Response:
+async def metrics(st: StateDep, call: Monitoring) -> Response:
     """The app's own counters, plus gauges read from the database at scrape time."""
-    body = await db(_database_gauges, st.settings.worker_stale_after)
-    return Response(generate_latest(st.metrics.registry) + body, media_type=CONTENT_TYPE_LATEST)
-
-
-def _database_gauges(s: Session, stale_after: float) -> bytes:
+    snap = await call(monitoring.snapshot)
     registry = CollectorRegistry()
-    registry.register(_DatabaseCollector(monitoring.snapshot(s, stale_after)))
-    return bytes(generate_latest(registry))
+    registry.register(_DatabaseCollector(snap))
+    body = generate_latest(st.metrics.registry) + generate_latest(registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 class _DatabaseCollector(Collector):

@@ -8,18 +8,16 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from api.deps import DbDep, Reader, ReadsDep, StateDep, Submitter, submission_quota
+from api.deps import Call, Reading, StateDep, Submitting, submission_quota
 from api.errors import input_error
 from api.schemas import JobCreate, JobList, model_json, page_json
-from db.models import JobState
 from labelq.errors import InputError, LabelqError
 from labelq.jsonl import JSONL_TYPES, NDJSON, read_items
 from labelq.scoring import Item as ScoreItem
-from service import jobs, labels, results, webhooks
+from service import ingest, jobs, labels, results, webhooks
 from service.jobs import JobStatus
 from service.labels import LabelsReport
 from service.results import JobMetrics, ResultsPage
@@ -58,9 +56,26 @@ async def _stream_lines(
         yield number + 1, too_long(number + 1) if overlong else buffer
 
 
-def _status(st: StateDep, job_id: str, tenant: str | None = None) -> JobStatus:
-    with st.reads() as s:
-        return jobs.job_status(s, job_id, st.settings, tenant, st.live_queues)
+async def _json_entries(items: list[Any]) -> AsyncIterator[ScoreItem | InputError]:
+    """The items of a JSON body; a bad one as an error naming `items.N.field`."""
+    for i, record in enumerate(items):
+        try:
+            yield ScoreItem.from_record(record, line=i + 1)
+        except InputError as exc:
+            field = f"items.{i}.{exc.field or ''}".rstrip(".")
+            yield InputError(exc.message, field=field, line=i + 1)
+
+
+async def _jsonl_entries(
+    request: Request, max_line: int, max_depth: int
+) -> AsyncIterator[ScoreItem | InputError]:
+    """The items of a streamed JSONL body, parsed as they arrive."""
+    async for number, line in _stream_lines(request, max_line):
+        if isinstance(line, InputError):
+            yield line
+            continue
+        for parsed in read_items([line], start_line=number, max_depth=max_depth):
+            yield parsed
 
 
 @router.post(
@@ -81,7 +96,7 @@ def _status(st: StateDep, job_id: str, tenant: str | None = None) -> JobStatus:
 async def create_job(
     request: Request,
     st: StateDep,
-    who: Submitter,
+    call: Submitting,
     classifier: str | None = Query(None, description="with a JSONL body: the classifier name"),
     version: int | None = Query(None, description="with a JSONL body: the classifier version"),
     webhook_url: str | None = Query(None, description="with a JSONL body: notified at the end"),
@@ -91,87 +106,75 @@ async def create_job(
     line, streamed (`Content-Type: application/x-ndjson`, `?classifier=`). A bad item is kept as
     a failed item naming its line; the others run. The same `Idempotency-Key` returns the job
     it made the first time."""
-    streamed = _media_type(request) in JSONL_TYPES
-    body: JobCreate | None = None
-    if streamed:
+    settings = st.settings
+    entries: AsyncIterator[ScoreItem | InputError]
+    if _media_type(request) in JSONL_TYPES:
         if not classifier:
             raise InputError("a JSONL upload needs ?classifier=NAME", field="classifier")
-        name, ver, metadata, hook = classifier, version, {}, webhook_url
+        wanted = ingest.JobRequest(classifier=classifier, version=version, webhook_url=webhook_url)
+        entries = _jsonl_entries(request, settings.max_line_bytes, settings.max_json_depth)
     else:
         try:
             body = JobCreate.model_validate_json(await request.body())
         except ValidationError as exc:
             raise input_error(exc, "job body") from None
-        name, ver, metadata, hook = body.classifier, body.version, body.metadata, body.webhook_url
+        wanted = ingest.JobRequest(
+            classifier=body.classifier,
+            version=body.version,
+            metadata=body.metadata,
+            webhook_url=body.webhook_url,
+        )
+        entries = _json_entries(body.items)
+    wanted.idempotency_key = idempotency_key
 
-    job, spec, created = await run_in_threadpool(
-        jobs.start,
-        st.factory,
-        st.settings,
-        name,
-        ver,
-        metadata,
-        idempotency_key,
-        hook,
-        who.tenant,
-    )
-    if not created:
-        out = await run_in_threadpool(_status, st, job.id)
-        return model_json(out)
-
-    submission = jobs.Submission(st.factory, job, spec, st.settings)
-    try:
-        if body is None:
-            max_depth = st.settings.max_json_depth
-            async for number, line in _stream_lines(request, st.settings.max_line_bytes):
-                if isinstance(line, InputError):
-                    submission.add(line)
-                    continue
-                for parsed in read_items([line], start_line=number, max_depth=max_depth):
-                    submission.add(parsed)
-                if submission.full:
-                    await run_in_threadpool(submission.flush)
-        else:
-            for i, record in enumerate(body.items):
-                try:
-                    entry: ScoreItem | InputError = ScoreItem.from_record(record, line=i + 1)
-                except InputError as exc:
-                    field = f"items.{i}.{exc.field or ''}".rstrip(".")
-                    entry = InputError(exc.message, field=field, line=i + 1)
-                submission.add(entry)
-                if submission.full:
-                    await run_in_threadpool(submission.flush)
-        await run_in_threadpool(submission.seal, st.dispatcher)
-    except Exception as exc:
-        message = f"upload interrupted after {submission.report.total} items: {exc}"
-        await run_in_threadpool(submission.abort, message)
-        if isinstance(exc, LabelqError):
-            raise
-        raise InputError(message) from None
-
-    report = submission.report
+    opened = await call(ingest.open_job, wanted)
+    if opened.submission is None:  # the job this Idempotency-Key made
+        return model_json(await call.on_loop(jobs.status, opened.job_id))
+    report = await _upload(call, opened.submission, entries)
     st.metrics.jobs_submitted.inc()
     st.metrics.items_ingested.labels("accepted").inc(report.total - report.rejected)
     st.metrics.items_ingested.labels("rejected").inc(report.rejected)
-    out = await run_in_threadpool(_status, st, job.id)
-    return model_json(out, 202)
+    return model_json(await call.on_loop(jobs.status, opened.job_id), 202)
+
+
+async def _upload(
+    call: Call, submission: ingest.Submission, entries: AsyncIterator[ScoreItem | InputError]
+) -> ingest.IngestReport:
+    """Entries into the job as they arrive, a batch per call, then its chunks; an upload
+    that breaks off fails the job with the reason (what it accepted stays readable)."""
+    try:
+        batch: list[ScoreItem | InputError] = []
+        async for entry in entries:
+            batch.append(entry)
+            if len(batch) >= ingest.BATCH:
+                await call(ingest.add, submission, batch)
+                batch = []
+        if batch:
+            await call(ingest.add, submission, batch)
+        await call(ingest.seal, submission)
+    except Exception as exc:
+        message = f"upload interrupted after {submission.report.total} items: {exc}"
+        await call(ingest.abort, submission, message)
+        if isinstance(exc, LabelqError):
+            raise
+        raise InputError(message) from None
+    return submission.report
 
 
 @router.get("", response_model=JobList)
-async def list_jobs(db: ReadsDep, who: Reader, limit: int = Query(50, ge=1, le=500)) -> Response:
-    return model_json(JobList(data=await db(jobs.list_jobs, limit, who.tenant)))
+async def list_jobs(call: Reading, limit: int = Query(50, ge=1, le=500)) -> Response:
+    return model_json(JobList(data=await call.on_loop(jobs.list_jobs, limit)))
 
 
 @router.get("/{job_id}", response_model=JobStatus)
-async def get_job(job_id: str, db: ReadsDep, st: StateDep, who: Reader) -> Response:
-    return model_json(await db(jobs.job_status, job_id, st.settings, who.tenant, st.live_queues))
+async def get_job(job_id: str, call: Reading) -> Response:
+    return model_json(await call.on_loop(jobs.status, job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobStatus)
-async def cancel_job(job_id: str, db: DbDep, st: StateDep, who: Submitter) -> JobStatus:
+async def cancel_job(job_id: str, call: Submitting) -> JobStatus:
     """Pending chunks stop at once; a chunk being scored finishes and keeps its results."""
-    await db(jobs.cancel, job_id, who.tenant)
-    return await db(jobs.job_status, job_id, st.settings, who.tenant, st.live_queues)
+    return await call(jobs.cancel, job_id)
 
 
 @router.post(
@@ -180,13 +183,13 @@ async def cancel_job(job_id: str, db: DbDep, st: StateDep, who: Submitter) -> Jo
     response_model=JobStatus,
     dependencies=[Depends(submission_quota)],
 )
-def retry_failed(job_id: str, st: StateDep, who: Submitter) -> JobStatus:
+async def retry_failed(job_id: str, st: StateDep, call: Submitting) -> JobStatus:
     """A new job of this job's failed (and cancelled) items that have an input, with the same
     classifier version and custom_ids; its metadata names the original. Lines that were not
     valid JSON cannot be retried: fix and resubmit them."""
-    new_id = jobs.retry(st.factory, st.dispatcher, job_id, who.tenant)
+    status = await call(jobs.retry, job_id)
     st.metrics.jobs_submitted.inc()
-    return _status(st, new_id, who.tenant)
+    return status
 
 
 CALIBRATION_QUERY = Query(
@@ -208,9 +211,7 @@ CALIBRATION_QUERY = Query(
 )
 async def get_results(
     job_id: str,
-    st: StateDep,
-    db: ReadsDep,
-    who: Reader,
+    call: Reading,
     format: Literal["json", "jsonl", "csv"] = Query("json"),
     cursor: str | None = Query(None, description="next_cursor of the previous page"),
     limit: int = Query(100, ge=1, le=1000),
@@ -219,51 +220,39 @@ async def get_results(
     """Results in input order: a page of JSON (follow `next_cursor`), or the whole job streamed
     as JSONL or CSV; under any calibration, recomputed from the stored raw scores."""
     if format == "json":
-        # a calibration may read the whole job through `st.reads` (a batch prior): threads
-        run = db if calibration is None else db.blocking
-        return page_json(
-            await run(results.page, st.reads, job_id, calibration, cursor, limit, who.tenant)
-        )
+        # As stored, a page is one read on the loop; a calibration may read the whole job (a
+        # batch prior), which belongs on a thread.
+        run = call.on_loop if calibration is None else call
+        return page_json(await run(results.page, job_id, calibration, cursor, limit))
     # 404s for an unknown job (or another tenant's) before the stream starts
-    view = await run_in_threadpool(results.resolve_view, st.reads, job_id, calibration, who.tenant)
+    stream = await call(results.export, job_id, calibration, format)
     if format == "jsonl":
-        return StreamingResponse(results.export_jsonl(st.reads, job_id, view), media_type=NDJSON)
+        return StreamingResponse(stream, media_type=NDJSON)
     return StreamingResponse(
-        results.export_csv(st.reads, job_id, view),
+        stream,
         media_type="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'},
     )
 
 
 @router.post("/{job_id}/labels", response_model=LabelsReport)
-async def set_labels(job_id: str, request: Request, st: StateDep, who: Submitter) -> LabelsReport:
+async def set_labels(job_id: str, request: Request, call: Submitting) -> LabelsReport:
     """Gold labels: JSON `{"custom_id": label, ...}` or `[{"custom_id", "label"}, ...]`, or JSONL
     lines `{"custom_id": ..., "label": ...}`. Unknown ids and labels are reported, not dropped."""
-    entries, rejected = labels.parse_labels(
-        await request.body(), _media_type(request) in JSONL_TYPES
-    )
-
-    def store() -> LabelsReport:
-        with st.factory() as s:
-            return labels.store_labels(s, job_id, entries, who.tenant)
-
-    report = await run_in_threadpool(store)
-    report.rejected = rejected + report.rejected
-    return report
+    jsonl = _media_type(request) in JSONL_TYPES
+    return await call(labels.set_labels, job_id, await request.body(), jsonl)
 
 
 @router.get("/{job_id}/metrics", response_model=JobMetrics)
-def job_metrics(
+async def job_metrics(
     job_id: str,
-    st: StateDep,
-    who: Reader,
+    call: Reading,
     calibration: str | None = CALIBRATION_QUERY,
     bins: int = Query(15, ge=1, le=1000),
 ) -> JobMetrics:
     """How trustworthy the confidences are on the job's gold-labelled items: the metric report
     and the reliability diagram, under any calibration."""
-    view = results.resolve_view(st.factory, job_id, calibration, who.tenant)
-    return results.job_metrics(st.factory, job_id, view, bins)
+    return await call(results.job_metrics, job_id, calibration, bins)
 
 
 @router.get(
@@ -273,13 +262,12 @@ def job_metrics(
 )
 async def job_events(
     job_id: str,
-    st: StateDep,
-    who: Reader,
+    call: Reading,
     interval: float = Query(0.5, ge=0.1, le=10, description="seconds between looks"),
 ) -> StreamingResponse:
     """Server-sent events: `progress` with the job's state and counts whenever they change,
     ending with `end` and its final state."""
-    first = await run_in_threadpool(_status, st, job_id, who.tenant)  # 404 before streaming
+    first = await call.on_loop(jobs.status, job_id)  # 404 before streaming
 
     async def stream() -> AsyncIterator[bytes]:
         last: dict[str, Any] | None = None
@@ -291,7 +279,7 @@ async def job_events(
             if changed != last:
                 yield f"event: progress\ndata: {json.dumps(shown)}\n\n".encode()
                 last, quiet = changed, 0.0
-            if JobState(status.state).finished:
+            if status.finished:
                 yield f"event: end\ndata: {json.dumps(shown)}\n\n".encode()
                 return
             await asyncio.sleep(interval)
@@ -299,7 +287,7 @@ async def job_events(
             if quiet >= 15:
                 yield b": still running\n\n"  # keeps proxies from closing an idle stream
                 quiet = 0.0
-            status = await run_in_threadpool(_status, st, job_id, who.tenant)
+            status = await call.on_loop(jobs.status, job_id)
 
     return StreamingResponse(
         stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
@@ -307,6 +295,6 @@ async def job_events(
 
 
 @router.get("/{job_id}/webhooks", response_model=list[DeliveryOut])
-async def job_webhooks(job_id: str, db: DbDep, who: Reader) -> list[DeliveryOut]:
+async def job_webhooks(job_id: str, call: Reading) -> list[DeliveryOut]:
     """Deliveries of this job's webhook event, with every attempt's outcome."""
-    return await db(webhooks.of_job, job_id, who.tenant)
+    return await call(webhooks.of_job, job_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import Admin, DbDep, RowId, StateDep
+from api.deps import Administering, RowId
 from service import keys
 from service.keys import KeyCreate, KeyCreated, KeyOut
 
@@ -13,20 +13,18 @@ router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
 
 @router.post("", status_code=201, response_model=KeyCreated)
-async def create(body: KeyCreate, db: DbDep, who: Admin) -> KeyCreated:
+async def create(body: KeyCreate, call: Administering) -> KeyCreated:
     """A new key with scopes (read, submit, calibrate, admin); the key is shown once."""
-    return await db(keys.create_for, who, body)
+    return await call(keys.create, body)
 
 
 @router.get("", response_model=list[KeyOut])
-async def list_keys(db: DbDep, who: Admin) -> list[KeyOut]:
-    return await db(keys.listed, who)
+async def list_keys(call: Administering) -> list[KeyOut]:
+    return await call(keys.listed)
 
 
 @router.delete("/{key_id}", response_model=KeyOut)
-async def revoke(key_id: RowId, db: DbDep, st: StateDep, who: Admin) -> KeyOut:
+async def revoke(key_id: RowId, call: Administering) -> KeyOut:
     """Revoked at once in this process; other API processes refuse it within
     LABELQ_KEY_CACHE_SECONDS."""
-    revoked = await db(keys.revoke, who, key_id)
-    st.trusted.forget(key_id)
-    return revoked
+    return await call(keys.revoke, key_id)

@@ -42,7 +42,8 @@ def _sst2_job(
 
 
 def run(settings: Settings, timeout: float) -> int:
-    from api.cli import BackgroundServer, embedded_app, stop_on_sigterm
+    from api.server import BackgroundServer
+    from embedded.app import embedded_app, stop_on_sigterm
 
     samples = files("labelq") / "samples"
     output = settings.home / "demo-results.jsonl"

@@ -1,5 +1,6 @@
-"""The in-process worker of the embedded default: a thread that runs tasks as they come, and a
-thread that runs the reconciler, on a `WorkerRuntime` (no broker)."""
+"""The in-process worker of the embedded default (`labelq serve --embedded`, `labelq demo`): a
+thread that runs tasks as they come, a thread that runs the reconciler and one that runs the
+pipelines' schedule, on a `WorkerRuntime` (no broker)."""
 
 from __future__ import annotations
 
@@ -94,9 +95,7 @@ class ThreadDispatcher:
         assert self.runtime is not None
         while not self._stopping.wait(1.0):
             try:
-                with self.runtime.factory() as s:
-                    due = pipelines.due_now(s)
-                for tenant, name in due:
+                for tenant, name in pipelines.due_now(self.runtime.ctx):
                     self.runtime.run_pipeline(name, tenant=tenant)
             except Exception:
                 log.exception("pipeline scheduler tick failed")

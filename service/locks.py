@@ -1,0 +1,24 @@
+"""Named locks in the database: whoever holds an unexpired one may act (the one reconciler
+sweeping, the one beat sending)."""
+
+from __future__ import annotations
+
+from db import locks
+from service.context import Ctx
+
+
+def take(ctx: Ctx, name: str, owner: str, seconds: float) -> bool:
+    """Take or renew the lock `name` for `owner` for `seconds`; False while another holds it."""
+    with ctx.tx() as s:
+        return locks.acquire(s, name, owner, seconds)
+
+
+def holder(ctx: Ctx, name: str) -> str | None:
+    """Who holds `name` now (None: nobody, or the lease ran out)."""
+    with ctx.reads() as s:
+        return locks.holder(s, name)
+
+
+def release(ctx: Ctx, name: str, owner: str) -> None:
+    with ctx.tx() as s:
+        locks.release(s, name, owner)
