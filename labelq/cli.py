@@ -1,8 +1,11 @@
 """The `labelq` command line.
 
-The core's own commands live here (`classify`, `calibrate eval`). Commands that need the service
-(`serve`, `worker`, `db`, `submit`, ...) are registered by the service packages through the
-`labelq.commands` entry point group, so the core imports none of them.
+Here: the core's own commands, which need no service (`classify`, `calibrate eval`,
+`settings`), and the commands that talk to a running service over HTTP through
+`labelq.client` (`submit`, `jobs`, `results`, `pipelines`, `calibrate fit|list|export|activate`).
+The packages above the core register the rest through the `labelq.commands` entry point group,
+so the core imports none of them: `serve` and `demo` (embedded), `keys` (api), `worker` and
+`beat` (worker), `db upgrade` (db).
 """
 
 from __future__ import annotations
