@@ -57,9 +57,34 @@ def make_celery(settings: Settings, name: str = "labelq") -> Celery:
     return app
 
 
+def survive_broker_restarts() -> None:
+    """A Redis restart while a task is in flight killed the worker: on the lost connection
+    Celery closes the channel, kombu's redis transport then tries to put the unacked message
+    back through a connection that is already gone, and the `AttributeError` it meets (the
+    transport's client is None) is "unrecoverable" to Celery, which exits (kombu 5.7). Here it
+    is the connection error it is, which Celery ignores before it reconnects. Nothing is lost:
+    labelq does not rest on the broker giving messages back; the reconciler re-sends a chunk
+    whose task vanished."""
+    from kombu.transport import redis as kombu_redis
+
+    channel = kombu_redis.Channel
+    if getattr(channel._connparams, "labelq_patched", False):
+        return
+    original = channel._connparams
+
+    def _connparams(self: Any, asynchronous: bool = False) -> Any:
+        if self.connection.client is None:
+            raise kombu_redis.get_redis_ConnectionError()("the broker connection is closed")
+        return original(self, asynchronous=asynchronous)
+
+    _connparams.labelq_patched = True  # type: ignore[attr-defined]
+    channel._connparams = _connparams  # type: ignore[method-assign]
+
+
 def worker_app(runtime: WorkerRuntime, ready_file: Path | None = None) -> Celery:
     """The Celery app whose tasks run on `runtime`; it starts the runtime when the worker is
     ready (and touches `ready_file`) and stops it (engines included) when it shuts down."""
+    survive_broker_restarts()
     app = make_celery(runtime.settings)
     retry_db = {
         "autoretry_for": (OperationalError, DBAPIError),
