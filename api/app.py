@@ -15,7 +15,16 @@ from fastapi.staticfiles import StaticFiles
 from api import errors
 from api.deps import AppState, RateLimiter
 from api.metrics import Metrics
-from api.routes import calibrations, classifiers, dashboard, health, jobs, keys, pipelines
+from api.routes import (
+    calibrations,
+    classifiers,
+    dashboard,
+    health,
+    jobs,
+    keys,
+    pipelines,
+    webhooks,
+)
 from labelq import __version__
 from service import wiring
 from service.context import Services
@@ -35,7 +44,7 @@ def create_app(services: Services, on_shutdown: Callable[[], None] | None = None
     errors.install(app)
     app.add_middleware(errors.BodyLimit, limit=settings.max_body_bytes)
     app.include_router(health.router)
-    for module in (classifiers, calibrations, jobs, pipelines, keys, dashboard):
+    for module in (classifiers, calibrations, jobs, pipelines, keys, webhooks, dashboard):
         app.include_router(module.router, responses=errors.ERROR_RESPONSES)
     app.include_router(dashboard.page_router, responses=errors.ERROR_RESPONSES)
     app.mount("/dashboard/static", StaticFiles(packages=[("api", "static")]), name="static")

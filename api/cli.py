@@ -49,11 +49,15 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p = keys.add_parser("create", help="create an API key and print it (shown once)")
     p.add_argument("--name", default="default")
-    p.add_argument("--tenant", default="default")
+    p.add_argument(
+        "--tenant",
+        required=True,
+        help="whose key: a tenant's name (`default`'s admin keys manage every tenant)",
+    )
     p.add_argument(
         "--scopes",
-        default="read,submit,calibrate,admin",
-        help="comma-separated: read, submit, calibrate, admin",
+        required=True,
+        help="comma-separated: read, submit, calibrate, pipelines, metrics, admin",
     )
     p.set_defaults(handler=_keys)
     p = keys.add_parser("list", help="keys (never the keys themselves)")

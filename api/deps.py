@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Concatenate, ParamSpec, TypeVar
 
+from cachetools import TTLCache
 from fastapi import Depends, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
@@ -39,17 +40,20 @@ T = TypeVar("T")
 
 class RateLimiter:
     """At most `per_minute` events per identity in any 60 s (a sliding window, per API
-    process)."""
+    process), for at most `identities` identities at once (the least recently seen are
+    forgotten first): the table is bounded whoever asks."""
 
-    def __init__(self, per_minute: int):
+    def __init__(self, per_minute: int, identities: int = 100_000):
         self.per_minute = per_minute
-        self._seen: dict[str, deque[float]] = {}
+        self._seen: TTLCache[str, deque[float]] = TTLCache(identities, 60)
         self._lock = threading.Lock()
 
     def take(self, who: str, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         with self._lock:
-            window = self._seen.setdefault(who, deque())
+            window = self._seen.get(who)
+            if window is None:
+                window = self._seen[who] = deque()
             while window and window[0] <= now - 60:
                 window.popleft()
             if len(window) >= self.per_minute:
@@ -127,45 +131,68 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
-async def submission_quota(request: Request, st: StateDep) -> None:
-    """Counts a submission against its API key's (or, with no keys, its client's) rate."""
-    token = request.headers.get("authorization", "")
-    client = request.client.host if request.client else "unknown"
-    st.submissions.take(keys.fingerprint(token) if token else client)
+def _loopback_name(host_header: str) -> bool:
+    """Whether a Host header names this machine's loopback (a browser led here by DNS
+    rebinding, or a reverse proxy, sends another name)."""
+    host = host_header.strip().lower()
+    if host.startswith("["):  # [::1]:8000
+        host = host[1 : host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    return _is_loopback(host)
+
+
+def _bearer(request: Request) -> str | None:
+    """The token of `Authorization: Bearer <token>` (the scheme in any case, any spaces)."""
+    scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
 
 
 async def principal(request: Request, st: StateDep) -> Principal:
-    """Who is asking: `Authorization: Bearer <key>` names a tenant and scopes. With no keys
-    stored the service is open, but only to clients on loopback (the embedded default).
+    """Who is asking: `Authorization: Bearer <key>` names a tenant and scopes. No key, no
+    service; unless the operator runs it open (`labelq serve --no-auth`), and then only for
+    clients on loopback whose Host header names loopback too (the embedded default on a
+    laptop). Revoking every key never opens it.
 
     The key is looked up on the event loop (a read of its own, closed before the route runs:
     a connection held through the whole request while the route takes another is how a pool
     runs dry under load); its use is recorded on a thread at most once a minute."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    bearer = token.strip() if scheme.lower() == "bearer" else None
+    bearer = _bearer(request)
+    if bearer is None:
+        client = request.client.host if request.client else None
+        if st.settings.no_auth and _is_loopback(client):
+            if _loopback_name(request.headers.get("host", "")):
+                return keys.LOCAL
+            raise Unauthorized(
+                "served without keys to loopback names only: this Host header names another",
+                field="Host",
+            )
+        raise Unauthorized(
+            "missing `Authorization: Bearer <key>` header (an operator makes keys with "
+            "`labelq keys create`)",
+            field="Authorization",
+        )
     trusted = st.services.trusted_keys
-    found = trusted.get(bearer) if bearer else None
+    found = trusted.get(bearer)
     if found is None:
         system = Call.system(st)
         checked = await system.on_loop(keys.authenticate, bearer)
         if checked is not None:
             found = checked.principal
-            if bearer and found.key_id is not None:
-                if checked.stale_use:
-                    await system(keys.mark_used, found.key_id)
-                trusted.put(bearer, found)
+            if checked.stale_use and found.key_id is not None:
+                await system(keys.mark_used, found.key_id)
+            trusted.put(bearer, found)
     if found is None:
-        if _is_loopback(request.client.host if request.client else None):
-            return keys.LOCAL
-        raise Unauthorized(
-            "no API keys exist: only loopback clients are served until one "
-            "is created with `labelq keys create`"
-        )
-    if not bearer:
-        raise Unauthorized("missing `Authorization: Bearer <key>` header", field="Authorization")
-    if found.key_id is None:
         raise Unauthorized("unknown or revoked API key", field="Authorization")
     return found
+
+
+async def submission_quota(
+    request: Request, st: StateDep, who: Principal = Depends(principal)
+) -> None:
+    """Counts a submission against its key's rate (served without keys: its client's)."""
+    client = request.client.host if request.client else "unknown"
+    st.submissions.take(f"key:{who.key_id}" if who.key_id is not None else f"client:{client}")
 
 
 def call_as(scope: str) -> Callable[..., Awaitable[Call]]:
@@ -191,5 +218,7 @@ RowId = Annotated[int, PathParam(ge=1, le=2**63 - 1)]
 Reading = Annotated[Call, Depends(call_as("read"))]
 Submitting = Annotated[Call, Depends(call_as("submit"))]
 Calibrating = Annotated[Call, Depends(call_as("calibrate"))]
+Piping = Annotated[Call, Depends(call_as("pipelines"))]
+Scraping = Annotated[Call, Depends(call_as("metrics"))]
 Administering = Annotated[Call, Depends(call_as("admin"))]
 Monitoring = Annotated[Call, Depends(system_call)]

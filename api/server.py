@@ -19,7 +19,16 @@ def serve(app: Any, settings: Settings, host: str, port: int) -> None:
     import uvicorn
 
     freeze_startup_heap()
-    uvicorn.run(app, host=host, port=port, access_log=settings.api_access_log)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        access_log=settings.api_access_log,
+        # X-Forwarded-For is believed from LABELQ_TRUSTED_PROXIES alone (uvicorn's default
+        # believes any local process: a proxy on the host would pass for the client).
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=",".join(settings.trusted_proxies) or None,
+    )
 
 
 def freeze_startup_heap() -> None:

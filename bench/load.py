@@ -204,6 +204,8 @@ def main() -> None:
         "LABELQ_MODEL": "no-worker",  # no worker runs: reads only, no engine in the way
         "LABELQ_API_PORT": str(PORT),
         "LABELQ_SUBMISSIONS_PER_MINUTE": "100000",
+        # Setting up needs no key; the measured requests carry one, as in production.
+        "LABELQ_NO_AUTH": "true",
     }
     url = f"http://127.0.0.1:{PORT}"
     runs: dict[str, tuple[list[float], list[str], float]] = {}

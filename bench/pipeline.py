@@ -48,6 +48,7 @@ def service_env(db_url: str, model: Path | str, chunk_size: int, **extra: str) -
         "LABELQ_MODEL": str(model),
         "LABELQ_CHUNK_SIZE": str(chunk_size),
         "LABELQ_API_PORT": str(PORT),
+        "LABELQ_NO_AUTH": "true",  # the benchmark's own server, on loopback
         **extra,
     }
 

@@ -52,8 +52,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="labelq-bench-pipelines-"))
     model = build_demo_model(Path(tempfile.gettempdir()) / "labelq-bench-tiny", "tiny")
     db_url = create_scratch_database()
+    source_url = create_scratch_database()  # the source is a database of its own
     texts = sentences(args.rows)
-    source = create_engine(db_url)
+    source = create_engine(source_url)
     with source.begin() as c:
         c.execute(text("CREATE TABLE articles (id BIGINT PRIMARY KEY, body TEXT)"))
         for start in range(0, args.rows, 10_000):
@@ -65,10 +66,15 @@ def main() -> None:
                 ],
             )
     redis.Redis.from_url(REDIS).flushdb()
-    env = service_env(db_url, model, args.chunk_size)
+    connections = {"news": {"url": source_url, "write": True}}
+    env = service_env(
+        db_url, model, args.chunk_size, LABELQ_PIPELINE_CONNECTIONS=json.dumps(connections)
+    )
     api = spawn(["serve"], env, work / "api.log")
     worker = spawn(["worker", "--loglevel", "WARNING"], env, work / "worker.log")
-    system = Ctx.system(wiring.build(Settings(database_url=db_url)))
+    system = Ctx.system(
+        wiring.build(Settings(database_url=db_url, pipeline_connections=connections))
+    )
     url = f"http://127.0.0.1:{PORT}"
     try:
         wait_http(url)
@@ -95,13 +101,13 @@ def main() -> None:
                 "schedule": {"every": 86400},
                 "source": {
                     "kind": "sql",
-                    "url": db_url,
+                    "connection": "news",
                     "table": "articles",
                     "key": "id",
                     "watermark": "id",
                     "fields": {"text": "body"},
                 },
-                "sink": {"kind": "sql", "url": db_url, "table": "article_labels"},
+                "sink": {"kind": "sql", "connection": "news", "table": "article_labels"},
             }
         )
         start = time.perf_counter()
@@ -118,6 +124,7 @@ def main() -> None:
         stop(api)
         source.dispose()
         drop_scratch_database(db_url)
+        drop_scratch_database(source_url)
         redis.Redis.from_url(REDIS).flushdb()
 
     print(f"\n{args.rows} rows, tiny random Llama, chunk size {args.chunk_size}, one worker")

@@ -58,10 +58,9 @@ def finish_if_done(job: Job) -> bool:
 
 
 # -- jobs ----------------------------------------------------------------------------------------
-def find_job_by_idempotency_key(s: Session, key: str) -> Job | None:
-    """The job an Idempotency-Key made, whoever's: the key is unique across tenants (the caller
-    says nothing of another tenant's job)."""
-    return s.scalar(select(Job).where(Job.idempotency_key == key))
+def find_job_by_idempotency_key(s: Session, key: str, *, tenant: str) -> Job | None:
+    """The job `tenant`'s Idempotency-Key made (another tenant's keys are its own)."""
+    return s.scalar(select(Job).where(Job.tenant == tenant, Job.idempotency_key == key))
 
 
 def add_job(

@@ -9,7 +9,7 @@ import secrets
 from collections.abc import Sequence
 from datetime import timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from db.models import ApiKey, as_utc, utcnow
@@ -35,11 +35,6 @@ def add_key(s: Session, name: str, scopes: Sequence[str], *, tenant: str) -> tup
     s.add(row)
     s.flush()
     return row, key
-
-
-def any_keys(s: Session) -> bool:
-    count = s.scalar(select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None)))
-    return bool(count)
 
 
 def find_key(s: Session, key: str) -> ApiKey | None:

@@ -44,12 +44,21 @@ def require_current(url: str) -> None:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the database at `url` to `revision` (the newest by default)."""
-    from db.session import make_engine
+    """Bring the database at `url` to `revision` (the newest by default). On SQLite, with
+    foreign keys off while tables are rebuilt, and checked after."""
+    from sqlalchemy import text
+
+    from db.session import make_engine, without_foreign_keys
 
     engine = make_engine(url)  # creates the SQLite folder if needed
-    with engine.begin() as connection:
-        config = alembic_config(url)
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+    with engine.connect() as connection:
+        without_foreign_keys(connection)
+        with connection.begin():
+            config = alembic_config(url)
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+            if connection.dialect.name == "sqlite":
+                broken = connection.execute(text("PRAGMA foreign_key_check")).all()
+                if broken:
+                    raise RuntimeError(f"the migration broke foreign keys: {broken[:5]}")
     engine.dispose()

@@ -26,7 +26,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 DEFAULT_TENANT = "default"
-SCOPES = ("read", "submit", "calibrate", "admin")
+# read: every GET of the tenant's things; submit: classifiers, jobs, gold labels; calibrate: fit
+# and activate; pipelines: create, change and run pipelines; metrics: /metrics; admin: all of
+# them and keys.
+SCOPES = ("read", "submit", "calibrate", "pipelines", "metrics", "admin")
 
 
 def utcnow() -> datetime:
@@ -120,7 +123,11 @@ class Classifier(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_created_at", "created_at"),)
+    __table_args__ = (
+        Index("ix_jobs_created_at", "created_at"),
+        # An Idempotency-Key is the tenant's own: another tenant's use of it is not told.
+        UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT, index=True)
@@ -135,7 +142,7 @@ class Job(Base):
     chunks_done: Mapped[int] = mapped_column(Integer, default=0)
     chunk_size: Mapped[int] = mapped_column(Integer)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     calibration_id: Mapped[int | None] = mapped_column(
         ForeignKey("calibrations.id", name="fk_jobs_calibration_id")
     )
@@ -396,6 +403,7 @@ class WebhookDelivery(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     event_key: Mapped[str] = mapped_column(String(200))  # one delivery per event
+    tenant: Mapped[str | None] = mapped_column(String(64))  # whose secret signs it
     event: Mapped[str] = mapped_column(String(64))
     url: Mapped[str] = mapped_column(Text)
     job_id: Mapped[str | None] = mapped_column(String(36), index=True)
@@ -408,6 +416,16 @@ class WebhookDelivery(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None]
+
+
+class WebhookSecret(Base):
+    """The key a tenant's webhook events are signed with (Standard Webhooks, `whsec_...`)."""
+
+    __tablename__ = "webhook_secrets"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Lock(Base):
@@ -438,5 +456,6 @@ __all__ = [
     "PipelineRun",
     "RunState",
     "WebhookDelivery",
+    "WebhookSecret",
     "Worker",
 ]

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import URL, Engine, create_engine, event, text
-from sqlalchemy.engine import CursorResult
+from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -56,6 +56,15 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, json_deserializer=json_loads, **kwargs)
+
+
+def without_foreign_keys(connection: Connection) -> None:
+    """On SQLite, turn foreign keys off for this connection, before its transaction begins (a
+    migration there rebuilds tables, and dropping the old `jobs` with them on would cascade to
+    every item). `db.migrate.upgrade` checks the keys once the migration is done."""
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        connection.commit()
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -3,6 +3,8 @@ pipeline runs, each attempt recorded on it. Nothing here commits."""
 
 from __future__ import annotations
 
+import base64
+import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -12,12 +14,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import (
+    DEFAULT_TENANT,
     Job,
     JobState,
     Pipeline,
     PipelineRun,
     RunState,
     WebhookDelivery,
+    WebhookSecret,
     utcnow,
 )
 
@@ -30,6 +34,33 @@ def _add(s: Session, key: str, event: str, url: str, payload: dict[str, Any], **
             s.add(WebhookDelivery(event_key=key, event=event, url=url, payload=payload, **refs))
     except IntegrityError:
         pass  # already queued
+
+
+def secret_of(s: Session, *, tenant: str) -> str:
+    """The tenant's signing secret (`whsec_` and 32 random bytes in base64), made on first use."""
+    row = s.get(WebhookSecret, tenant)
+    if row is None:
+        try:
+            with s.begin_nested():
+                row = WebhookSecret(tenant=tenant, secret=_new_secret())
+                s.add(row)
+        except IntegrityError:  # made at once by another sweep or request
+            row = s.get_one(WebhookSecret, tenant)
+    return row.secret
+
+
+def rotate_secret(s: Session, *, tenant: str) -> str:
+    """A new signing secret for the tenant (events from now on are signed with it)."""
+    row = s.get(WebhookSecret, tenant)
+    if row is None:
+        return secret_of(s, tenant=tenant)
+    row.secret = _new_secret()
+    row.created_at = utcnow()
+    return row.secret
+
+
+def _new_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def enqueue(s: Session) -> int:
@@ -55,7 +86,15 @@ def enqueue(s: Session) -> int:
                 "finished_at": job.finished_at.isoformat() if job.finished_at else None,
             },
         }
-        _add(s, f"job:{job.id}", f"job.{job.state}", job.webhook_url or "", payload, job_id=job.id)
+        _add(
+            s,
+            f"job:{job.id}",
+            f"job.{job.state}",
+            job.webhook_url or "",
+            payload,
+            job_id=job.id,
+            tenant=job.tenant,
+        )
         added += 1
     runs = s.execute(
         select(PipelineRun, Pipeline)
@@ -75,7 +114,15 @@ def enqueue(s: Session) -> int:
             "pipeline": pipeline.name,
             "run": {"id": run.id, "error": run.error, "job_id": run.job_id},
         }
-        _add(s, f"run:{run.id}", "pipeline.run_failed", url, payload, pipeline_run_id=run.id)
+        _add(
+            s,
+            f"run:{run.id}",
+            "pipeline.run_failed",
+            url,
+            payload,
+            pipeline_run_id=run.id,
+            tenant=pipeline.tenant,
+        )
         added += 1
     return added
 
@@ -83,6 +130,7 @@ def enqueue(s: Session) -> int:
 @dataclass(frozen=True)
 class Due:
     id: int
+    tenant: str
     event: str
     url: str
     payload: dict[str, Any]
@@ -95,7 +143,7 @@ def due(s: Session) -> list[Due]:
             WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= utcnow()
         )
     )
-    return [Due(d.id, d.event, d.url, d.payload) for d in rows]
+    return [Due(d.id, d.tenant or DEFAULT_TENANT, d.event, d.url, d.payload) for d in rows]
 
 
 def record_attempt(

@@ -13,6 +13,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from api.server import require_free, serve
 
     host, port = args.host or settings.api_host, args.port or settings.api_port
+    if args.no_auth:
+        settings.no_auth = True
     require_free(host, port)
     if args.embedded:
         from embedded.app import embedded_app
@@ -42,6 +44,11 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "--embedded",
         action="store_true",
         help="with an in-process worker on SQLite: no Redis needed",
+    )
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve loopback clients without an API key (their Host header a loopback name)",
     )
     p.set_defaults(handler=_serve)
 

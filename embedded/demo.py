@@ -47,6 +47,7 @@ def run(settings: Settings, timeout: float) -> int:
 
     samples = files("labelq") / "samples"
     output = settings.home / "demo-results.jsonl"
+    settings.no_auth = True  # its own server, on loopback, for this process alone
     stage(1, "the model")
     with stop_on_sigterm(), embedded_app(settings, preload=True) as app:
         stage(2, "the embedded service (API and an in-process worker on SQLite)")
@@ -100,8 +101,8 @@ def run(settings: Settings, timeout: float) -> int:
             print(f"  ECE        {before['ece']:.3f} uncalibrated -> {after['ece']:.3f} calibrated")
             print(f"  NLL        {before['nll']:.3f} -> {after['nll']:.3f}")
     print(
-        f"\nnext: the sample results are in {output}; `labelq serve --embedded` keeps the "
-        f"service up, its API docs at http://{settings.api_host}:{settings.api_port}/docs"
+        f"\nnext: the sample results are in {output}; `labelq serve --embedded --no-auth` keeps "
+        f"the service up, its API docs at http://{settings.api_host}:{settings.api_port}/docs"
     )
     return 0
 

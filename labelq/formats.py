@@ -81,42 +81,59 @@ def read(
         )
 
 
+def read_stream(
+    stream: IO[bytes], fmt: Format, name: str, mapping: Mapping[str, str] | None = None
+) -> Iterator[Record]:
+    """As `read`, from a file already open (named `name` in errors)."""
+    mapping = mapping or {}
+    for record in _records(stream, fmt, name):
+        yield (
+            record if isinstance(record, InputError) else (record[0], _renamed(record[1], mapping))
+        )
+
+
 def _read(path: str | Path, fmt: Format) -> Iterator[Record]:
     where = "stdin" if str(path) == "-" else str(path)
     if fmt == "parquet":
         yield from _read_parquet(path)
         return
     with _open_binary(path) as stream:
-        if fmt == "jsonl":
-            yield from read_jsonl_records(stream)
-            return
-        # CSV: lines are decoded one by one, so a line that is not UTF-8 fails alone.
-        errors: list[InputError] = []
+        yield from _records(stream, fmt, where)
 
-        def lines() -> Iterator[str]:
-            for number, raw in enumerate(stream, start=1):
-                try:
-                    yield raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    errors.append(
-                        InputError(f"not valid UTF-8 (byte {exc.start + 1})", line=number)
-                    )
-                    yield "\n"
 
-        reader = csv.DictReader(lines())
-        for row in reader:
-            yield from errors
-            errors.clear()
-            number = reader.line_num
-            if None in row or any(v is None for v in row.values()):
-                columns = reader.fieldnames or []
-                yield InputError(
-                    f"{where}: expected {len(columns)} columns ({', '.join(columns)})",
-                    line=number,
-                )
-                continue
-            yield number, dict(row)
+def _records(stream: IO[bytes], fmt: Format, where: str) -> Iterator[Record]:
+    """The records of an open file in one of the formats."""
+    if fmt == "parquet":
+        yield from _parquet_records(stream, where)
+        return
+    if fmt == "jsonl":
+        yield from read_jsonl_records(stream)
+        return
+    # CSV: lines are decoded one by one, so a line that is not UTF-8 fails alone.
+    errors: list[InputError] = []
+
+    def lines() -> Iterator[str]:
+        for number, raw in enumerate(stream, start=1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                errors.append(InputError(f"not valid UTF-8 (byte {exc.start + 1})", line=number))
+                yield "\n"
+
+    reader = csv.DictReader(lines())
+    for row in reader:
         yield from errors
+        errors.clear()
+        number = reader.line_num
+        if None in row or any(v is None for v in row.values()):
+            columns = reader.fieldnames or []
+            yield InputError(
+                f"{where}: expected {len(columns)} columns ({', '.join(columns)})",
+                line=number,
+            )
+            continue
+        yield number, dict(row)
+    yield from errors
 
 
 def _open_binary(path: str | Path) -> IO[bytes]:
@@ -129,13 +146,17 @@ def _open_binary(path: str | Path) -> IO[bytes]:
 
 
 def _read_parquet(path: str | Path) -> Iterator[Record]:
+    source: Any = sys.stdin.buffer if str(path) == "-" else str(path)
+    yield from _parquet_records(source, str(path))
+
+
+def _parquet_records(source: Any, where: str) -> Iterator[Record]:
     import pyarrow.parquet as pq
 
-    source: Any = sys.stdin.buffer if str(path) == "-" else str(path)
     try:
         file = pq.ParquetFile(source)
     except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {path} as Parquet: {exc}") from None
+        raise InputError(f"cannot read {where} as Parquet: {exc}") from None
     number = 0
     for batch in file.iter_batches(batch_size=1024):
         for row in batch.to_pylist():

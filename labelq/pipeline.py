@@ -1,48 +1,54 @@
 """A scheduled classification pipeline: what it reads, when, and where it writes.
 
 Checked when it is stored, so a bad cron expression, time zone or query is a 4xx naming the
-field, not a failure at 3 a.m. URLs may name environment variables (`${NEWS_DB_URL}`), read
-from the service's environment when the pipeline runs; credentials are never shown back.
+field, not a failure at 3 a.m. A pipeline reaches databases and folders only by the names the
+operator gave them (`LABELQ_PIPELINE_CONNECTIONS`, `LABELQ_PIPELINE_ROOTS`, see
+`labelq.targets`): no URL, absolute path, `..` or `${VARIABLE}` is taken from a tenant.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from labelq.errors import InputError, SpecError, field_of
+from labelq.errors import SpecError, field_of
 from labelq.spec import NAME_PATTERN
 
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def resolve_env(text: str, field: str) -> str:
-    """`${NAME}` replaced by the environment's value; a missing variable names the field."""
-
-    def value(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in os.environ:
-            raise InputError(f"environment variable {name} is not set", field=field)
-        return os.environ[name]
-
-    return _ENV.sub(value, text)
+# The name of an operator's connection or root.
+TARGET_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 
 
 def mask_url(url: str) -> str:
-    """A URL fit to show: `${VARS}` as written, a literal password replaced by ***."""
-    if _ENV.search(url):
-        return url
-    try:
-        from sqlalchemy.engine import make_url
+    """A URL fit to show: a password, and every query value, replaced by ***."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        name, sep, _ = user.partition(":")
+        netloc = f"{name}:***@{host}" if sep else f"{user}@{host}"
+    query = urlencode([(k, "***") for k, _ in parse_qsl(parts.query, keep_blank_values=True)])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def relative_path(value: str) -> str:
+    """A folder or file path a tenant gives inside an operator's root: relative, no `..`, no
+    `${...}`, no backslash or NUL."""
+    if value.startswith(("/", "~")) or re.match(r"^[A-Za-z]:", value):
+        raise ValueError("a path inside the root, not an absolute one")
+    if "\\" in value or "\x00" in value:
+        raise ValueError("a path of plain / separated parts")
+    if any(part == ".." for part in value.split("/")):
+        raise ValueError("a path inside the root: no '..'")
+    return value.strip("/")
 
 
 class Schedule(BaseModel):
@@ -90,7 +96,7 @@ class SqlSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["sql"]
-    url: str = Field(description="SQLAlchemy URL; ${NAME} reads the environment")
+    connection: str = Field(pattern=TARGET_NAME, description="a LABELQ_PIPELINE_CONNECTIONS name")
     table: str | None = Field(None, pattern=IDENTIFIER)
     query: str | None = Field(None, description="a read-only SELECT")
     key: str = Field(pattern=IDENTIFIER)
@@ -123,19 +129,25 @@ class FilesSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["files"]
-    path: str
-    glob: str = "*.jsonl"
+    root: str = Field(pattern=TARGET_NAME, description="a LABELQ_PIPELINE_ROOTS name")
+    path: str = Field("", max_length=1024, description="a folder inside the root")
+    glob: str = Field("*.jsonl", max_length=200, pattern=r"^[^/\\]+$")
     format: Literal["jsonl", "csv", "parquet"] | None = None
     key: str | None = Field(None, description="column holding each record's id")
     fields: dict[str, str] = Field(default_factory=dict, description="template field -> column")
     settle_seconds: float = Field(10, ge=0, description="a file modified since waits")
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        return relative_path(value)
 
 
 class SqlSink(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["sql"]
-    url: str
+    connection: str = Field(pattern=TARGET_NAME, description="a LABELQ_PIPELINE_CONNECTIONS name")
     table: str = Field(pattern=IDENTIFIER)
 
 
@@ -143,8 +155,14 @@ class FilesSink(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["files"]
-    path: str
+    root: str = Field(pattern=TARGET_NAME, description="a LABELQ_PIPELINE_ROOTS name")
+    path: str = Field("", max_length=1024, description="a folder inside the root")
     format: Literal["jsonl", "csv", "parquet"] = "jsonl"
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        return relative_path(value)
 
 
 class PipelineOptions(BaseModel):
@@ -172,18 +190,42 @@ class PipelineSpec(BaseModel):
     webhook: str | None = Field(None, pattern=r"^https?://", description="POSTed on failed runs")
 
     def shown(self) -> dict[str, Any]:
-        """The spec with credentials masked."""
+        """The spec as shown back: the webhook's password and query values masked."""
         data = self.model_dump(mode="json")
-        for part in ("source", "sink"):
-            if data.get(part) and "url" in data[part]:
-                data[part]["url"] = mask_url(data[part]["url"])
+        if data.get("webhook"):
+            data["webhook"] = mask_url(data["webhook"])
         return data
 
 
+def _variables(value: Any, where: str = "") -> str | None:
+    """The field of the first string holding `${...}`, anywhere in `value`."""
+    if isinstance(value, str):
+        return where if "${" in value else None
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _variables(item, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 def parse_pipeline(data: Any) -> PipelineSpec:
-    """Validate a pipeline from plain data, raising `SpecError` naming the field."""
+    """Validate a pipeline from plain data, raising `SpecError` naming the field. A tenant's
+    pipeline holds no `${VARIABLE}`: the service's environment is the operator's."""
     if not isinstance(data, dict):
         raise SpecError("a pipeline must be a mapping of fields")
+    field = _variables(data)
+    if field is not None:
+        raise SpecError(
+            f"{field}: ${{...}} is not read from a pipeline: the operator names connections "
+            "(LABELQ_PIPELINE_CONNECTIONS) and folders (LABELQ_PIPELINE_ROOTS)",
+            field=field,
+        )
     try:
         return PipelineSpec.model_validate(data)
     except ValidationError as exc:

@@ -6,8 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from labelq.outbound import Policy
+from labelq.targets import Connection, Limits, Root
 
 
 class Settings(BaseSettings):
@@ -96,13 +99,38 @@ class Settings(BaseSettings):
     worker_stale_after: float = Field(
         default=60, gt=0, description="A worker unseen for this long is taken as gone."
     )
-    webhook_secret: str | None = Field(
-        default=None, description="HMAC-SHA256 key that signs webhook events."
+    webhook_allow: list[str] = Field(
+        default_factory=list,
+        description="Networks (CIDR) webhooks may reach though they are not public, e.g. "
+        '["10.20.0.0/16"]. Loopback, private, link-local and reserved addresses are refused '
+        "otherwise.",
+    )
+    webhook_timeout: float = Field(
+        default=10, gt=0, description="Seconds one webhook request may take in all."
     )
     webhook_retry_backoff: float = Field(
         default=10, ge=0, description="First wait before a failed webhook is tried again."
     )
     webhook_max_attempts: int = Field(default=8, ge=1, description="Attempts per webhook.")
+    pipeline_connections: dict[str, Connection] = Field(
+        default_factory=dict,
+        description="Databases pipelines may use, by name (JSON): name -> URL, or {url, tenants, "
+        "queries, write}. ${VAR} is read from the environment here only. Never labelq's own.",
+    )
+    pipeline_roots: dict[str, Root] = Field(
+        default_factory=dict,
+        description="Folders pipelines may use, by name (JSON): name -> path, or {path, tenants, "
+        "write}.",
+    )
+    pipeline_connect_timeout: float = Field(
+        default=10, gt=0, description="Seconds a pipeline's database connection may take."
+    )
+    pipeline_statement_timeout: float = Field(
+        default=300, gt=0, description="Seconds one statement of a pipeline source or sink may run."
+    )
+    pipeline_lock_timeout: float = Field(
+        default=10, gt=0, description="Seconds a pipeline's statement may wait for a lock."
+    )
     beat_lock_seconds: float = Field(
         default=60, gt=0, description="The one beat's lock; another beat takes over after it."
     )
@@ -112,6 +140,15 @@ class Settings(BaseSettings):
     max_items_per_job: int = Field(default=1_000_000, ge=1, description="Most items in one job.")
     max_json_depth: int = Field(default=32, ge=2, description="Deepest nesting in one item.")
     max_fields_per_item: int = Field(default=256, ge=1, description="Most fields in one item.")
+    max_spec_bytes: int = Field(
+        default=1 << 20, ge=1, description="Largest classifier spec or pipeline body."
+    )
+    max_json_job_bytes: int = Field(
+        default=16 << 20,
+        ge=1,
+        description="Largest JSON job body (a JSON body is held whole: send larger jobs as "
+        "streamed JSONL).",
+    )
     submissions_per_minute: int = Field(
         default=120, ge=1, description="Job submissions per API key (or client) per minute."
     )
@@ -123,6 +160,20 @@ class Settings(BaseSettings):
         "request); a key revoked through another process is refused within it.",
     )
     api_key: str | None = Field(default=None, description="Key the CLI's client sends.")
+    no_auth: bool = Field(
+        default=False,
+        description="Serve without API keys (`labelq serve --no-auth`): loopback clients only, "
+        "their Host header a loopback name. Without it, no key stored means no service.",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses whose X-Forwarded-For the API believes (none: it believes none).",
+    )
+    metrics_classifier_labels: bool = Field(
+        default=False,
+        description="/metrics labels its per-classifier series with tenant, classifier, "
+        "version and label names (off: one series over all of them).",
+    )
     api_host: str = Field(default="127.0.0.1", description="Address `labelq serve` binds.")
     api_port: int = Field(default=8000, description="Port `labelq serve` binds.")
     api_access_log: bool = Field(
@@ -137,6 +188,46 @@ class Settings(BaseSettings):
         "connections (one each, held open); on PostgreSQL as many again for reads on its "
         "event loop.",
     )
+
+    @model_validator(mode="after")
+    def _own_database_is_no_connection(self) -> Settings:
+        """labelq's own database is never a pipeline connection, nor inside a root."""
+        from labelq.targets import resolve_env, same_database
+
+        own = self.resolved_database_url()
+        for name, connection in self.pipeline_connections.items():
+            try:
+                url = resolve_env(connection.url, name)
+            except Exception:
+                continue  # checked again when it is used
+            if same_database(url, own):
+                raise ValueError(
+                    f"pipeline connection {name!r} is labelq's own database "
+                    "(LABELQ_PIPELINE_CONNECTIONS): give pipelines a database of their own"
+                )
+        if own.startswith("sqlite"):
+            file = Path(own.split("///", 1)[-1]).resolve()
+            for name, root in self.pipeline_roots.items():
+                try:
+                    folder = Path(resolve_env(root.path, name)).resolve()
+                except Exception:
+                    continue
+                if file.is_relative_to(folder):
+                    raise ValueError(
+                        f"pipeline root {name!r} holds labelq's own database "
+                        "(LABELQ_PIPELINE_ROOTS): give pipelines a folder of their own"
+                    )
+        return self
+
+    def webhook_policy(self) -> Policy:
+        return Policy.of(self.webhook_allow, self.webhook_timeout)
+
+    def pipeline_limits(self) -> Limits:
+        return Limits(
+            self.pipeline_connect_timeout,
+            self.pipeline_statement_timeout,
+            self.pipeline_lock_timeout,
+        )
 
     def allowed_models(self) -> dict[str, str]:
         """Alias or model -> the model served (a model is its own alias)."""

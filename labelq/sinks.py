@@ -1,16 +1,17 @@
 """Where a pipeline's labels go, besides its job: a SQL table upserted by the source key, or
-one file per run written atomically. Writing again after a failure duplicates nothing."""
+one file per run written atomically. Writing again after a failure duplicates nothing. The
+engine and the folder are the operator's, resolved and bounded by `labelq.targets`."""
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from labelq import formats
-from labelq.errors import SpecError
-from labelq.pipeline import FilesSink, SqlSink, resolve_env
+from labelq.pipeline import FilesSink, SqlSink
 from labelq.scoring import batches
 
 BATCH = 1000
@@ -20,14 +21,9 @@ class SqlWriter:
     """Upserts result rows into `sink.table` (created if missing): the key, the label, its
     confidence, the probabilities (JSON), classifier version, calibration, run, time."""
 
-    def __init__(self, sink: SqlSink):
-        from sqlalchemy import create_engine
-
+    def __init__(self, sink: SqlSink, engine: Any):
         self.sink = sink
-        try:
-            self.engine = create_engine(resolve_env(sink.url, "sink.url"))
-        except Exception as exc:
-            raise SpecError(f"cannot use sink url: {exc}", field="sink.url") from None
+        self.engine = engine
 
     def close(self) -> None:
         self.engine.dispose()
@@ -102,20 +98,25 @@ class SqlWriter:
 
 
 class FilesWriter:
-    """One file per run in `sink.path`: written to a temporary name, then renamed."""
+    """One file per run in a folder of an operator's root (made and checked by
+    `labelq.targets.folder`): written to a temporary name of its own, then renamed."""
 
-    def __init__(self, sink: FilesSink):
+    def __init__(self, sink: FilesSink, folder: Path):
         self.sink = sink
-        self.folder = Path(resolve_env(sink.path, "sink.path"))
+        self.folder = folder
 
     def write(self, name: str, rows: Iterator[dict[str, Any]], labels: list[str]) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / f"{name}.{self.sink.format}"
-        partial = self.folder / f".{name}.{self.sink.format}.partial"
-        with formats.Writer(partial, self.sink.format, labels) as writer:
-            for row in rows:
-                writer.write(row)
-        os.replace(partial, final)
+        # A name of this attempt's own: two writers never share one partial file.
+        partial = self.folder / f".{name}.{uuid.uuid4().hex[:12]}.partial"
+        try:
+            with formats.Writer(partial, self.sink.format, labels) as writer:
+                for row in rows:
+                    writer.write(row)
+            os.replace(partial, final)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         return final
 
 

@@ -1,10 +1,12 @@
 """Where a pipeline's rows come from: a SQL table or read-only query read past a watermark in
-pages, or new files in a folder. Both give `(custom_id, fields)` records in a stable order."""
+pages, or new files in a folder. Both give `(custom_id, fields)` records in a stable order.
+The engine and the folder are the operator's, resolved and bounded by `labelq.targets`."""
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,9 +16,11 @@ from typing import Any
 
 from labelq import formats
 from labelq.errors import InputError, SpecError
-from labelq.pipeline import FilesSource, SqlSource, resolve_env
+from labelq.pipeline import FilesSource, SqlSource
+from labelq.targets import open_file, regular_files
 
 Record = tuple[str, dict[str, Any]] | InputError
+log = logging.getLogger(__name__)
 
 
 # -- watermarks: JSON with the value's type, so a timestamp comes back a timestamp -----------
@@ -40,17 +44,12 @@ def load_value(data: dict[str, Any]) -> Any:
 
 
 class SqlReader:
-    """Reads `source` in pages ordered by (watermark, key), after a committed position."""
+    """Reads `source` in pages ordered by (watermark, key), after a committed position, on an
+    engine `labelq.targets.engine` made (read-only, bounded)."""
 
-    def __init__(self, source: SqlSource):
-        from sqlalchemy import create_engine
-
+    def __init__(self, source: SqlSource, engine: Any):
         self.source = source
-        self.url = resolve_env(source.url, "source.url")
-        try:
-            self.engine = create_engine(self.url)
-        except Exception as exc:
-            raise SpecError(f"cannot use source url: {exc}", field="source.url") from None
+        self.engine = engine
         self.order = source.watermark or source.key
         self._q = self.engine.dialect.identifier_preparer.quote
 
@@ -72,14 +71,24 @@ class SqlReader:
     def check(self) -> None:
         """The source answers and has the columns the pipeline names (each a SpecError)."""
         from sqlalchemy import text
+        from sqlalchemy.exc import DBAPIError, OperationalError
 
         try:
-            with self.engine.connect() as connection:
+            connection = self.engine.connect()
+        except Exception as exc:
+            # The server's words name the operator's hosts and roles: not the tenant's to read.
+            log.warning("pipeline source %s: %s", self.source.connection, _first_line(exc))
+            raise SpecError(
+                f"cannot reach connection {self.source.connection!r} (the service log says why)",
+                field="source.connection",
+            ) from None
+        try:
+            with connection:
                 self._read_only(connection)
                 columns = set(
                     connection.execute(text(f"SELECT * FROM {self._base()} LIMIT 0")).keys()
                 )
-        except Exception as exc:
+        except (DBAPIError, OperationalError) as exc:
             where = "source.table" if self.source.table else "source.query"
             raise SpecError(f"cannot read the source: {_first_line(exc)}", field=where) from None
         wanted = {"source.key": self.source.key}
@@ -143,40 +152,43 @@ class SourceFile:
 
 
 class FilesReader:
-    """New files in a folder: each processed once (by path and content hash); a file modified
-    in the last `settle_seconds` is still being written and waits for the next run."""
+    """New files in a folder of an operator's root: each processed once (by path and content
+    hash); a file modified in the last `settle_seconds` is still being written and waits for
+    the next run. Links are never followed: a link in the folder is not a file of it."""
 
-    def __init__(self, source: FilesSource):
+    def __init__(self, source: FilesSource, folder: Path):
         self.source = source
-        self.folder = Path(resolve_env(source.path, "source.path"))
-
-    def check(self) -> None:
-        if not self.folder.is_dir():
-            raise SpecError(f"{self.folder} is not a folder", field="source.path")
+        self.folder = folder
 
     def pending(self, done: set[tuple[str, str]], now: float | None = None) -> list[SourceFile]:
+        """Files to read, named by their path inside the root (`source.path`/name)."""
         now = time.time() if now is None else now
         out = []
-        for path in sorted(self.folder.iterdir()):
-            if not path.is_file() or not fnmatch.fnmatch(path.name, self.source.glob):
+        for entry in regular_files(self.folder):
+            if not fnmatch.fnmatch(entry.name, self.source.glob):
                 continue
-            stat = path.stat()
+            stat = entry.stat(follow_symlinks=False)
             if now - stat.st_mtime < self.source.settle_seconds:
                 continue  # still being written
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            if (str(path), digest) not in done:
-                out.append(SourceFile(str(path), stat.st_size, digest))
+            digest = hashlib.sha256()
+            with open_file(self.folder, entry.name) as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            shown = f"{self.source.path}/{entry.name}" if self.source.path else entry.name
+            if (shown, digest.hexdigest()) not in done:
+                out.append(SourceFile(shown, stat.st_size, digest.hexdigest()))
         return out
 
     def records(self, files: list[SourceFile]) -> Iterator[Record]:
         mapping = dict(self.source.fields)
         for file in files:
-            fmt = formats.detect(file.path, self.source.format)
             name = Path(file.path).name
-            for record in formats.read(file.path, fmt, mapping):
-                if isinstance(record, InputError):
-                    yield InputError(f"{name}: {record.message}", line=record.line)
-                    continue
-                number, fields = record
-                key = fields.pop(self.source.key, None) if self.source.key else None
-                yield (str(key) if key is not None else f"{name}:{number}", fields)
+            fmt = formats.detect(name, self.source.format)
+            with open_file(self.folder, name) as stream:
+                for record in formats.read_stream(stream, fmt, name, mapping):
+                    if isinstance(record, InputError):
+                        yield InputError(f"{name}: {record.message}", line=record.line)
+                        continue
+                    number, fields = record
+                    key = fields.pop(self.source.key, None) if self.source.key else None
+                    yield (str(key) if key is not None else f"{name}:{number}", fields)

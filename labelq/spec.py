@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +28,16 @@ from labelq.errors import SpecError, field_of
 Normalization = Literal["sum", "mean", "chars", "unconditional"]
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+
+# What one spec may hold: a spec is checked and stored by a request, and every item of every job
+# renders its template, so none of these may be unbounded.
+MAX_LABELS = 200
+MAX_COMPLETIONS = 50  # per label
+MAX_FEW_SHOT = 100
+MAX_TEMPLATE_CHARS = 50_000
+MAX_PROMPT_CHARS = 200_000  # a prompt the template renders for the check's synthetic item
+RENDER_SECONDS = 2.0  # the check's render, few-shot examples included
+YAML_NODES = 20_000
 
 
 # Validation context of a spec read back from the database: it was checked in full when it
@@ -59,11 +73,11 @@ class ClassifierSpec(BaseModel):
     model: str | None = Field(
         default=None, description="Local path or hub id; the worker's default model when unset."
     )
-    template: str = Field(min_length=1)
-    labels: dict[str, list[str]]
+    template: str = Field(min_length=1, max_length=MAX_TEMPLATE_CHARS)
+    labels: dict[str, list[str]] = Field(max_length=MAX_LABELS)
     normalization: Normalization = "sum"
     label_bias: dict[str, float] = Field(default_factory=dict)
-    few_shot: list[FewShotExample] = Field(default_factory=list)
+    few_shot: list[FewShotExample] = Field(default_factory=list, max_length=MAX_FEW_SHOT)
     few_shot_separator: str = "\n\n"
     chat: bool = False
     max_input_tokens: int | None = Field(default=None, ge=2)
@@ -86,6 +100,10 @@ class ClassifierSpec(BaseModel):
                 raise ValueError("a label name must not be empty")
             if not completions:
                 raise ValueError(f"label '{label}' has no completions")
+            if len(completions) > MAX_COMPLETIONS:
+                raise ValueError(
+                    f"label '{label}' has {len(completions)} completions; at most {MAX_COMPLETIONS}"
+                )
             for completion in completions:
                 if completion == "":
                     raise ValueError(f"label '{label}' has an empty completion")
@@ -151,15 +169,48 @@ def check_template(spec: ClassifierSpec) -> None:
     sample = dict.fromkeys(spec.template_variables, "sample text")
     try:
         template = jinja_environment().from_string(spec.template)
-        template.render(**sample)
-        for example in spec.few_shot:
-            template.render(**example.fields())
+        with _deadline(RENDER_SECONDS):
+            prompts = [template.render(**sample)]
+            prompts += [template.render(**example.fields()) for example in spec.few_shot]
+    except _TooSlow:
+        raise SpecError(
+            f"the template takes over {RENDER_SECONDS:g} s to render one item", field="template"
+        ) from None
     except SecurityError as exc:
         raise SpecError(
             f"the template is refused by the sandbox: {exc}", field="template"
         ) from None
     except (TemplateError, TypeError, ValueError, AttributeError) as exc:
         raise SpecError(f"the template does not render: {exc}", field="template") from None
+    longest = max(len(p) for p in prompts)
+    if longest > MAX_PROMPT_CHARS:
+        raise SpecError(
+            f"the template renders {longest} characters for one item; at most {MAX_PROMPT_CHARS}",
+            field="template",
+        )
+
+
+class _TooSlow(Exception):
+    pass
+
+
+@contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """Interrupt Python code run in this block once `seconds` have passed (a template's
+    compiled code, looping in the sandbox: nothing else bounds its time)."""
+    end = time.monotonic() + seconds
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        if time.monotonic() > end:
+            raise _TooSlow
+        return trace
+
+    previous = sys.gettrace()
+    sys.settrace(trace)
+    try:
+        yield
+    finally:
+        sys.settrace(previous)
 
 
 def _spec_error_from(exc: ValidationError) -> SpecError:
@@ -189,8 +240,22 @@ def parse_spec(data: Any) -> ClassifierSpec:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML silently keeps the last of two equal keys; a spec with two `positive:` labels must be
-    an error instead."""
+    """YAML's safe loader, stricter: two equal keys are an error (YAML silently keeps the last,
+    and a spec with two `positive:` labels must not), and so are aliases (a few bytes of
+    aliases expand tenfold a level: no spec needs one) and more than YAML_NODES nodes."""
+
+    def __init__(self, stream: Any):
+        super().__init__(stream)
+        self.nodes = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise SpecError(f"YAML aliases are not accepted in a spec (line {mark.line + 1})")
+        self.nodes += 1
+        if self.nodes > YAML_NODES:
+            raise SpecError(f"a spec has at most {YAML_NODES} YAML nodes")
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()

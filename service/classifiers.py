@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from db import classifiers as classifier_rows
-from labelq.spec import ClassifierSpec, check_template
+from labelq.errors import SpecError
+from labelq.spec import ClassifierSpec, check_template, loads_spec
 from service.context import Ctx
 
 
@@ -36,6 +37,15 @@ class ClassifierDetail(BaseModel):
     latest: dict[str, Any] = Field(description="The latest version's spec.")
     latest_version: int
     versions: list[ClassifierVersion]
+
+
+def create(ctx: Ctx, body: bytes, format: Literal["yaml", "json"]) -> ClassifierCreated:
+    """A spec sent as JSON or YAML text (parsed here, off the event loop: YAML with the safe
+    loader, no aliases, a bounded number of nodes), stored as `store` does."""
+    text = body.decode("utf-8", errors="replace")
+    if not text.strip():
+        raise SpecError("empty body: send a classifier spec as JSON or YAML")
+    return store(ctx, loads_spec(text, format=format))
 
 
 def store(ctx: Ctx, spec: ClassifierSpec) -> ClassifierCreated:

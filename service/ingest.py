@@ -29,7 +29,8 @@ from db import jobs as job_rows
 from db.classifiers import get_classifier, spec_of
 from db.jobs import INSERT_BATCH
 from db.models import Classifier, ItemStatus, Job
-from labelq.errors import Conflict, InputError, TooLarge
+from labelq import outbound
+from labelq.errors import InputError, TooLarge
 from labelq.jsonl import depth
 from labelq.scoring import Item
 from labelq.settings import Settings
@@ -146,15 +147,10 @@ def _model_of(settings: Settings, name: str, spec: ClassifierSpec) -> str:
 
 
 def _check_webhook(settings: Settings, url: str | None) -> None:
-    if url is None:
-        return
-    if not url.startswith(("http://", "https://")):
-        raise InputError("webhook_url must be an http(s) URL", field="webhook_url")
-    if not settings.webhook_secret:
-        raise InputError(
-            "webhooks are signed: set LABELQ_WEBHOOK_SECRET on the service first",
-            field="webhook_url",
-        )
+    """What can be told of a webhook URL now: http(s), a host, no credentials, no refused
+    literal address (a host name is checked at each connection)."""
+    if url is not None:
+        outbound.check_url(url, settings.webhook_policy(), "webhook_url")
 
 
 def open_job(ctx: Ctx, request: JobRequest) -> Opened:
@@ -168,8 +164,8 @@ def open_job(ctx: Ctx, request: JobRequest) -> Opened:
             spec = spec_of(classifier)
             model = _model_of(ctx.settings, request.classifier, spec)
             if key:
-                found = job_rows.find_job_by_idempotency_key(s, key)
-                if found and found.tenant == ctx.owner:
+                found = job_rows.find_job_by_idempotency_key(s, key, tenant=ctx.owner)
+                if found is not None:
                     return Opened(found.id, None)
             job = job_rows.add_job(
                 s,
@@ -183,14 +179,11 @@ def open_job(ctx: Ctx, request: JobRequest) -> Opened:
             )
             return Opened(job.id, Submission(job, spec, ctx.settings))
     except IntegrityError:
+        # The same key sent twice at once by one tenant: the other request made the job.
         with ctx.reads() as s:
-            found = job_rows.find_job_by_idempotency_key(s, key or "")
+            found = job_rows.find_job_by_idempotency_key(s, key or "", tenant=ctx.owner)
         if found is None:
             raise
-        if found.tenant != ctx.owner:  # another tenant's key: say nothing of its job
-            raise Conflict(
-                "this Idempotency-Key is taken: use another", field="Idempotency-Key"
-            ) from None
         return Opened(found.id, None)
 
 

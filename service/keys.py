@@ -113,23 +113,19 @@ def revoke(ctx: Ctx, key_id: int) -> KeyOut:
 
 @dataclass(frozen=True)
 class Authenticated:
-    """Who a bearer token is: a key's principal (`stale_use`: its last use is not recorded
-    to the minute), or a principal with no scopes for a token that names no live key."""
+    """A live key's principal (`stale_use`: its last use is not recorded to the minute)."""
 
     principal: Principal
     stale_use: bool = False
 
 
-def authenticate(ctx: Ctx, token: str | None) -> Authenticated | None:
-    """None when no key exists (the service is open to loopback clients only); else who the
-    token is. A live key is one query (a key found implies keys exist). Reads only: it runs on
-    the API's event loop; the caller records a stale use with `mark_used`."""
+def authenticate(ctx: Ctx, token: str) -> Authenticated | None:
+    """Who a bearer token is, or None when it names no live key: one query. Reads only: it
+    runs on the API's event loop; the caller records a stale use with `mark_used`."""
     with ctx.reads() as s:
-        row = keys.find_key(s, token) if token else None
+        row = keys.find_key(s, token)
         if row is None:
-            return (
-                Authenticated(Principal(DEFAULT_TENANT, frozenset())) if keys.any_keys(s) else None
-            )
+            return None
         who = Principal(row.tenant, frozenset(row.scopes), row.id)
         return Authenticated(who, keys.use_is_stale(row))
 

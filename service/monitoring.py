@@ -67,3 +67,13 @@ def unserved_queues(ctx: Ctx) -> list[str] | None:
 def broker_answers(ctx: Ctx) -> bool:
     """Whether the broker that carries tasks to workers answers (readiness)."""
     return ctx.dispatcher.ping()
+
+
+def merged(classifiers: list[ClassifierReadings]) -> ClassifierReadings:
+    """Every classifier's readings as one, naming none of them (no tenant, classifier or label
+    name)."""
+    out = ClassifierReadings("", "", 0)
+    for c in classifiers:
+        out.cumulative = [a + b for a, b in zip(out.cumulative, c.cumulative, strict=True)]
+        out.confidence_sum += c.confidence_sum
+    return out

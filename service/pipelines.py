@@ -21,6 +21,7 @@ from db import pipelines as rows
 from db import webhooks as deliveries_db
 from db.classifiers import get_classifier
 from db.models import JobState, Pipeline, PipelineRun, RunState, utcnow
+from labelq import outbound, targets
 from labelq.errors import InputError, LabelqError, NotFound, SpecError
 from labelq.pipeline import FilesSink, FilesSource, PipelineSpec, SqlSink, parse_pipeline
 from labelq.scoring import Item
@@ -91,24 +92,70 @@ def spec_of(row: Pipeline) -> PipelineSpec:
     return PipelineSpec.model_validate(row.definition)
 
 
+def _reader(ctx: Ctx, spec: PipelineSpec) -> SqlReader | FilesReader:
+    """The source, on the operator's connection or root the pipeline names (the caller's
+    tenant's to use), read-only and bounded."""
+    settings, source = ctx.settings, spec.source
+    if isinstance(source, FilesSource):
+        folder = targets.folder(
+            settings.pipeline_roots, source.root, source.path, ctx.owner, part="source", write=False
+        )
+        return FilesReader(source, folder)
+    url, connection = targets.connection_url(
+        settings.pipeline_connections,
+        source.connection,
+        ctx.owner,
+        field="source.connection",
+        write=False,
+    )
+    if source.query is not None and not connection.queries:
+        raise SpecError(
+            f"connection {source.connection!r} is read by table, not by query (the operator "
+            'allows queries with "queries": true)',
+            field="source.query",
+        )
+    return SqlReader(source, targets.engine(url, settings.pipeline_limits(), read_only=True))
+
+
+def _writer(ctx: Ctx, spec: PipelineSpec) -> SqlWriter | FilesWriter | None:
+    """The sink, on the operator's connection or root the pipeline names, if it has one."""
+    settings, sink = ctx.settings, spec.sink
+    if isinstance(sink, FilesSink):
+        folder = targets.folder(
+            settings.pipeline_roots, sink.root, sink.path, ctx.owner, part="sink", write=True
+        )
+        return FilesWriter(sink, folder)
+    if isinstance(sink, SqlSink):
+        url, _ = targets.connection_url(
+            settings.pipeline_connections,
+            sink.connection,
+            ctx.owner,
+            field="sink.connection",
+            write=True,
+        )
+        return SqlWriter(sink, targets.engine(url, settings.pipeline_limits(), read_only=False))
+    return None
+
+
 def check(ctx: Ctx, spec: PipelineSpec) -> None:
     """Everything that can be checked before 3 a.m.: the classifier, the source's columns or
-    folder, the sink's URL."""
+    folder, the sink's connection or folder."""
     try:
         with ctx.reads() as s:
             get_classifier(s, spec.classifier, spec.version, tenant=ctx.owner)
     except NotFound as exc:
         raise SpecError(exc.message, field="version" if spec.version else "classifier") from None
-    if isinstance(spec.source, FilesSource):
-        FilesReader(spec.source).check()
-    else:
-        reader = SqlReader(spec.source)
+    if spec.webhook is not None:
+        outbound.check_url(spec.webhook, ctx.settings.webhook_policy(), "webhook")
+    reader = _reader(ctx, spec)
+    if isinstance(reader, SqlReader):
         try:
             reader.check()
         finally:
             reader.close()
-    if isinstance(spec.sink, SqlSink):
-        SqlWriter(spec.sink).close()
+    writer = _writer(ctx, spec)
+    if isinstance(writer, SqlWriter):
+        writer.close()
 
 
 def create(ctx: Ctx, data: Any) -> PipelineOut:
@@ -255,9 +302,9 @@ def _read_into_job(
     intake = _RunIntake(ctx, spec, run_id)
     position = watermark
     files: list[dict[str, Any]] = []
+    reader = _reader(ctx, spec)
     try:
-        if isinstance(spec.source, FilesSource):
-            reader = FilesReader(spec.source)
+        if isinstance(reader, FilesReader):
             with ctx.reads() as s:
                 done = rows.processed_files(s, pipeline_id)
             pending = reader.pending(done)
@@ -271,13 +318,12 @@ def _read_into_job(
             if batch:
                 intake.add(batch)
         else:
-            sql = SqlReader(spec.source)
             try:
-                for page, after in sql.pages(watermark):
+                for page, after in reader.pages(watermark):
                     intake.add(page)
                     position = after
             finally:
-                sql.close()
+                reader.close()
         if intake.submission is not None:
             ingest.seal(ctx, intake.submission)
     except Exception as exc:
@@ -337,11 +383,11 @@ def _write_sink(ctx: Ctx, spec: PipelineSpec, run_id: int, job_id: str, version:
     view = results.resolve_view(ctx, job_id, None if choice == "stored" else choice)
     out = results.iter_rows(ctx, job_id, view)
     now = utcnow()
-    if isinstance(spec.sink, SqlSink):
-        writer = SqlWriter(spec.sink)
+    writer = _writer(ctx, spec)
+    if isinstance(writer, SqlWriter):
         try:
             writer.write(sink_row(r, run_id, version, now) for r in out)
         finally:
             writer.close()
-    elif isinstance(spec.sink, FilesSink):
-        FilesWriter(spec.sink).write(f"{spec.name}-run{run_id}", out, view.labels)
+    elif isinstance(writer, FilesWriter):
+        writer.write(f"{spec.name}-run{run_id}", out, view.labels)

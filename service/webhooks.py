@@ -1,6 +1,8 @@
 """Webhooks: a JSON event POSTed when a job ends (succeeded, failed, cancelled) or a pipeline
-run fails, signed with HMAC-SHA256 (`X-Labelq-Signature: sha256=<hex>` over the body, keyed
-with LABELQ_WEBHOOK_SECRET), retried with backoff, every attempt recorded.
+run fails, signed with the tenant's own secret by the Standard Webhooks scheme (`webhook-id`,
+`webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`),
+sent to public addresses only (`labelq.outbound`), retried with backoff, every attempt
+recorded.
 
 Events are found in the database by the reconciler's sweep (one delivery per event: a unique
 key), so nothing is lost to a crash between a job's end and its notification.
@@ -8,17 +10,18 @@ key), so nothing is lost to a crash between a job's end and its notification.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 
 from pydantic import BaseModel
+from standardwebhooks import Webhook
 
 from db import jobs as job_rows
 from db import webhooks as deliveries_db
 from db.models import WebhookDelivery
+from labelq import outbound
+from labelq.pipeline import mask_url
 from service.context import Ctx
 
 log = logging.getLogger(__name__)
@@ -41,7 +44,7 @@ class DeliveryOut(BaseModel):
         return cls(
             id=d.id,
             event=d.event,
-            url=d.url,
+            url=mask_url(d.url),
             status=d.status,
             attempts=d.attempts,
             last_status=d.last_status,
@@ -52,38 +55,52 @@ class DeliveryOut(BaseModel):
         )
 
 
-def signature(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def signed_headers(secret: str, message_id: str, body: bytes, now: datetime) -> dict[str, str]:
+    """The Standard Webhooks headers of one attempt (the id stays the delivery's on every
+    attempt, so a receiver can drop a repeat)."""
+    signature = Webhook(secret).sign(message_id, now, body.decode())
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": signature,
+    }
+
+
+def secret(ctx: Ctx) -> str:
+    """The caller's signing secret (made on first use), for its receivers to verify with."""
+    with ctx.tx() as s:
+        return deliveries_db.secret_of(s, tenant=ctx.owner)
+
+
+def rotate_secret(ctx: Ctx) -> str:
+    """A new signing secret for the caller: events from now on are signed with it."""
+    with ctx.tx() as s:
+        return deliveries_db.rotate_secret(s, tenant=ctx.owner)
 
 
 def deliver_due(ctx: Ctx) -> int:
     """Queue a delivery for every event that has none, then attempt every delivery that is
     due (the system context); returns how many were delivered."""
-    import httpx
-
     settings = ctx.settings
+    policy = settings.webhook_policy()
     with ctx.tx() as s:
         deliveries_db.enqueue(s)
     with ctx.reads() as s:
         due = deliveries_db.due(s)
+    secrets: dict[str, str] = {}
     delivered = 0
     for delivery in due:
+        if delivery.tenant not in secrets:
+            secrets[delivery.tenant] = secret(ctx.acting_for(delivery.tenant))
         body = json.dumps({**delivery.payload, "delivery": delivery.id}).encode()
         headers = {
             "Content-Type": "application/json",
             "X-Labelq-Event": delivery.event,
-            "X-Labelq-Delivery": str(delivery.id),
+            **signed_headers(
+                secrets[delivery.tenant], f"msg_{delivery.id}", body, datetime.now(UTC)
+            ),
         }
-        if settings.webhook_secret:
-            headers["X-Labelq-Signature"] = signature(settings.webhook_secret, body)
-        status, error = None, None
-        try:
-            response = httpx.post(delivery.url, content=body, headers=headers, timeout=10)
-            status = response.status_code
-            if status >= 300:
-                error = f"answered {status}"
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"
+        status, error = outbound.post(delivery.url, body, headers, policy)
         with ctx.tx() as s:
             row = deliveries_db.record_attempt(
                 s,
@@ -94,7 +111,9 @@ def deliver_due(ctx: Ctx) -> int:
                 backoff=settings.webhook_retry_backoff,
             )
             if row.status == "failed":
-                log.warning("webhook %d to %s failed for good: %s", row.id, row.url, error)
+                log.warning(
+                    "webhook %d to %s failed for good: %s", row.id, mask_url(row.url), error
+                )
         delivered += error is None
     return delivered
 

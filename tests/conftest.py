@@ -241,13 +241,16 @@ def tenant_ctx(
 def make_client(
     factory: sessionmaker[Session], scorer: Scorer | None, **settings: Any
 ) -> tuple[TestClient, InlineDispatcher]:
-    """The API on `factory` with an inline dispatcher; requests come from 127.0.0.1."""
-    config = Settings(model="tiny-model", chunk_size=4, **settings)
+    """The API on `factory` with an inline dispatcher; requests come from 127.0.0.1 with a
+    loopback Host, and are served without a key (`labelq serve --no-auth`) unless `no_auth`
+    is given False."""
+    config = Settings(model="tiny-model", chunk_size=4, **{"no_auth": True, **settings})
     dispatcher = InlineDispatcher(scorer)
     services = services_of(factory, config, dispatcher)
     dispatcher.bind(services)
     app = create_app(services)
-    return TestClient(app, client=("127.0.0.1", 50000)), dispatcher
+    client = TestClient(app, base_url="http://127.0.0.1", client=("127.0.0.1", 50000))
+    return client, dispatcher
 
 
 @pytest.fixture

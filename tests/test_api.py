@@ -16,7 +16,7 @@ from labelq.scoring import Item as ScoreItem
 from labelq.scoring import ItemResult, Scorer
 from labelq.settings import Settings
 from labelq.spec import parse_spec
-from tests.conftest import InlineDispatcher, create_key, make_client, services_of
+from tests.conftest import InlineDispatcher, create_key, make_client, services_of, system
 
 SPEC = {
     "name": "api-test",
@@ -158,25 +158,52 @@ def test_cancel_stops_pending_chunks(bare_client: Any) -> None:
     assert {row["status"] for row in rows} == {"cancelled"}
 
 
-def test_auth_with_keys(factory: Any) -> None:
-    c, _ = make_client(factory, None)
+def test_no_key_no_service_and_revoking_every_key_never_opens_it(factory: Any) -> None:
+    """Without `--no-auth` a request needs a key, on loopback too, before any key exists and
+    after the last one is revoked."""
+    from labelq.settings import Settings
+    from service import keys
+
+    c, _ = make_client(factory, None, no_auth=False)
     with c:
-        assert c.get("/v1/classifiers").status_code == 200  # no keys: loopback is open
-        key = create_key(factory, "t")
         r = c.get("/v1/classifiers")
         assert r.status_code == 401 and r.json()["field"] == "Authorization"
+        key = create_key(factory, "t")
         assert c.get("/v1/classifiers", headers={"Authorization": "Bearer nope"}).status_code == 401
         assert (
             c.get("/v1/classifiers", headers={"Authorization": f"Bearer {key}"}).status_code == 200
         )
+        # The scheme in any case, any spaces: the same key (and the same rate window).
+        spaced = {"Authorization": f"  bearer    {key} "}
+        assert c.get("/v1/classifiers", headers=spaced).status_code == 200
+        ctx = system(factory, Settings())
+        for row in keys.listed(ctx):
+            keys.revoke(ctx, row.id)
+        c.app.state.labelq.services.trusted_keys.forget(keys.listed(ctx)[0].id)
+        assert c.get("/v1/classifiers").status_code == 401, "no key left: still no service"
+        assert (
+            c.get("/v1/classifiers", headers={"Authorization": f"Bearer {key}"}).status_code == 401
+        )
         assert c.get("/healthz").status_code == 200
 
 
-def test_no_keys_refuses_remote_clients(factory: Any) -> None:
-    app = create_app(services_of(factory, Settings(model="m"), InlineDispatcher(None)))
-    with TestClient(app, client=("203.0.113.9", 5000)) as c:
-        r = c.get("/v1/classifiers")
-        assert r.status_code == 401 and "loopback" in r.json()["error"]
+def test_served_open_to_loopback_clients_that_name_loopback(factory: Any) -> None:
+    """`--no-auth`: loopback clients only, and only when their Host header names loopback (a
+    browser led by DNS rebinding, or a reverse proxy, sends another name)."""
+    c, _ = make_client(factory, None)
+    with c:
+        assert c.get("/v1/classifiers").status_code == 200
+        for host in ("localhost:8000", "[::1]:8000", "127.0.0.1"):
+            assert c.get("/v1/classifiers", headers={"Host": host}).status_code == 200, host
+        for host in ("labelq.example.com", "attacker.example:8000", "10.0.0.5"):
+            r = c.get("/v1/classifiers", headers={"Host": host})
+            assert r.status_code == 401 and r.json()["field"] == "Host", host
+    app = create_app(
+        services_of(factory, Settings(model="m", no_auth=True), InlineDispatcher(None))
+    )
+    with TestClient(app, base_url="http://127.0.0.1", client=("203.0.113.9", 5000)) as remote:
+        r = remote.get("/v1/classifiers")
+        assert r.status_code == 401 and r.json()["field"] == "Authorization"
 
 
 def test_health_ready_metrics(bare_client: Any) -> None:
@@ -315,7 +342,9 @@ def test_serve_hands_uvicorn_a_frozen_heap(
 
     monkeypatch.setattr(uvicorn, "run", run)
     settings = Settings(database_url=url, model="tiny-model", api_access_log=access_log)
-    args = argparse.Namespace(host="127.0.0.1", port=server._free_port(), embedded=False)
+    args = argparse.Namespace(
+        host="127.0.0.1", port=server._free_port(), embedded=False, no_auth=False
+    )
     gc.unfreeze()
     try:
         assert cli._serve(args, settings) == 0
@@ -323,6 +352,7 @@ def test_serve_hands_uvicorn_a_frozen_heap(
         gc.unfreeze()  # the rest of the test session collects as usual
     assert seen["frozen"] > 10_000, "the app's objects are frozen before it serves"
     assert seen["access_log"] is access_log
+    assert seen["proxy_headers"] is False, "X-Forwarded-For is believed from no one by default"
 
 
 def test_a_retry_is_held_to_the_apps_limits_not_the_environments(

@@ -44,7 +44,7 @@ def _seed(
     """Job `old` (300 SST-2 items, uncalibrated, all gold-labelled, scored two days ago), a
     temperature calibration fitted on it and activated, then job `new` (200 items stored under
     that calibration, 100 of them gold-labelled)."""
-    c, _ = make_client(factory, fake_scorer)
+    c, _ = make_client(factory, fake_scorer, metrics_classifier_labels=True)
     with c:
         c.post("/v1/classifiers", json=SPEC)
         items, gold = _sst2(500)

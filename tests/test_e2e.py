@@ -209,6 +209,7 @@ def service(
         models=served,
         chunk_size=64,
         worker_stale_after=10,
+        no_auth=True,  # the test's own server, on loopback
     )
     try:
         app = create_app(wiring.build_api(settings))
@@ -437,7 +438,7 @@ def test_sigterm_to_serve_embedded_stops_its_engine(
     env.update(LABELQ_HOME=str(home), LABELQ_API_PORT=str(port))
 
     def serve(name: str) -> Proc:
-        return Proc(["serve", "--embedded"], env, tmp_path / f"{name}.log")
+        return Proc(["serve", "--embedded", "--no-auth"], env, tmp_path / f"{name}.log")
 
     server = serve("embedded")
     try:

@@ -259,13 +259,13 @@ def test_a_key_revoked_elsewhere_is_refused_once_the_trust_runs_out(
 
 def test_scopes_and_tenants_are_isolated(factory: Any, fake_scorer: Any) -> None:
     root = create_key(factory, "operator")  # default tenant, every scope
-    c, _ = make_client(factory, fake_scorer)
+    c, _ = make_client(factory, fake_scorer, no_auth=False)
 
     def auth(key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"}
 
     with c:
-        assert c.get("/v1/jobs").status_code == 401  # keys exist: no more open loopback
+        assert c.get("/v1/jobs").status_code == 401  # no key: no service
         made = {}
         for name, tenant, scopes in [
             ("a-writer", "acme", ["read", "submit"]),

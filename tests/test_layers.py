@@ -179,7 +179,9 @@ def test_data_functions_never_commit() -> None:
     """`db/` functions run in their caller's transaction (the use case's `ctx.tx()`)."""
     found = []
     for module, path in modules():
-        if module.startswith("db") and module not in ("db.migrate", "db.cli"):
+        # Migrations commit their own work; `db.session` ends a connection's implicit
+        # transaction before a migration's begins (SQLite's foreign keys can change only then).
+        if module.startswith("db") and module not in ("db.migrate", "db.cli", "db.session"):
             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                 if re.search(r"\.commit\(\)", line):
                     found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")

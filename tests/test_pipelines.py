@@ -4,13 +4,12 @@ event stream. Chunks are scored inline by the fake backend; runs end in the swee
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
+from standardwebhooks import Webhook
 
 from labelq.pipeline import Schedule
 from service.context import Ctx
@@ -61,17 +61,59 @@ class Source:
             ]
 
 
+@contextmanager
+def scratch_postgres() -> Iterator[str]:
+    """A PostgreSQL database of the test's own, never labelq's (a pipeline may not name
+    that one), dropped afterwards."""
+    import uuid
+
+    from tests.conftest import PG_ADMIN_URL
+
+    name = f"labelq_src_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def source(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Source]:
     if request.param == "sqlite":
         src = Source(f"sqlite:///{tmp_path / 'news.db'}")
-    else:
-        src = Source(request.getfixturevalue("pg_url"))
-    yield src
-    with src.engine.begin() as c:  # the PostgreSQL database is labelq's too: leave it clean
-        c.execute(text("DROP TABLE IF EXISTS articles"))
-        c.execute(text("DROP TABLE IF EXISTS article_labels"))
-    src.engine.dispose()
+        yield src
+        src.engine.dispose()
+        return
+    with scratch_postgres() as url:
+        src = Source(url)
+        yield src
+        src.engine.dispose()
+
+
+# The operator's names for what pipelines may use: the source database (read by table or by
+# query, and written to by the sink) from the environment, a second name for it that is read
+# by table only, a sink database of its own, an inbox and a writable outbox.
+CONNECTIONS = {
+    "news": {"url": "${NEWS_DB_URL}", "queries": True, "write": True},
+    "news-tables": "${NEWS_DB_URL}",
+    "sink": {"url": "${SINK_URL}", "write": True},
+}
+
+
+def operator_targets(tmp_path: Path) -> dict[str, Any]:
+    (tmp_path / "in").mkdir(exist_ok=True)
+    (tmp_path / "out").mkdir(exist_ok=True)
+    return {
+        "pipeline_connections": CONNECTIONS,
+        "pipeline_roots": {
+            "inbox": str(tmp_path / "in"),
+            "outbox": {"path": str(tmp_path / "out"), "write": True},
+        },
+    }
 
 
 def _pipeline(name: str, **changes: Any) -> dict[str, Any]:
@@ -81,22 +123,28 @@ def _pipeline(name: str, **changes: Any) -> dict[str, Any]:
         "schedule": {"cron": "*/15 * * * *", "timezone": "Europe/Berlin"},
         "source": {
             "kind": "sql",
-            "url": "${NEWS_DB_URL}",
+            "connection": "news",
             "table": "articles",
             "key": "id",
             "watermark": "id",
             "fields": {"title": "title", "description": "body"},
             "page_size": 7,
         },
-        "sink": {"kind": "sql", "url": "${NEWS_DB_URL}", "table": "article_labels"},
+        "sink": {"kind": "sql", "connection": "news", "table": "article_labels"},
     }
     spec.update(changes)
     return spec
 
 
 @pytest.fixture
-def api(factory: Any, fake_scorer: Any) -> Iterator[Any]:
-    c, d = make_client(factory, fake_scorer, webhook_secret="s3cret", webhook_retry_backoff=0)
+def api(factory: Any, fake_scorer: Any, tmp_path: Path) -> Iterator[Any]:
+    c, d = make_client(
+        factory,
+        fake_scorer,
+        webhook_retry_backoff=0,
+        webhook_allow=["127.0.0.0/8"],  # the test's receiver is on loopback
+        **operator_targets(tmp_path),
+    )
     with c:
         assert c.post("/v1/classifiers", json=CLASSIFIER).status_code == 201
         yield c, d, factory
@@ -131,12 +179,13 @@ def test_sql_pipeline_runs_twice_then_survives_a_failed_sink(
 
     # The sink goes away: the run fails and the watermark stays where it was.
     source.add(3)
-    monkeypatch.setenv("SINK_URL", "sqlite:////nonexistent/folder/sink.db")
+    monkeypatch.setenv("SINK_URL", source.url)
     patched = c.patch(
         "/v1/pipelines/news-topics",
-        json={"sink": {"kind": "sql", "url": "${SINK_URL}", "table": "article_labels"}},
+        json={"sink": {"kind": "sql", "connection": "sink", "table": "article_labels"}},
     )
     assert patched.status_code == 200, patched.text
+    monkeypatch.setenv("SINK_URL", "sqlite:////nonexistent/folder/sink.db")
     c.post("/v1/pipelines/news-topics/run")
     _settle(c, d, factory)
     failed = c.get("/v1/pipelines/news-topics/runs").json()[0]
@@ -154,11 +203,12 @@ def test_sql_pipeline_runs_twice_then_survives_a_failed_sink(
 
 
 def test_a_run_still_going_makes_the_next_one_skipped(
-    factory: Any, source: Source, monkeypatch: pytest.MonkeyPatch
+    factory: Any, source: Source, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("NEWS_DB_URL", source.url)
     source.add(3)
-    c, _ = make_client(factory, None)  # chunks stay queued: the first run keeps going
+    # chunks stay queued: the first run keeps going
+    c, _ = make_client(factory, None, **operator_targets(tmp_path))
     with c:
         c.post("/v1/classifiers", json=CLASSIFIER)
         c.post("/v1/pipelines", json=_pipeline("slow"))
@@ -193,7 +243,34 @@ def test_checked_at_creation(api: Any, source: Source, monkeypatch: pytest.Monke
             "source.fields.title",
             "no column 'headline'",
         ),
-        ({"source": {**_pipeline("x")["source"], "url": "${NOT_SET}"}}, "source.url", "NOT_SET"),
+        (
+            {"source": {**_pipeline("x")["source"], "connection": "${NEWS_DB_URL}"}},
+            "source.connection",
+            "is not read from a pipeline",
+        ),
+        (
+            {"source": {**_pipeline("x")["source"], "connection": "elsewhere"}},
+            "source.connection",
+            "no connection named 'elsewhere'",
+        ),
+        (
+            {
+                "source": {
+                    **_pipeline("x")["source"],
+                    "connection": "news-tables",
+                    "table": None,
+                    "query": "SELECT * FROM articles",
+                }
+            },
+            "source.query",
+            "read by table, not by query",
+        ),
+        (
+            {"sink": {"kind": "sql", "connection": "news-tables", "table": "t"}},
+            "sink.connection",
+            "read-only",
+        ),
+        ({"source": {**_pipeline("x")["source"], "url": source.url}}, "source.url", "Extra"),
     ]
     for changes, field, words in cases:
         r = c.post("/v1/pipelines", json=_pipeline("bad", **changes))
@@ -201,25 +278,19 @@ def test_checked_at_creation(api: Any, source: Source, monkeypatch: pytest.Monke
         assert r.json()["field"] == field and words in r.json()["error"], r.json()
 
 
-def test_credentials_are_masked(api: Any, source: Source, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_webhook_credentials_are_masked(
+    api: Any, source: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from labelq.pipeline import mask_url
 
     c, _, _ = api
     monkeypatch.setenv("NEWS_DB_URL", source.url)
-    spec = _pipeline("masked")
-    spec["sink"] = {
-        "kind": "sql",
-        "url": "postgresql+psycopg://writer:hunter2@127.0.0.1:5432/warehouse",
-        "table": "labels",
-    }
+    spec = _pipeline("masked", webhook="https://hooks.example/x?token=hunter2")
     r = c.post("/v1/pipelines", json=spec)
     assert r.status_code == 201, r.text
-    assert r.json()["spec"]["sink"]["url"] == (
-        "postgresql+psycopg://writer:***@127.0.0.1:5432/warehouse"
-    )
-    assert r.json()["spec"]["source"]["url"] == "${NEWS_DB_URL}"
+    assert r.json()["spec"]["webhook"] == "https://hooks.example/x?token=%2A%2A%2A"
     for page in ("/v1/pipelines", "/v1/pipelines/masked"):
-        assert "hunter2" not in c.get(page).text
+        assert "hunter2" not in c.get(page).text and source.url not in c.get(page).text
     assert mask_url("mysql://u:p%40ss@h/db") == "mysql://u:***@h/db"
 
 
@@ -227,8 +298,7 @@ def test_files_source_never_twice_and_waits_for_a_file_being_written(
     api: Any, tmp_path: Path
 ) -> None:
     c, d, factory = api
-    inbox, outbox = tmp_path / "in", tmp_path / "out"
-    inbox.mkdir()
+    inbox, outbox = tmp_path / "in", tmp_path / "out" / "topics" / "2026"
     old = time.time() - 3600
 
     def write(name: str, rows: list[str], settled: bool) -> None:
@@ -247,24 +317,24 @@ def test_files_source_never_twice_and_waits_for_a_file_being_written(
         "files",
         source={
             "kind": "files",
-            "path": str(inbox),
+            "root": "inbox",
             "glob": "*.jsonl",
             "key": "id",
             "settle_seconds": 30,
         },
-        sink={"kind": "files", "path": str(outbox), "format": "jsonl"},
+        sink={"kind": "files", "root": "outbox", "path": "topics/2026", "format": "jsonl"},
     )
     assert c.post("/v1/pipelines", json=spec).status_code == 201
     first = c.post("/v1/pipelines/files/run").json()
-    assert first["rows_read"] == 2 and [Path(f["path"]).name for f in first["files"]] == ["a.jsonl"]
+    assert first["rows_read"] == 2 and [f["path"] for f in first["files"]] == ["a.jsonl"]
     _settle(c, d, factory)
     os.utime(inbox / "b.jsonl", (old, old))
     second = c.post("/v1/pipelines/files/run").json()
-    assert [Path(f["path"]).name for f in second["files"]] == ["b.jsonl"]
+    assert [f["path"] for f in second["files"]] == ["b.jsonl"]
     _settle(c, d, factory)
     third = c.post("/v1/pipelines/files/run").json()
     assert third["rows_read"] == 0 and third["state"] == "succeeded"
-    written = sorted(p.name for p in outbox.iterdir())
+    written = sorted(p.name for p in outbox.iterdir())  # no partial file is left
     assert written == [f"files-run{first['id']}.jsonl", f"files-run{second['id']}.jsonl"]
     rows = [json.loads(x) for x in (outbox / written[0]).read_text().splitlines()]
     assert [r["custom_id"] for r in rows] == ["a.jsonl-0", "a.jsonl-1"]
@@ -327,26 +397,34 @@ def test_webhook_is_signed_and_retried_after_a_500(api: Any) -> None:
     finally:
         receiver.close()
     assert [status for _, _, status in receiver.calls] == [500, 200]
+    secret = c.get("/v1/webhooks/secret").json()["secret"]
+    ids = set()
     for headers, body, _ in receiver.calls:
-        want = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
-        assert headers["X-Labelq-Signature"] == want
-        event = json.loads(body)
+        event = Webhook(secret).verify(body, headers)  # as a receiver checks it
         assert event["event"] == "job.succeeded" and event["job"]["id"] == job["id"]
+        ids.add(headers["webhook-id"])
+    assert len(ids) == 1, "a retry carries the same id: a receiver drops repeats by it"
     deliveries = c.get(f"/v1/jobs/{job['id']}/webhooks").json()
     assert [(x["status"], x["attempts"], x["last_status"]) for x in deliveries] == [
         ("delivered", 2, 200)
     ]
 
 
-def test_webhooks_need_a_secret(factory: Any, fake_scorer: Any) -> None:
+def test_webhook_urls_are_checked_when_given(factory: Any, fake_scorer: Any) -> None:
     c, _ = make_client(factory, fake_scorer)
     with c:
         c.post("/v1/classifiers", json=CLASSIFIER)
-        r = c.post(
-            "/v1/jobs",
-            json={"classifier": "news", "items": [], "webhook_url": "http://127.0.0.1:9/x"},
-        )
-        assert r.status_code == 422 and r.json()["field"] == "webhook_url"
+        for url, words in [
+            ("http://127.0.0.1:9/x", "loopback"),
+            ("http://169.254.169.254/latest/meta-data", "link-local"),
+            ("http://10.1.2.3/x", "private"),
+            ("http://[::1]:9/x", "loopback"),
+            ("https://user:pw@hooks.example/x", "no credentials"),
+            ("ftp://hooks.example/x", "http(s)"),
+        ]:
+            r = c.post("/v1/jobs", json={"classifier": "news", "items": [], "webhook_url": url})
+            assert r.status_code == 422 and r.json()["field"] == "webhook_url", url
+            assert words in r.json()["error"], (url, r.json())
 
 
 def test_event_stream_shows_counts_rising_and_ends(factory: Any, fake_scorer: Any) -> None:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from api.deps import Reading, RowId, Submitting
-from labelq.errors import SpecError
-from labelq.spec import loads_spec
+from api.deps import Reading, RowId, StateDep, Submitting
+from api.errors import capped_body
 from service import classifiers
 from service.classifiers import (
     ClassifierCreated,
@@ -33,18 +32,15 @@ router = APIRouter(prefix="/v1/classifiers", tags=["classifiers"])
     },
 )
 async def create_classifier(
-    request: Request, response: Response, call: Submitting
+    request: Request, response: Response, st: StateDep, call: Submitting
 ) -> ClassifierCreated:
-    """Store a spec (JSON or YAML body). A new spec under an existing name is a new version; the
-    same spec again returns its existing version with 200. Its model must be one the service
-    serves; its template is rendered once in the sandbox."""
-    body = (await request.body()).decode("utf-8", errors="replace")
-    if not body.strip():
-        raise SpecError("empty body: send a classifier spec as JSON or YAML")
+    """Store a spec (JSON or YAML body, at most LABELQ_MAX_SPEC_BYTES). A new spec under an
+    existing name is a new version; the same spec again returns its existing version with 200.
+    Its model must be one the service serves; its template is rendered once in the sandbox."""
+    limit = st.settings.max_spec_bytes
+    body = await capped_body(request, limit, "LABELQ_MAX_SPEC_BYTES")
     yaml_body = "yaml" in request.headers.get("content-type", "")
-    spec = loads_spec(body, format="yaml" if yaml_body else "json")
-
-    created = await call(classifiers.store, spec)
+    created = await call(classifiers.create, body, "yaml" if yaml_body else "json")
     if not created.created:
         response.status_code = 200
     return created

@@ -15,8 +15,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from api.deps import Monitoring, StateDep
+from api.deps import Monitoring, Scraping, StateDep
+from api.errors import Forbidden
 from service import monitoring
+from service.keys import LOCAL
 
 router = APIRouter(tags=["health"])
 
@@ -44,11 +46,19 @@ async def readyz(response: Response, st: StateDep, call: Monitoring) -> dict[str
 
 
 @router.get("/metrics")
-async def metrics(st: StateDep, call: Monitoring) -> Response:
-    """The app's own counters, plus gauges read from the database at scrape time."""
-    snap = await call(monitoring.snapshot)
+async def metrics(st: StateDep, call: Scraping, system: Monitoring) -> Response:
+    """The app's own counters, plus gauges read from the database at scrape time: the
+    operator's (a key of the default tenant with the `metrics` scope). Per classifier only with
+    LABELQ_METRICS_CLASSIFIER_LABELS: else one series over every tenant's classifiers, naming
+    none of them."""
+    if call.who.tenant != LOCAL.tenant:
+        raise Forbidden(
+            "/metrics is the operator's: every tenant's figures (a key of the default tenant)",
+            field="Authorization",
+        )
+    snap = await system(monitoring.snapshot)
     registry = CollectorRegistry()
-    registry.register(_DatabaseCollector(snap))
+    registry.register(_DatabaseCollector(snap, st.settings.metrics_classifier_labels))
     body = generate_latest(st.metrics.registry) + generate_latest(registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
@@ -57,8 +67,9 @@ class _DatabaseCollector(Collector):
     """Series read from the database at scrape time, so every API process reports the same
     totals whichever worker scored the items."""
 
-    def __init__(self, snap: monitoring.Snapshot):
+    def __init__(self, snap: monitoring.Snapshot, per_classifier: bool):
         self.snap = snap
+        self.per_classifier = per_classifier
 
     def collect(self) -> Iterable[Metric]:
         jobs = GaugeMetricFamily("labelq_jobs", "Jobs by state", labels=["state"])
@@ -75,22 +86,25 @@ class _DatabaseCollector(Collector):
         for q in self.snap.queues:
             live.add_metric([q.queue], q.live_workers)
             waiting.add_metric([q.queue, "yes" if q.live_workers else "no"], q.unfinished_jobs)
+        names = ["tenant", "classifier", "version"] if self.per_classifier else []
         confidence = HistogramMetricFamily(
-            "labelq_confidence",
-            "Confidence of scored items (as stored) per classifier version",
-            labels=["tenant", "classifier", "version"],
+            "labelq_confidence", "Confidence of scored items (as stored)", labels=names
         )
         predicted = CounterMetricFamily(
             "labelq_predictions",
-            "Scored items per classifier version and predicted label",
-            labels=["tenant", "classifier", "version", "label"],
+            "Scored items (per predicted label with the classifier labels)",
+            labels=[*names, "label"] if names else [],
         )
         bounds = [*map(str, monitoring.CONFIDENCE_BUCKETS), "+Inf"]
-        for c in self.snap.classifiers:
-            key = [c.tenant, c.name, str(c.version)]
+        readings = self.snap.classifiers if names else [monitoring.merged(self.snap.classifiers)]
+        for c in readings:
+            key = [c.tenant, c.name, str(c.version)] if names else []
             confidence.add_metric(
                 key, list(zip(bounds, c.cumulative, strict=True)), c.confidence_sum
             )
-            for label, count in sorted(c.predicted.items()):
-                predicted.add_metric([*key, label], count)
+            if names:
+                for label, count in sorted(c.predicted.items()):
+                    predicted.add_metric([*key, label], count)
+            else:
+                predicted.add_metric([], c.count)
         yield from (jobs, live, waiting, confidence, predicted)

@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from api.deps import Call, Reading, StateDep, Submitting, submission_quota
-from api.errors import input_error
+from api.errors import capped_body, input_error
 from api.schemas import JobCreate, JobList, model_json, page_json
 from labelq.errors import InputError, LabelqError
 from labelq.jsonl import JSONL_TYPES, NDJSON, read_items
@@ -114,8 +114,15 @@ async def create_job(
         wanted = ingest.JobRequest(classifier=classifier, version=version, webhook_url=webhook_url)
         entries = _jsonl_entries(request, settings.max_line_bytes, settings.max_json_depth)
     else:
+        raw = await capped_body(
+            request,
+            settings.max_json_job_bytes,
+            "LABELQ_MAX_JSON_JOB_BYTES",
+            ": a JSON body is held whole; send a larger job as JSONL, streamed "
+            "(Content-Type: application/x-ndjson, ?classifier=NAME)",
+        )
         try:
-            body = JobCreate.model_validate_json(await request.body())
+            body = JobCreate.model_validate_json(raw)
         except ValidationError as exc:
             raise input_error(exc, "job body") from None
         wanted = ingest.JobRequest(

@@ -2,23 +2,46 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from fastapi import APIRouter, Body, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from api.deps import Reading, Submitting
+from api.deps import Piping, Reading, StateDep
+from api.errors import capped_body
+from labelq.errors import InputError
 from service import pipelines
 from service.pipelines import PipelineOut, RunOut
 from service.webhooks import DeliveryOut
 
 router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"])
 
+JSON_OBJECT = {
+    "requestBody": {
+        "content": {"application/json": {"schema": {"type": "object"}}},
+        "required": True,
+    }
+}
 
-@router.post("", status_code=201, response_model=PipelineOut)
-async def create(call: Submitting, body: dict[str, Any] = Body(...)) -> PipelineOut:
-    """A pipeline (the YAML shape as JSON). Checked now: schedule, classifier, source columns
-    or folder, sink URL; a problem is a 4xx naming the field."""
-    return await call(pipelines.create, body)
+
+async def _object(request: Request, st: StateDep) -> dict[str, Any]:
+    """A JSON object body of at most LABELQ_MAX_SPEC_BYTES."""
+    body = await capped_body(request, st.settings.max_spec_bytes, "LABELQ_MAX_SPEC_BYTES")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"invalid JSON body: {exc}", field="body") from None
+    if not isinstance(data, dict):
+        raise InputError("send a JSON object", field="body")
+    return data
+
+
+@router.post("", status_code=201, response_model=PipelineOut, openapi_extra=JSON_OBJECT)
+async def create(request: Request, st: StateDep, call: Piping) -> PipelineOut:
+    """A pipeline (the YAML shape as JSON), naming the operator's connections and roots.
+    Checked now: schedule, classifier, source columns or folder, the sink's connection or
+    folder; a problem is a 4xx naming the field. Needs the `pipelines` scope."""
+    return await call(pipelines.create, await _object(request, st))
 
 
 @router.get("", response_model=list[PipelineOut])
@@ -31,20 +54,20 @@ async def get(name: str, call: Reading) -> PipelineOut:
     return await call(pipelines.get, name)
 
 
-@router.patch("/{name}", response_model=PipelineOut)
-async def update(name: str, call: Submitting, body: dict[str, Any] = Body(...)) -> PipelineOut:
+@router.patch("/{name}", response_model=PipelineOut, openapi_extra=JSON_OBJECT)
+async def update(name: str, request: Request, st: StateDep, call: Piping) -> PipelineOut:
     """Change fields (e.g. `{"enabled": false}`); effective at the next tick."""
-    return await call(pipelines.update, name, body)
+    return await call(pipelines.update, name, await _object(request, st))
 
 
 @router.delete("/{name}", status_code=204)
-async def delete(name: str, call: Submitting) -> Response:
+async def delete(name: str, call: Piping) -> Response:
     await call(pipelines.delete, name)
     return Response(status_code=204)
 
 
 @router.post("/{name}/run", status_code=202, response_model=RunOut)
-async def run_now(name: str, call: Submitting) -> RunOut:
+async def run_now(name: str, call: Piping) -> RunOut:
     """Start a run now (skipped, and recorded so, if one is still going)."""
     return await call(pipelines.start_run, name, trigger="manual")
 

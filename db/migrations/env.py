@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from db.models import Base
-from db.session import make_engine
+from db.session import make_engine, without_foreign_keys
 
 config = context.config
 target_metadata = Base.metadata
@@ -28,5 +28,8 @@ if connection is not None:
     _run(connection)
 else:
     engine = make_engine(config.get_main_option("sqlalchemy.url") or "")
-    with engine.begin() as conn:
-        _run(conn)
+    with engine.connect() as conn:
+        without_foreign_keys(conn)
+        with conn.begin():
+            _run(conn)
+    engine.dispose()
