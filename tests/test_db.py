@@ -3,6 +3,7 @@ the chunk life cycle under leases, and what the reconciler sees."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -460,3 +461,52 @@ def test_read_sessions_refuse_to_write(factory: Factory) -> None:
         s.get_one(Job, job.id).error = "x"
         s.flush()
     assert _job(factory, job.id).error is None
+
+
+def test_migration_0009_moves_pipelines_to_operator_names_and_keys_to_tenants(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pipeline that named a URL or a folder itself is rewritten to a `legacy-<id>-...`
+    name, disabled, and the upgrade says what each name stood for (no password); after it an
+    Idempotency-Key is each tenant's own; and it comes down and up again."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from db.migrate import alembic_config, upgrade
+    from tests.conftest import engine_at
+
+    command.downgrade(alembic_config(db_url), "0008")
+    legacy = {
+        "name": "old",
+        "classifier": "c",
+        "schedule": {"every": 60},
+        "source": {"kind": "sql", "url": "postgresql://u:hunter2@db/news", "table": "t",
+                   "key": "id", "fields": {"text": "body"}},
+        "sink": {"kind": "files", "path": "/data/out"},
+    }  # fmt: skip
+    engine = engine_at(db_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO pipelines (tenant, name, definition, enabled, created_at, "
+                "updated_at) VALUES ('acme', 'old', :d, true, :t, :t)"
+            ),
+            {"d": json.dumps(legacy), "t": utcnow()},
+        )
+    engine.dispose()
+    upgrade(db_url)
+    said = capsys.readouterr().out
+    assert "acme/old: source postgresql://u:***@db/news is now connection 'legacy-" in said
+    assert "hunter2" not in said and "root 'legacy-" in said
+    with Session(engine_at(db_url)) as s:
+        row = s.execute(text("SELECT id, definition, enabled FROM pipelines")).one()
+    definition = row[1] if isinstance(row[1], dict) else json.loads(row[1])
+    assert not row[2]
+    assert definition["source"]["connection"] == f"legacy-{row[0]}-source"
+    assert "url" not in definition["source"]
+    assert definition["sink"] == {"kind": "files", "root": f"legacy-{row[0]}-sink", "path": ""}
+    from labelq.pipeline import PipelineSpec
+
+    PipelineSpec.model_validate(definition)  # the new shape, readable by the service
+    command.downgrade(alembic_config(db_url), "0008")
+    upgrade(db_url)
