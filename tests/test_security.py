@@ -261,6 +261,18 @@ class Listener:
         self.server.shutdown()
 
 
+def _notified(c: TestClient, hook: str) -> tuple[dict[str, Any], float]:
+    """A one-item job of the open client's tenant naming `hook`, scored, and one sweep: its
+    delivery, and the seconds the sweep took."""
+    c.post("/v1/classifiers", json=CLASSIFIER)
+    body = {"classifier": "news", "items": [{"title": "a"}], "webhook_url": hook}
+    job = c.post("/v1/jobs", json=body).json()
+    start = time.monotonic()
+    sweep(Ctx.system(c.app.state.labelq.services))
+    took = time.monotonic() - start
+    return c.get(f"/v1/jobs/{job['id']}/webhooks").json()[0], took
+
+
 def test_webhooks_never_reach_loopback_by_name(factory: Any, fake_scorer: Any) -> None:
     """A host name that resolves to loopback (here `localhost`) is refused when the request is
     made, at the address itself: the listener receives nothing, and the delivery says why
@@ -269,14 +281,7 @@ def test_webhooks_never_reach_loopback_by_name(factory: Any, fake_scorer: Any) -
     try:
         c, _ = make_client(factory, fake_scorer, webhook_retry_backoff=0)
         with c:
-            c.post("/v1/classifiers", json=CLASSIFIER)
-            hook = f"http://localhost:{listener.port}/hook"
-            job = c.post(
-                "/v1/jobs",
-                json={"classifier": "news", "items": [{"title": "a"}], "webhook_url": hook},
-            ).json()
-            sweep(Ctx.system(c.app.state.labelq.services))
-            delivery = c.get(f"/v1/jobs/{job['id']}/webhooks").json()[0]
+            delivery, _ = _notified(c, f"http://localhost:{listener.port}/hook")
     finally:
         listener.close()
     assert listener.calls == []
@@ -360,16 +365,7 @@ def test_a_dripping_receiver_is_cut_off_at_the_deadline(factory: Any, fake_score
             webhook_retry_backoff=0,
         )
         with c:
-            c.post("/v1/classifiers", json=CLASSIFIER)
-            hook = f"http://127.0.0.1:{port}/hook"
-            job = c.post(
-                "/v1/jobs",
-                json={"classifier": "news", "items": [{"title": "a"}], "webhook_url": hook},
-            ).json()
-            start = time.monotonic()
-            sweep(Ctx.system(c.app.state.labelq.services))
-            took = time.monotonic() - start
-            delivery = c.get(f"/v1/jobs/{job['id']}/webhooks").json()[0]
+            delivery, took = _notified(c, f"http://127.0.0.1:{port}/hook")
     finally:
         stop.set()
         server.close()
