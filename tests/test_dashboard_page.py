@@ -49,16 +49,18 @@ def factory(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
 
 @pytest.fixture
 def served(
-    factory: sessionmaker[Session], fake_scorer: Any
+    request: pytest.FixtureRequest, factory: sessionmaker[Session], fake_scorer: Any
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """The API over HTTP on a seeded database (two jobs of SST-2 sentences with gold labels,
-    an active temperature calibration and an inactive Platt one)."""
+    an active temperature calibration and an inactive Platt one), served to the browser
+    without a key (`--no-auth`) unless the test is marked `keys_required`."""
     with _seed(factory, fake_scorer) as (c, ids):
         platt = c.post(
             f"{DASH}/calibrations", json={"method": "platt", "job_id": ids["old"]}
         ).json()
         ids["platt"] = platt["id"]
-    config = Settings(model="tiny-model", chunk_size=4)
+    no_auth = request.node.get_closest_marker("keys_required") is None
+    config = Settings(model="tiny-model", chunk_size=4, no_auth=no_auth)
     dispatcher = InlineDispatcher(fake_scorer)
     services = services_of(factory, config, dispatcher)
     dispatcher.bind(services)
@@ -150,6 +152,7 @@ def test_every_chart_is_drawn_from_the_api(
     page.close()
 
 
+@pytest.mark.keys_required
 def test_keys_are_asked_for_and_only_admins_activate(
     served: tuple[str, dict[str, Any]], browser: Any, factory: sessionmaker[Session]
 ) -> None:
