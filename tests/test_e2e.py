@@ -27,6 +27,7 @@ from labelq.scoring import Item as ScoreItem
 from labelq.scoring import ItemResult, Scorer
 from labelq.spec import parse_spec
 from tests.conftest import SHARED_DATA, TEST_MAX_MODEL_LEN
+from tests.test_pipelines import scratch_postgres
 
 pytestmark = pytest.mark.slow
 
@@ -175,6 +176,10 @@ def service(
     other = logs / "other-model"
     shutil.copytree(tiny_model, other)
     served = ["/models/none", str(broken), str(other)]
+    # The pipelines' database: the operator's, never labelq's own.
+    news = contextlib.ExitStack()
+    news_db = news.enter_context(scratch_postgres())
+    connections = {"news": {"url": news_db, "write": True}}
     env = {
         **os.environ,
         **TIMERS,
@@ -186,6 +191,7 @@ def service(
         "LABELQ_KV_CACHE_GIB": "1",
         "LABELQ_HOME": str(logs / "home"),
         "LABELQ_MODELS": json.dumps(served),
+        "LABELQ_PIPELINE_CONNECTIONS": json.dumps(connections),
     }
     state: dict[str, Any] = {"env": env, "logs": logs, "redis": redis, "procs": []}
 
@@ -210,17 +216,21 @@ def service(
         chunk_size=64,
         worker_stale_after=10,
         no_auth=True,  # the test's own server, on loopback
+        pipeline_connections=connections,
     )
     try:
         app = create_app(wiring.build_api(settings))
         with BackgroundServer(app) as server, LabelqClient(server.url) as client:
             client.create_classifier(json.dumps(SPEC), yaml=False)
-            state.update(client=client, db=pg_url, model=tiny_model, url=server.url)
+            state.update(
+                client=client, db=pg_url, news_db=news_db, model=tiny_model, url=server.url
+            )
             yield state
     finally:
         for proc in state["procs"]:
             proc.stop()
         redis.stop()
+        news.close()
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -487,7 +497,7 @@ def test_beat_runs_pipelines_and_only_one_beat_sends(service: dict[str, Any]) ->
     from sqlalchemy import create_engine, text
 
     client, db = service["client"], service["db"]
-    engine = create_engine(db)
+    engine = create_engine(service["news_db"])
     with engine.begin() as c:
         c.execute(text("CREATE TABLE e2e_articles (id SERIAL PRIMARY KEY, body TEXT)"))
         c.execute(
@@ -501,13 +511,13 @@ def test_beat_runs_pipelines_and_only_one_beat_sends(service: dict[str, Any]) ->
             "schedule": {"every": 2},
             "source": {
                 "kind": "sql",
-                "url": db,
+                "connection": "news",
                 "table": "e2e_articles",
                 "key": "id",
                 "watermark": "id",
                 "fields": {"text": "body"},
             },
-            "sink": {"kind": "sql", "url": db, "table": "e2e_labels"},
+            "sink": {"kind": "sql", "connection": "news", "table": "e2e_labels"},
         }
         client.create_pipeline(pipeline)
         # A run whose job cannot progress (no worker serves its model) blocks later ticks.

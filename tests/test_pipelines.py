@@ -70,7 +70,8 @@ def scratch_postgres() -> Iterator[str]:
     from tests.conftest import PG_ADMIN_URL
 
     name = f"labelq_src_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    # pre-ping: an end-to-end test restarts PostgreSQL, which cuts pooled connections.
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
