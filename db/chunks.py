@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, Select, and_, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session
@@ -28,14 +28,34 @@ from db.jobs import (
     mark_cancelling,
     mark_running,
 )
-from db.models import Chunk, ChunkState, ItemStatus, Job, JobItem, JobState, as_utc, utcnow
+from db.models import (
+    Chunk,
+    ChunkState,
+    FailureKind,
+    ItemStatus,
+    Job,
+    JobItem,
+    JobState,
+    as_utc,
+    utcnow,
+)
 from db.session import rowcount
 from labelq.dashboard import gold_columns, score_columns
 from labelq.scoring import Item as ScoreItem
 from labelq.spec import ClassifierSpec
 
-# (result row, error): one of the two is None.
-ItemOutcome = tuple[dict[str, Any] | None, str | None]
+
+class ItemOutcome(NamedTuple):
+    """What became of one item of a chunk: its result, or its error and the error's kind
+    (`input`: the item's own fault; `engine`: the engine's)."""
+
+    result: dict[str, Any] | None
+    error: str | None = None
+    kind: str | None = None
+
+
+def engine_failure(error: str) -> ItemOutcome:
+    return ItemOutcome(None, error, FailureKind.engine)
 
 
 def _scored_columns(
@@ -176,7 +196,8 @@ def claim_chunk(
     if chunk.attempts > max_attempts:
         reason = chunk.last_error or "its lease expired each time: the worker died or hung"
         give_up = f"gave up after {chunk.attempts - 1} attempts: {reason}"
-        _complete(s, job, chunk, {row.id: (None, give_up) for row in _pending_items(s, chunk)})
+        failed = engine_failure(give_up)
+        _complete(s, job, chunk, {row.id: failed for row in _pending_items(s, chunk)})
         return None
     classifier = job_classifier(s, job)
     items = [
@@ -223,7 +244,8 @@ def release_chunk(
     job = get_job(s, work.job_id, tenant=None)
     if chunk.attempts >= max_attempts:
         message = f"gave up after {chunk.attempts} attempts: {error}"
-        _complete(s, job, chunk, {row.id: (None, message) for row in _pending_items(s, chunk)})
+        failed = engine_failure(message)
+        _complete(s, job, chunk, {row.id: failed for row in _pending_items(s, chunk)})
         others = s.scalars(
             select(Chunk).where(Chunk.job_id == job.id, Chunk.state == ChunkState.pending)
         ).all()
@@ -232,7 +254,8 @@ def release_chunk(
             other.owner = work.owner
             s.flush()
             not_run = f"not run: the engine failed on chunk {chunk.seq}: {error}"
-            _complete(s, job, other, {r.id: (None, not_run) for r in _pending_items(s, other)})
+            not_scored = engine_failure(not_run)
+            _complete(s, job, other, {r.id: not_scored for r in _pending_items(s, other)})
         return True
     chunk.state = ChunkState.pending
     chunk.owner = None
@@ -279,7 +302,7 @@ def _complete(
     calibration_id: int | None = None,
     owner: str | None = None,
 ) -> bool:
-    succeeded = sum(1 for r, _ in results.values() if r is not None)
+    succeeded = sum(1 for o in results.values() if o.result is not None)
     failed = len(results) - succeeded
     condition = (
         _holds(chunk.id, owner)
@@ -300,21 +323,23 @@ def _complete(
         return False
     if results:
         now = utcnow()
-        golds = gold_labels(s, [i for i, (r, _) in results.items() if r is not None])
+        golds = gold_labels(s, [i for i, o in results.items() if o.result is not None])
         s.execute(
             update(JobItem),
             [
                 {
                     "id": item_id,
-                    "status": ItemStatus.succeeded if result is not None else ItemStatus.failed,
-                    "result": result,
-                    "error": error,
-                    **_scored_columns(job, result, calibration_id, golds.get(item_id), now),
+                    "status": ItemStatus.succeeded if o.result is not None else ItemStatus.failed,
+                    "result": o.result,
+                    "error": o.error,
+                    "error_kind": None if o.result is not None else (o.kind or FailureKind.engine),
+                    **_scored_columns(job, o.result, calibration_id, golds.get(item_id), now),
                 }
-                for item_id, (result, error) in results.items()
+                for item_id, o in results.items()
             ],
         )
-        count_scored(s, job.classifier_id, [r for r, _ in results.values() if r is not None])
+        scored = [o.result for o in results.values() if o.result is not None]
+        count_scored(s, job.classifier_id, scored)
     s.execute(
         update(Job)
         .where(Job.id == job.id)

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from db.models import Classifier, ItemStatus, Job, JobItem, JobState, utcnow
+from db.models import Classifier, FailureKind, ItemStatus, Job, JobItem, JobState, utcnow
 from labelq.dashboard import gold_columns
 from labelq.errors import Conflict, NotFound
 
@@ -51,6 +51,8 @@ def finish_if_done(job: Job) -> bool:
     elif job.total > 0 and job.succeeded == 0:
         job.state = JobState.failed
         job.error = job.error or "every item failed"
+    elif job.failed:
+        job.state = JobState.partial  # some items have no result: the state says so
     else:
         job.state = JobState.succeeded
     job.finished_at = utcnow()
@@ -135,6 +137,16 @@ def count_items(s: Session, job_id: str, status: ItemStatus) -> int:
         )
         or 0
     )
+
+
+def failures_by_kind(s: Session, job_id: str) -> dict[str, int]:
+    """A job's failed items per `FailureKind`."""
+    rows = s.execute(
+        select(JobItem.error_kind, func.count())
+        .where(JobItem.job_id == job_id, JobItem.status == ItemStatus.failed)
+        .group_by(JobItem.error_kind)
+    )
+    return {str(kind or FailureKind.input): int(n) for kind, n in rows}
 
 
 def count_jobs_by_state(s: Session) -> dict[str, int]:

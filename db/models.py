@@ -71,16 +71,35 @@ class Base(DeclarativeBase):
 
 
 class JobState(enum.StrEnum):
+    """queued -> running -> succeeded (every item has a result) | partial (some items failed,
+    some have results) | failed (no item has a result, or the job could not go on); cancelling
+    -> cancelled."""
+
     queued = "queued"
     running = "running"
     succeeded = "succeeded"
+    partial = "partial"
     failed = "failed"
     cancelling = "cancelling"
     cancelled = "cancelled"
 
     @property
     def finished(self) -> bool:
-        return self in (JobState.succeeded, JobState.failed, JobState.cancelled)
+        return self in ENDED_STATES
+
+
+ENDED_STATES = frozenset(
+    {JobState.succeeded, JobState.partial, JobState.failed, JobState.cancelled}
+)
+
+
+class FailureKind(enum.StrEnum):
+    """Why an item failed: `input`, the item itself (a missing field, a bad line, too long: it
+    fails again whenever it is sent); `engine`, the model or the worker (it may score on
+    another try)."""
+
+    input = "input"
+    engine = "engine"
 
 
 class ItemStatus(enum.StrEnum):
@@ -201,6 +220,7 @@ class JobItem(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     error_field: Mapped[str | None] = mapped_column(String(200))
+    error_kind: Mapped[str | None] = mapped_column(String(16))  # a FailureKind
     gold_label: Mapped[str | None] = mapped_column(String(200))
     calibration_id: Mapped[int | None] = mapped_column(BigId)
     # A scored item's reading under the calibration it was scored with (`calibration_id`), as
@@ -446,6 +466,7 @@ __all__ = [
     "Chunk",
     "ChunkState",
     "Classifier",
+    "FailureKind",
     "ItemStatus",
     "Job",
     "JobItem",

@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session
 
 from db.models import (
     DEFAULT_TENANT,
+    ENDED_STATES,
     Job,
-    JobState,
     Pipeline,
     PipelineRun,
     RunState,
@@ -25,7 +25,7 @@ from db.models import (
     utcnow,
 )
 
-ENDED = (JobState.succeeded, JobState.failed, JobState.cancelled)
+ENDED = tuple(ENDED_STATES)
 
 
 def _add(s: Session, key: str, event: str, url: str, payload: dict[str, Any], **refs: Any) -> None:

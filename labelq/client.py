@@ -44,6 +44,10 @@ def _upload(
     return params, headers
 
 
+# A job's states once it has ended (`partial`: some items failed, the others have results).
+ENDED = ("succeeded", "partial", "failed", "cancelled")
+
+
 class LabelqClient:
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 60.0):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -189,7 +193,7 @@ class LabelqClient:
                 bar.total = job["total"]
                 bar.n = job["succeeded"] + job["failed"]
                 bar.refresh()
-                if job["state"] in ("succeeded", "failed", "cancelled"):
+                if job["state"] in ENDED:
                     return job
                 if deadline is not None and time.monotonic() > deadline:
                     raise LabelqError(f"job {job_id} still {job['state']} after {timeout}s")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -67,12 +67,15 @@ class ItemResult(BaseModel):
 
 
 class ItemError(BaseModel):
-    """An item that could not be scored; the others go on."""
+    """An item that could not be scored; the others go on. `kind`: `input` when the item
+    itself is at fault (a missing field, too long: it fails again whenever it is sent), `engine`
+    when the engine failed on it (it may score on another try)."""
 
     custom_id: str | int | None = None
     line: int | None = None
     error: str
     field: str | None = None
+    kind: Literal["input", "engine"] = "input"
 
 
 ScoredItem = ItemResult | ItemError

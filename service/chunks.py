@@ -44,31 +44,77 @@ _write_retry = retry(
 
 
 class EngineFailure(Exception):
-    """The engine failed for a whole batch: not the items' fault."""
+    """The engine failed whatever it was given: not any item's fault."""
 
 
-def score_items(scorer: Scorer, spec: ClassifierSpec, items: Sequence[Item]) -> list[ScoredItem]:
-    """Score a batch; if the batch as a whole fails, find the items at fault one by one. When
-    every item fails alone too, the fault is the engine's: `EngineFailure`."""
+# The engine a batch is scored on, after `restart()` a fresh one (an engine that failed may be
+# dead for good: vLLM's EngineCore raises EngineDeadError on every call after it died).
+Engine = Callable[[], Scorer]
+
+
+def score_items(
+    engine: Engine, restart: Callable[[], None], spec: ClassifierSpec, items: Sequence[Item]
+) -> list[ScoredItem]:
+    """Score a batch. When the engine fails on it, find the items at fault: the batch is split
+    in halves, each scored on a fresh engine, down to single items; an item the engine fails
+    on alone fails alone (`engine` kind, with the engine's error), the others are scored.
+    When every item fails alone, the fault is the engine's, not theirs: `EngineFailure`."""
     try:
-        return scorer.score_batch(spec, items)
+        return engine().score_batch(spec, items)
     except Exception as batch_error:
-        log.warning("batch of %d failed (%s); scoring one by one", len(items), batch_error)
-        out: list[ScoredItem] = []
-        failures = 0
-        for item in items:
-            try:
-                out.extend(scorer.score_batch(spec, [item]))
-            except Exception as exc:
-                failures += 1
-                out.append(
-                    ItemError(
-                        custom_id=item.custom_id, line=item.line, error=f"scoring failed: {exc}"
-                    )
+        log.warning(
+            "a batch of %d failed (%s: %s); finding the items at fault",
+            len(items),
+            type(batch_error).__name__,
+            batch_error,
+        )
+        first_error = batch_error
+    restart()
+    out: list[ScoredItem] = []
+    alone = _bisect(engine, restart, spec, list(items), out)
+    if alone == len(items):
+        raise EngineFailure(f"{type(first_error).__name__}: {first_error}") from first_error
+    return out
+
+
+def _bisect(
+    engine: Engine,
+    restart: Callable[[], None],
+    spec: ClassifierSpec,
+    items: list[Item],
+    out: list[ScoredItem],
+) -> int:
+    """Score `items` into `out` (in order) in halves, restarting the engine after each
+    failure; returns how many items failed alone."""
+    if len(items) == 1:
+        try:
+            out.extend(engine().score_batch(spec, items))
+            return 0
+        except EngineFailure:
+            raise  # the model does not load any more: no item is at fault
+        except Exception as exc:
+            restart()
+            item = items[0]
+            out.append(
+                ItemError(
+                    custom_id=item.custom_id,
+                    line=item.line,
+                    error=f"the engine failed on this item: {type(exc).__name__}: {exc}",
+                    kind="engine",
                 )
-        if failures == len(items):
-            raise EngineFailure(f"{type(batch_error).__name__}: {batch_error}") from batch_error
-        return out
+            )
+            return 1
+    failed = 0
+    middle = len(items) // 2
+    for half in (items[:middle], items[middle:]):
+        try:
+            out.extend(engine().score_batch(spec, half))
+        except EngineFailure:
+            raise
+        except Exception:
+            restart()
+            failed += _bisect(engine, restart, spec, half, out)
+    return failed
 
 
 class LeaseKeeper:
@@ -144,15 +190,22 @@ class ChunkRunner:
     def _score(self, work: ChunkWork) -> list[ScoredItem]:
         if not work.items:
             return []
-        try:
-            scorer = self.scorer_for(work.model)
-        except Exception as exc:
-            raise EngineFailure(f"model {work.model} could not be loaded: {exc}") from exc
-        try:
-            return score_items(scorer, work.spec, [item for _, item in work.items])
-        except EngineFailure:
+
+        def engine() -> Scorer:
+            try:
+                return self.scorer_for(work.model)
+            except Exception as exc:
+                raise EngineFailure(f"model {work.model} could not be loaded: {exc}") from exc
+
+        def restart() -> None:
             if self.discard is not None:
                 self.discard(work.model)
+
+        engine()  # a model that cannot load is the engine's fault, not any item's
+        try:
+            return score_items(engine, restart, work.spec, [item for _, item in work.items])
+        except EngineFailure:
+            restart()
             raise
 
     def _hand_back(self, work: ChunkWork, error: str) -> None:
@@ -185,7 +238,9 @@ class ChunkRunner:
             results: dict[int, ItemOutcome] = {}
             for (item_id, _), row in zip(work.items, scored, strict=True):
                 results[item_id] = (
-                    (next(calibrated), None) if isinstance(row, ItemResult) else (None, row.error)
+                    ItemOutcome(next(calibrated))
+                    if isinstance(row, ItemResult)
+                    else ItemOutcome(None, row.error, row.kind)
                 )
             written = chunks.complete_chunk(session, work, results, calibration_id)
         if not written:

@@ -28,7 +28,7 @@ from db import chunks
 from db import jobs as job_rows
 from db.classifiers import get_classifier, spec_of
 from db.jobs import INSERT_BATCH
-from db.models import Classifier, ItemStatus, Job
+from db.models import Classifier, FailureKind, ItemStatus, Job
 from labelq import outbound
 from labelq.errors import InputError, TooLarge
 from labelq.jsonl import depth
@@ -104,11 +104,17 @@ class Submission:
             "status": ItemStatus.pending,
             "error": None,
             "error_field": None,
+            "error_kind": None,
             "custom_id": None,
             "input": None,
         }
         if isinstance(entry, InputError):
-            row |= {"status": ItemStatus.failed, "error": entry.message, "error_field": entry.field}
+            row |= {
+                "status": ItemStatus.failed,
+                "error": entry.message,
+                "error_field": entry.field,
+                "error_kind": FailureKind.input,
+            }
         else:
             record = dict(entry.fields)
             if entry.custom_id is not None:
@@ -121,6 +127,7 @@ class Submission:
                     "status": ItemStatus.failed,
                     "error_field": missing[0],
                     "error": f"missing field {missing[0]!r} used by the template",
+                    "error_kind": FailureKind.input,
                 }
         if row["status"] == ItemStatus.failed:
             self.report.rejected += 1

@@ -27,6 +27,11 @@ class JobStatus(BaseModel):
     total: int
     succeeded: int
     failed: int
+    failures: dict[str, int] = Field(
+        default_factory=dict,
+        description="Failed items by cause: `input` (the item itself; it fails again if sent "
+        "again) and `engine` (the model or the worker; a retry may score it).",
+    )
     cancelled: int
     progress: float = Field(description="Finished items (succeeded, failed) over total.")
     metadata: dict[str, Any]
@@ -44,7 +49,11 @@ class JobStatus(BaseModel):
 
     @classmethod
     def of(
-        cls, job: dict[str, Any], cancelled: int = 0, warnings: list[str] | None = None
+        cls,
+        job: dict[str, Any],
+        cancelled: int = 0,
+        warnings: list[str] | None = None,
+        failures: dict[str, int] | None = None,
     ) -> JobStatus:
         """From `db.reads.STATUS_COLUMNS` by name."""
         total, succeeded, failed = job["total"], job["succeeded"], job["failed"]
@@ -59,6 +68,7 @@ class JobStatus(BaseModel):
             total=total,
             succeeded=succeeded,
             failed=failed,
+            failures=failures or {},
             cancelled=cancelled,
             progress=(done / total) if total else (1.0 if finished_at else 0.0),
             metadata=job["metadata"],
@@ -86,13 +96,14 @@ def status(ctx: Ctx, job_id: str) -> JobStatus:
             if job["state"] in (JobState.cancelling, JobState.cancelled)
             else 0
         )
+        failures = job_rows.failures_by_kind(s, job_id) if job["failed"] else {}
     warnings = []
     if not JobState(job["state"]).finished:
         queue, model = job["queue"], job["model"]
         if not ctx.services.live_queues.of(ctx).get(queue):
             stale_after = ctx.settings.worker_stale_after
             warnings.append(no_worker_warning(queue, model, stale_after))
-    return JobStatus.of(job, cancelled, warnings)
+    return JobStatus.of(job, cancelled, warnings, failures)
 
 
 def list_jobs(ctx: Ctx, limit: int) -> list[JobStatus]:

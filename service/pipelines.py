@@ -354,7 +354,7 @@ def finish_runs(ctx: Ctx) -> list[int]:
             version = job_rows.job_classifier(s, job).version
             tenant = pipeline.tenant
         try:
-            if state != JobState.succeeded:
+            if state not in (JobState.succeeded, JobState.partial):  # failed rows: error rows
                 raise LabelqError(f"job {job_id} {state}: {job_error or 'see its items'}")
             if spec.sink is not None:
                 _write_sink(ctx.acting_for(tenant), spec, run_id, job_id, version)

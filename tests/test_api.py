@@ -73,11 +73,12 @@ def test_json_job_end_to_end(client: Any, scorer: Scorer) -> None:
     assert dispatcher.sent[0][1].startswith("labelq.tiny-model.")
     job = c.get(f"/v1/jobs/{job['id']}").json()
     assert (job["state"], job["succeeded"], job["failed"], job["progress"]) == (
-        "succeeded",
+        "partial",  # two items have no result, and the state says so
         9,
         2,
         1.0,
     )
+    assert job["failures"] == {"input": 2}
 
     rows = []
     cursor = None

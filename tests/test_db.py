@@ -12,7 +12,7 @@ from sqlalchemy import func, make_url, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import chunks, jobs, keys, reads
-from db.chunks import ChunkWork
+from db.chunks import ChunkWork, ItemOutcome
 from db.classifiers import get_classifier, latest_classifiers, store_version
 from db.models import ApiKey, Chunk, ItemStatus, Job, JobItem, utcnow
 from db.session import ReadOnlyTransaction, loop_url
@@ -141,8 +141,8 @@ def test_chunk_life_cycle_is_idempotent(factory: Factory) -> None:
     job, _ = _submit(factory, _items(5), chunk_size=3)
     work = _claim(factory, job.id, 0)
     assert work is not None and [i.custom_id for _, i in work.items] == ["c0", "c1", "c2"]
-    results = {item_id: ({"label": "a"}, None) for item_id, _ in work.items[:2]}
-    results[work.items[2][0]] = (None, "boom")
+    results = {item_id: ItemOutcome({"label": "a"}) for item_id, _ in work.items[:2]}
+    results[work.items[2][0]] = ItemOutcome(None, "boom", "input")
     assert _complete(factory, work, results)
     # A redelivered chunk neither claims nor writes again; counts are not doubled.
     assert _claim(factory, job.id, 0) is None
@@ -153,11 +153,14 @@ def test_chunk_life_cycle_is_idempotent(factory: Factory) -> None:
     work2 = _claim(factory, job.id, 1, owner="w1")
     assert work2 is not None
     assert _claim(factory, job.id, 1, owner="w2") is None
-    done = {item_id: ({"label": "b"}, None) for item_id, _ in work2.items}
+    done = {item_id: ItemOutcome({"label": "b"}) for item_id, _ in work2.items}
     assert _complete(factory, work2, done)
     row = _job(factory, job.id)
-    assert (row.state, row.succeeded, row.failed) == ("succeeded", 4, 1)
+    # One item without a result: the job says so, and why.
+    assert (row.state, row.succeeded, row.failed) == ("partial", 4, 1)
     assert row.started_at is not None and row.finished_at is not None
+    with factory() as s:
+        assert jobs.failures_by_kind(s, job.id) == {"input": 1}
 
 
 def _expire_leases(factory: Factory, job_id: str) -> None:
@@ -181,7 +184,7 @@ def test_an_expired_lease_is_taken_over_and_the_old_owner_writes_nothing(
     with factory.begin() as s:
         assert not chunks.renew_lease(s, dead.chunk_id, "dead", LEASE)
         assert chunks.renew_lease(s, alive.chunk_id, "alive", LEASE)
-    results = {item_id: ({"label": "a"}, None) for item_id, _ in dead.items}
+    results = {item_id: ItemOutcome({"label": "a"}) for item_id, _ in dead.items}
     assert not _complete(factory, dead, results)  # woke up late: not its chunk any more
     assert _complete(factory, alive, results)
     assert (_job(factory, job.id).state, _job(factory, job.id).succeeded) == ("succeeded", 3)
@@ -278,7 +281,7 @@ def test_cancel_stops_pending_chunks_and_keeps_finished_ones(factory: Factory) -
             chunks.cancel_job(s, job.id, tenant="acme")
         assert chunks.cancel_job(s, job.id, tenant="default").state == "cancelling"
     assert _claim(factory, job.id, 1) is None
-    _complete(factory, running, {i: ({"label": "a"}, None) for i, _ in running.items})
+    _complete(factory, running, {i: ItemOutcome({"label": "a"}) for i, _ in running.items})
     with factory() as s:
         row = s.get_one(Job, job.id)
         assert (row.state, row.succeeded) == ("cancelled", 3)
@@ -409,9 +412,9 @@ def test_driver_reads_on_the_loop_give_what_sqlalchemy_gives(
     work = _claim(factory, job.id, 0)
     assert work is not None
     results = {
-        item_id: ({"label": "a", "custom_id": i.custom_id}, None) for item_id, i in work.items
+        item_id: ItemOutcome({"label": "a", "custom_id": i.custom_id}) for item_id, i in work.items
     }
-    results[work.items[1][0]] = (None, "boom")
+    results[work.items[1][0]] = ItemOutcome(None, "boom", "engine")
     assert _complete(factory, work, results)
     with factory.begin() as s:
         jobs.set_gold_labels(s, {work.items[0][0]: "b"})

@@ -7,7 +7,9 @@ and a prompt that contains a completion's word favours that completion (so a sen
 bytes (no merges), built in milliseconds, so prompts go through labelq's own tokenisation.
 
 Faults can be injected: `fail_marker` makes any request whose prompt contains that text raise
-(an item's fault), `down` makes every call raise (the engine's fault).
+(an item's fault), `poison` makes such a request kill the engine, so that every later call
+raises too until a new one is made (as vLLM's EngineCore does: EngineDeadError), `down` makes
+every call raise (the engine's fault).
 """
 
 from __future__ import annotations
@@ -44,12 +46,15 @@ class FakeBackend:
         *,
         max_model_len: int | None = 4096,
         fail_marker: str | None = None,
+        poison: str | None = None,
         down: bool = False,
     ):
         self._tokenizer = byte_tokenizer()
         self._max_model_len = max_model_len
         self.fail_marker = fail_marker
+        self.poison = poison
         self.down = down
+        self.dead = False
         self.calls = 0
 
     @property
@@ -64,11 +69,16 @@ class FakeBackend:
         self.calls += 1
         if self.down:
             raise RuntimeError("fake engine is down")
+        if self.dead:
+            raise RuntimeError("fake engine died earlier (EngineDeadError)")
         out = []
         for request in requests:
             prompt_text = self._tokenizer.decode(request.prompt, skip_special_tokens=True)
             if self.fail_marker is not None and self.fail_marker in prompt_text:
                 raise ValueError(f"fake engine refuses prompts containing {self.fail_marker!r}")
+            if self.poison is not None and self.poison in prompt_text:
+                self.dead = True
+                raise RuntimeError("fake engine core died on this prompt")
             out.append(
                 [self._completion(request.prompt, prompt_text, c) for c in request.completions]
             )
