@@ -114,6 +114,7 @@ def add_chunks(s: Session, job: Job, total: int, rejected: int, pending_seqs: se
         s.execute(insert(Chunk), rows[start : start + INSERT_BATCH])
     job.total = total
     job.failed = rejected
+    job.upload_expires_at = None  # every item arrived
     job.chunks_total = n_chunks
     job.chunks_done = n_chunks - len(pending_seqs)
     finish_if_done(job)

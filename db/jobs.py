@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Classifier, FailureKind, ItemStatus, Job, JobItem, JobState, utcnow
+from db.session import rowcount
 from labelq.dashboard import gold_columns
 from labelq.errors import Conflict, NotFound
 
@@ -33,6 +35,14 @@ def mark_failed(job: Job, error: str) -> None:
     job.state = JobState.failed
     job.error = error
     job.finished_at = utcnow()
+    job.upload_expires_at = None
+
+
+def fail_upload(job: Job, error: str) -> None:
+    """A job whose items did not all arrive: failed, and its Idempotency-Key given back, so
+    the client's next try with it makes a new job instead of finding this one."""
+    mark_failed(job, error)
+    job.idempotency_key = None
 
 
 def mark_cancelling(job: Job) -> None:
@@ -74,8 +84,11 @@ def add_job(
     metadata: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
     webhook_url: str | None = None,
+    *,
+    upload_lease: float,
 ) -> Job:
-    """A new job row of the classifier's tenant, queued, with no items yet (flushed)."""
+    """A new job row of the classifier's tenant, queued, with no items yet (flushed), its
+    upload held for `upload_lease` seconds (`renew_upload` keeps it while items arrive)."""
     job = Job(
         id=str(uuid.uuid4()),
         tenant=classifier.tenant,
@@ -92,10 +105,37 @@ def add_job(
         failed=0,
         chunks_total=0,
         chunks_done=0,
+        upload_expires_at=utcnow() + timedelta(seconds=upload_lease),
     )
     s.add(job)
     s.flush()
     return job
+
+
+def renew_upload(s: Session, job_id: str, seconds: float) -> bool:
+    """Keep an upload's lease while its items arrive; False when the job is no longer being
+    uploaded (sealed, or failed because its lease ran out)."""
+    renewed = s.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.queued, Job.upload_expires_at.is_not(None))
+        .values(upload_expires_at=utcnow() + timedelta(seconds=seconds))
+    )
+    return rowcount(renewed) == 1
+
+
+def expire_uploads(s: Session, now: datetime) -> list[str]:
+    """Fail the jobs whose upload lease ran out (the process receiving them died or was
+    redeployed mid-upload): "upload interrupted after N items"; returns their ids."""
+    ended = []
+    for job in s.scalars(
+        select(Job)
+        .where(Job.state == JobState.queued, Job.upload_expires_at < now)
+        .with_for_update()
+    ):
+        stored = s.scalar(select(func.count()).select_from(JobItem).where(JobItem.job_id == job.id))
+        fail_upload(job, f"upload interrupted after {stored or 0} items: its lease ran out")
+        ended.append(job.id)
+    return ended
 
 
 def get_job(s: Session, job_id: str, *, tenant: str | None, for_update: bool = False) -> Job:

@@ -167,6 +167,9 @@ class Job(Base):
     )
     error: Mapped[str | None] = mapped_column(Text)
     webhook_url: Mapped[str | None] = mapped_column(Text)
+    # While its items arrive, a job holds an upload lease; one that runs out (the process
+    # receiving them died) fails the job (`db.jobs.expire_uploads`). None once sealed.
+    upload_expires_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]

@@ -83,6 +83,12 @@ class Settings(BaseSettings):
         gt=0,
         description="A queue with pending chunks and no claim for this long has lost its tasks.",
     )
+    upload_lease_seconds: float = Field(
+        default=300,
+        gt=0,
+        description="A job being uploaded (or a retry being ingested) holds a lease, renewed as "
+        "its items arrive; past it the job fails: upload interrupted.",
+    )
     engine_retry_backoff: float = Field(
         default=10, ge=0, description="First wait before a chunk whose engine failed is retried."
     )

@@ -17,6 +17,7 @@ or, for entries at hand, `submit(ctx, request, entries)`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,8 @@ class Submission:
     stored by `flush` (the module's `add` does both)."""
 
     def __init__(self, job: Job, spec: ClassifierSpec, settings: Settings):
+        self.lease = settings.upload_lease_seconds
+        self.renewed = time.monotonic()
         self.max_items = settings.max_items_per_job
         self.max_fields = settings.max_fields_per_item
         self.max_depth = settings.max_json_depth
@@ -78,6 +81,11 @@ class Submission:
     @property
     def full(self) -> bool:
         return len(self.rows) >= INSERT_BATCH
+
+    @property
+    def renewal_due(self) -> bool:
+        """A third of the upload lease has passed since it was last renewed."""
+        return time.monotonic() - self.renewed > self.lease / 3
 
     def accept(self, entry: Item | InputError) -> None:
         """Check an entry and buffer its row (a bad entry as a failed item naming why)."""
@@ -183,6 +191,7 @@ def open_job(ctx: Ctx, request: JobRequest) -> Opened:
                 request.metadata,
                 key,
                 request.webhook_url,
+                upload_lease=ctx.settings.upload_lease_seconds,
             )
             return Opened(job.id, Submission(job, spec, ctx.settings))
     except IntegrityError:
@@ -194,12 +203,40 @@ def open_job(ctx: Ctx, request: JobRequest) -> Opened:
         return Opened(found.id, None)
 
 
-def open_for(ctx: Ctx, classifier: Classifier, like: Job, metadata: dict[str, Any]) -> Submission:
+def open_for(
+    ctx: Ctx, classifier: Classifier, like: Job, metadata: dict[str, Any], key: str
+) -> Opened:
     """A new job of a stored classifier version on `like`'s model, queue and chunk size (a
-    retry)."""
+    retry), or the job `key` (an Idempotency-Key of the caller's) already made."""
+    try:
+        with ctx.tx() as s:
+            found = job_rows.find_job_by_idempotency_key(s, key, tenant=ctx.owner)
+            if found is not None:
+                return Opened(found.id, None)
+            job = job_rows.add_job(
+                s,
+                classifier,
+                like.model,
+                like.queue,
+                like.chunk_size,
+                metadata,
+                key,
+                upload_lease=ctx.settings.upload_lease_seconds,
+            )
+            return Opened(job.id, Submission(job, spec_of(classifier), ctx.settings))
+    except IntegrityError:  # the same retry asked for twice at once: the other made it
+        with ctx.reads() as s:
+            found = job_rows.find_job_by_idempotency_key(s, key, tenant=ctx.owner)
+        if found is None:
+            raise
+        return Opened(found.id, None)
+
+
+def renew(ctx: Ctx, submission: Submission) -> None:
+    """Keep the upload's lease: its items are still arriving."""
     with ctx.tx() as s:
-        job = job_rows.add_job(s, classifier, like.model, like.queue, like.chunk_size, metadata)
-    return Submission(job, spec_of(classifier), ctx.settings)
+        job_rows.renew_upload(s, submission.job_id, submission.lease)
+    submission.renewed = time.monotonic()
 
 
 def flush(ctx: Ctx, submission: Submission) -> None:
@@ -211,11 +248,14 @@ def flush(ctx: Ctx, submission: Submission) -> None:
 
 
 def add(ctx: Ctx, submission: Submission, entries: Iterable[Item | InputError]) -> None:
-    """Check and store entries, in input order, a batch per transaction."""
+    """Check and store entries, in input order, a batch per transaction, keeping the upload's
+    lease."""
     for entry in entries:
         submission.accept(entry)
         if submission.full:
             flush(ctx, submission)
+            if submission.renewal_due:
+                renew(ctx, submission)
     flush(ctx, submission)
 
 
@@ -235,7 +275,7 @@ def abort(ctx: Ctx, submission: Submission, error: str) -> None:
     `error`."""
     flush(ctx, submission)
     with ctx.tx() as s:
-        job_rows.mark_failed(job_rows.get_job(s, submission.job_id, tenant=None), error)
+        job_rows.fail_upload(job_rows.get_job(s, submission.job_id, tenant=None), error)
 
 
 def submit(ctx: Ctx, request: JobRequest, entries: Iterable[Item | InputError]) -> str:

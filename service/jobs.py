@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -11,6 +12,7 @@ from pydantic import BaseModel, Field
 from db import chunks, reads
 from db import jobs as job_rows
 from db.models import ItemStatus, JobItem, JobState
+from labelq.errors import Conflict
 from labelq.scoring import Item
 from service import ingest
 from service.context import Ctx
@@ -131,19 +133,46 @@ def items(ctx: Ctx, job_id: str) -> Iterator[JobItem]:
     )
 
 
-def retry(ctx: Ctx, job_id: str) -> JobStatus:
-    """A new job of this job's failed and cancelled items that have an input, with the same
-    classifier version, model and custom_ids; its metadata names the original."""
+@dataclass
+class Retry:
+    """A retry's job, and its submission when this call made it (None: an earlier call did,
+    and the same job comes back)."""
+
+    status: JobStatus
+    submission: ingest.Submission | None
+
+
+def start_retry(ctx: Ctx, job_id: str) -> Retry:
+    """A new job for this ended job's failed and cancelled items that have an input, with the
+    same classifier version, model and custom_ids; its metadata names the original. Asked
+    again, the same job comes back (the retry is the original job's Idempotency-Key
+    `retry:<id>`). Its items are ingested by `fill_retry`, which the caller may run later."""
     with ctx.reads() as s:
         original = job_rows.get_job(s, job_id, tenant=ctx.tenant)
         classifier = job_rows.job_classifier(s, original)
-    submission = ingest.open_for(
-        ctx, classifier, original, {**original.metadata_, "retry_of": job_id}
-    )
+    if not JobState(original.state).finished:
+        raise Conflict(
+            f"job {job_id} is {original.state}: retry it once it has ended", field="job_id"
+        )
+    metadata = {**original.metadata_, "retry_of": job_id}
+    opened = ingest.open_for(ctx, classifier, original, metadata, f"retry:{job_id}")
+    return Retry(status(ctx, opened.job_id), opened.submission)
+
+
+def fill_retry(ctx: Ctx, job_id: str, submission: ingest.Submission) -> None:
+    """Ingest a retry's items (the original's failed and cancelled ones) and seal it; if this
+    stops halfway (the process dies), the retry's upload lease runs out and it fails."""
     retried = (
         Item.from_record(item.input, line=item.line)
         for item in items(ctx, job_id)
         if item.status in (ItemStatus.failed, ItemStatus.cancelled) and item.input is not None
     )
     ingest.fill(ctx, submission, retried)
-    return status(ctx, submission.job_id)
+
+
+def retry(ctx: Ctx, job_id: str) -> JobStatus:
+    """`start_retry` and `fill_retry` at once (what callers without a background use)."""
+    started = start_retry(ctx, job_id)
+    if started.submission is not None:
+        fill_retry(ctx, job_id, started.submission)
+    return status(ctx, started.status.id)

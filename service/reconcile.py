@@ -7,7 +7,8 @@ one), needs nothing from the broker's memory:
 - re-sends pending chunks of a queue that stalled: sent long ago, yet no worker has claimed
   anything there since and none holds a live lease (the tasks were lost, e.g. with a Redis
   restart without persistence);
-- ends jobs whose chunks are all done, and pipeline runs whose job ended;
+- ends jobs whose chunks are all done, jobs whose upload stopped (its lease ran out: the
+  process receiving it died), and pipeline runs whose job ended;
 - delivers due webhooks;
 - forgets workers that stopped beating.
 
@@ -23,6 +24,7 @@ from datetime import timedelta
 from pydantic import BaseModel
 
 from db import chunks, workers
+from db import jobs as job_rows
 from db.models import utcnow
 from service import locks, pipelines, webhooks
 from service.context import Ctx
@@ -35,6 +37,7 @@ class SweepReport(BaseModel):
     sent: int = 0
     unsent: int = 0
     jobs_ended: list[str] = []
+    uploads_ended: list[str] = []
     workers_forgotten: int = 0
     runs_ended: list[int] = []
     webhooks_delivered: int = 0
@@ -57,6 +60,7 @@ def sweep(ctx: Ctx) -> SweepReport:
     now = utcnow()
     report = SweepReport()
     with ctx.tx() as s:
+        report.uploads_ended = job_rows.expire_uploads(s, now)
         report.jobs_ended = chunks.finish_done_jobs(s)
         report.workers_forgotten = workers.forget_stale(
             s, now - timedelta(seconds=10 * settings.worker_stale_after)

@@ -6,16 +6,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from db.models import utcnow
 from labelq.scoring import Item as ScoreItem
 from labelq.scoring import ItemResult, Scorer
 from labelq.settings import Settings
 from labelq.spec import parse_spec
+from service.context import Ctx
 from tests.conftest import InlineDispatcher, create_key, make_client, services_of, system
 
 SPEC = {
@@ -246,8 +249,11 @@ def test_retry_resubmits_failed_and_cancelled_items(bare_client: Any) -> None:
     c.post(f"/v1/jobs/{job['id']}/cancel")
     retry = c.post(f"/v1/jobs/{job['id']}/retry")
     assert retry.status_code == 202
-    new = retry.json()
+    assert retry.json()["state"] == "queued"  # its items are ingested after the answer
+    new = c.get(f"/v1/jobs/{retry.json()['id']}").json()
     assert new["metadata"] == {"retry_of": job["id"]} and new["total"] == 6
+    # Asked again: the same retry job, not a second one scoring the same items.
+    assert c.post(f"/v1/jobs/{job['id']}/retry").json()["id"] == new["id"]
     rows = c.get(f"/v1/jobs/{new['id']}/results").json()["data"]
     assert [r["custom_id"] for r in rows] == ["k0", "k1", "k2", "k3", "k4", "bad"]
     assert rows[5]["status"] == "failed" and rows[5]["line"] == 6
@@ -370,4 +376,46 @@ def test_a_retry_is_held_to_the_apps_limits_not_the_environments(
         monkeypatch.setenv("LABELQ_MAX_ITEMS_PER_JOB", "2")  # not the app's limit
         retry = c.post(f"/v1/jobs/{job['id']}/retry")
         assert retry.status_code == 202, retry.text
-        assert (retry.json()["total"], retry.json()["state"]) == (3, "queued")
+        new = c.get(f"/v1/jobs/{retry.json()['id']}").json()
+        assert (new["total"], new["state"], new["error"]) == (3, "queued", None)
+
+
+def test_a_retry_waits_for_its_job_to_end(bare_client: Any) -> None:
+    c, _ = bare_client
+    c.post("/v1/classifiers", json=SPEC)
+    job = c.post("/v1/jobs", json={"classifier": "api-test", "items": [{"text": "x"}]}).json()
+    r = c.post(f"/v1/jobs/{job['id']}/retry")
+    assert r.status_code == 409 and r.json()["field"] == "job_id"
+    assert "queued" in r.json()["error"]
+
+
+def test_an_upload_cut_off_ends_and_gives_its_key_back(factory: Any) -> None:
+    """The process receiving an upload dies halfway (here: the items stop coming and nothing
+    seals the job). Its upload lease runs out, the sweep fails the job with what it stored,
+    and the Idempotency-Key makes a new job on the client's next try."""
+    from db.models import Job
+    from service import ingest
+    from service.reconcile import sweep
+
+    c, _ = make_client(factory, None, upload_lease_seconds=60)
+    with c:
+        c.post("/v1/classifiers", json=SPEC)
+        ctx = system(factory, c.app.state.labelq.settings).acting_for("default")
+        request = ingest.JobRequest(classifier="api-test", idempotency_key="nightly-1")
+        opened = ingest.open_job(ctx, request)
+        assert opened.submission is not None
+        entries = [ScoreItem(custom_id=f"i{i}", fields={"text": "x"}, line=i) for i in range(7)]
+        ingest.add(ctx, opened.submission, entries)  # ... and then nothing more
+        assert sweep(Ctx.system(ctx.services)).uploads_ended == []  # the lease still holds
+        with factory.begin() as s:
+            s.get_one(Job, opened.job_id).upload_expires_at = utcnow() - timedelta(seconds=1)
+        assert sweep(Ctx.system(ctx.services)).uploads_ended == [opened.job_id]
+        ended = c.get(f"/v1/jobs/{opened.job_id}").json()
+        assert ended["state"] == "failed" and "interrupted after 7 items" in ended["error"]
+        assert len(c.get(f"/v1/jobs/{opened.job_id}/results").json()["data"]) == 7
+        again = c.post(
+            "/v1/jobs",
+            json={"classifier": "api-test", "items": [{"text": "x"}]},
+            headers={"Idempotency-Key": "nightly-1"},
+        ).json()
+        assert again["id"] != opened.job_id and again["total"] == 1

@@ -7,7 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
@@ -156,6 +156,8 @@ async def _upload(
             if len(batch) >= ingest.BATCH:
                 await call(ingest.add, submission, batch)
                 batch = []
+            elif submission.renewal_due:  # a slow client: its upload is still alive
+                await call(ingest.renew, submission)
         if batch:
             await call(ingest.add, submission, batch)
         await call(ingest.seal, submission)
@@ -190,13 +192,18 @@ async def cancel_job(job_id: str, call: Submitting) -> JobStatus:
     response_model=JobStatus,
     dependencies=[Depends(submission_quota)],
 )
-async def retry_failed(job_id: str, st: StateDep, call: Submitting) -> JobStatus:
-    """A new job of this job's failed (and cancelled) items that have an input, with the same
-    classifier version and custom_ids; its metadata names the original. Lines that were not
-    valid JSON cannot be retried: fix and resubmit them."""
-    status = await call(jobs.retry, job_id)
-    st.metrics.jobs_submitted.inc()
-    return status
+async def retry_failed(
+    job_id: str, st: StateDep, call: Submitting, background: BackgroundTasks
+) -> JobStatus:
+    """A new job of this ended job's failed (and cancelled) items that have an input, with
+    the same classifier version and custom_ids; its metadata names the original. Its items
+    are ingested after the answer (the job is `queued` meanwhile). Asked again, the same job
+    comes back. Lines that were not valid JSON cannot be retried: fix and resubmit them."""
+    started = await call(jobs.start_retry, job_id)
+    if started.submission is not None:
+        background.add_task(call, jobs.fill_retry, job_id, started.submission)
+        st.metrics.jobs_submitted.inc()
+    return started.status
 
 
 CALIBRATION_QUERY = Query(
