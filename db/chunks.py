@@ -39,7 +39,7 @@ from db.models import (
     as_utc,
     utcnow,
 )
-from db.session import rowcount
+from db.session import db_now, rowcount
 from labelq.dashboard import gold_columns, score_columns
 from labelq.scoring import Item as ScoreItem
 from labelq.spec import ClassifierSpec
@@ -166,8 +166,9 @@ def claim_chunk(
 ) -> ChunkWork | None:
     """Claim a chunk for `owner` under a lease and load its pending items. None when there is
     nothing to do: done, cancelled, held by a live lease, or not yet due. A chunk claimed more
-    than `max_attempts` times fails its items with the reason instead of looping."""
-    now = utcnow()
+    than `max_attempts` times fails its items with the reason instead of looping. Leases are
+    stamped and judged by the database's clock."""
+    now = db_now(s)
     chunk = s.scalar(select(Chunk).where(Chunk.job_id == job_id, Chunk.seq == seq))
     job = s.get(Job, job_id)
     if chunk is None or job is None:
@@ -227,7 +228,7 @@ def renew_lease(s: Session, chunk_id: int, owner: str, lease_seconds: float) -> 
     renewed = s.execute(
         update(Chunk)
         .where(_holds(chunk_id, owner))
-        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+        .values(lease_expires_at=db_now(s) + timedelta(seconds=lease_seconds))
     )
     return rowcount(renewed) == 1
 
@@ -262,7 +263,7 @@ def release_chunk(
     chunk.owner = None
     chunk.lease_expires_at = None
     chunk.dispatched_at = None  # the reconciler sends it again once it is due
-    chunk.available_at = utcnow() + timedelta(seconds=retry_in)
+    chunk.available_at = db_now(s) + timedelta(seconds=retry_in)
     chunk.last_error = error
     return True
 
@@ -520,7 +521,7 @@ def requeue_after_restart(s: Session, queue: str) -> int:
                 Chunk.job_id.in_(jobs_of_queue),
                 Chunk.state.in_([ChunkState.pending, ChunkState.running]),
             )
-            .values(dispatched_at=None, lease_expires_at=utcnow())
+            .values(dispatched_at=None, lease_expires_at=db_now(s))
         )
     )
     return affected

@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Classifier, FailureKind, ItemStatus, Job, JobItem, JobState, utcnow
-from db.session import rowcount
+from db.session import db_now, rowcount
 from labelq.dashboard import gold_columns
 from labelq.errors import Conflict, NotFound
 
@@ -105,7 +105,7 @@ def add_job(
         failed=0,
         chunks_total=0,
         chunks_done=0,
-        upload_expires_at=utcnow() + timedelta(seconds=upload_lease),
+        upload_expires_at=db_now(s) + timedelta(seconds=upload_lease),
     )
     s.add(job)
     s.flush()
@@ -118,7 +118,7 @@ def renew_upload(s: Session, job_id: str, seconds: float) -> bool:
     renewed = s.execute(
         update(Job)
         .where(Job.id == job_id, Job.state == JobState.queued, Job.upload_expires_at.is_not(None))
-        .values(upload_expires_at=utcnow() + timedelta(seconds=seconds))
+        .values(upload_expires_at=db_now(s) + timedelta(seconds=seconds))
     )
     return rowcount(renewed) == 1
 

@@ -8,13 +8,14 @@ from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import Lock, as_utc, utcnow
-from db.session import rowcount
+from db.models import Lock, as_utc
+from db.session import db_now, rowcount
 
 
 def acquire(s: Session, name: str, owner: str, seconds: float) -> bool:
-    """Take or renew the lock `name` for `owner`; False while another owner holds it."""
-    now = utcnow()
+    """Take or renew the lock `name` for `owner`; False while another owner holds it (by the
+    database's clock)."""
+    now = db_now(s)
     expires = now + timedelta(seconds=seconds)
     taken = s.execute(
         update(Lock)
@@ -41,6 +42,6 @@ def release(s: Session, name: str, owner: str) -> None:
 def holder(s: Session, name: str) -> str | None:
     """Who holds `name` now (None: nobody, or the lease ran out)."""
     row = s.get(Lock, name)
-    if row is None or as_utc(row.expires_at) < utcnow():
+    if row is None or as_utc(row.expires_at) < db_now(s):
         return None
     return row.owner

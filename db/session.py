@@ -4,11 +4,12 @@ engine per process and URL with these; nothing else opens one."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import URL, Engine, create_engine, event, text
+from sqlalchemy import URL, Engine, create_engine, event, func, select, text
 from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
@@ -165,6 +166,21 @@ def connection_lost(exc: BaseException) -> bool:
 def async_sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Read sessions on the event loop: their sync side is a `ReadOnlySession`."""
     return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=ReadOnlySession)
+
+
+def db_now(s: Session) -> datetime:
+    """The database's clock (UTC): every lease, lock and staleness judgement is stamped and
+    judged by it, never by a host's own clock (40 s of skew between two workers let one take
+    the other's live chunks). On PostgreSQL `now()`, the start of the caller's transaction;
+    on SQLite (one host) SQLite's own reading of the time."""
+    if s.get_bind().dialect.name == "postgresql":
+        value = s.scalar(select(func.now()))
+    else:
+        value = datetime.fromisoformat(
+            str(s.scalar(select(func.strftime("%Y-%m-%d %H:%M:%f", "now"))))
+        )
+    assert isinstance(value, datetime)
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def ping(s: Session) -> None:

@@ -7,14 +7,14 @@ from datetime import datetime
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from db.models import Worker, utcnow
-from db.session import rowcount
+from db.models import Worker
+from db.session import db_now, rowcount
 
 
 def beat(s: Session, name: str, queue: str, model: str) -> None:
     """Record that worker `name` is alive and serving `queue`."""
     row = s.get(Worker, name)
-    now = utcnow()
+    now = db_now(s)
     if row is None:
         s.add(Worker(name=name, queue=queue, model=model, started_at=now, last_seen_at=now))
     else:

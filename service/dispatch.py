@@ -12,7 +12,7 @@ import logging
 from typing import TYPE_CHECKING, Protocol
 
 from db import chunks
-from db.models import utcnow
+from db.session import db_now
 
 if TYPE_CHECKING:
     from service.context import Ctx
@@ -81,7 +81,9 @@ def send(ctx: Ctx, job_id: str, queue: str, seqs: list[int]) -> bool:
         return True
     # Taken before sending: a worker may claim a chunk before dispatch() returns, and a send
     # recorded after the claim would hide the chunk from the reconciler if that worker died.
-    sent_at = utcnow()
+    # The database's clock, as the claim's.
+    with ctx.reads() as s:
+        sent_at = db_now(s)
     try:
         ctx.dispatcher.dispatch(job_id, queue, seqs)
     except Exception as exc:

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from db import chunks, workers
 from db import jobs as job_rows
-from db.models import utcnow
+from db.session import db_now
 from service import locks, pipelines, webhooks
 from service.context import Ctx
 from service.dispatch import send
@@ -57,9 +57,9 @@ def sweep_if_leader(ctx: Ctx, owner: str) -> SweepReport | None:
 def sweep(ctx: Ctx) -> SweepReport:
     """One pass over every tenant's unfinished work (the system context)."""
     settings = ctx.settings
-    now = utcnow()
     report = SweepReport()
     with ctx.tx() as s:
+        now = db_now(s)  # the database's clock judges leases, not this host's
         report.uploads_ended = job_rows.expire_uploads(s, now)
         report.jobs_ended = chunks.finish_done_jobs(s)
         report.workers_forgotten = workers.forget_stale(

@@ -10,7 +10,7 @@ from datetime import timedelta
 from pydantic import BaseModel
 
 from db import chunks, workers
-from db.models import utcnow
+from db.session import db_now
 from service.context import Ctx
 
 
@@ -33,8 +33,8 @@ def leave(ctx: Ctx, name: str) -> None:
 
 def live_queues(ctx: Ctx) -> dict[str, int]:
     """Queue -> workers seen in the last LABELQ_WORKER_STALE_AFTER seconds."""
-    seen_since = utcnow() - timedelta(seconds=ctx.settings.worker_stale_after)
     with ctx.reads() as s:
+        seen_since = db_now(s) - timedelta(seconds=ctx.settings.worker_stale_after)
         return workers.live_workers(s, seen_since)
 
 

@@ -513,3 +513,35 @@ def test_migration_0009_moves_pipelines_to_operator_names_and_keys_to_tenants(
     PipelineSpec.model_validate(definition)  # the new shape, readable by the service
     command.downgrade(alembic_config(db_url), "0008")
     upgrade(db_url)
+
+
+def test_a_host_whose_clock_runs_ahead_takes_no_live_lease(
+    factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Leases and locks are stamped and judged by the database's clock: a worker whose own
+    clock runs 90 s ahead (a 60 s lease) neither takes another worker's live chunk nor the
+    beat's live lock."""
+    import db.chunks
+    import db.jobs
+    import db.locks
+    import db.models
+    import db.workers
+    from db import locks
+
+    job, _ = _submit(factory, _items(3), chunk_size=3)
+    work = _claim(factory, job.id, 0, owner="a")
+    assert work is not None
+    with factory.begin() as s:
+        assert locks.acquire(s, "beat", "a", LEASE)
+    real = db.models.utcnow
+
+    def ahead() -> Any:
+        return real() + timedelta(seconds=90)
+
+    for module in (db.models, db.chunks, db.jobs, db.locks, db.workers):
+        monkeypatch.setattr(module, "utcnow", ahead, raising=False)
+    assert _claim(factory, job.id, 0, owner="b") is None, "a's lease is live by the database"
+    with factory.begin() as s:
+        assert chunks.renew_lease(s, work.chunk_id, "a", LEASE)
+        assert not locks.acquire(s, "beat", "b", LEASE)
+        assert locks.holder(s, "beat") == "a"
