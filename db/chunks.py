@@ -169,8 +169,10 @@ def claim_chunk(
     than `max_attempts` times fails its items with the reason instead of looping. Leases are
     stamped and judged by the database's clock."""
     now = db_now(s)
+    # The job's row first, then the chunk's, as cancel and completion take them: the opposite
+    # order deadlocked against a cancel on PostgreSQL.
+    job = s.get(Job, job_id, with_for_update=True)
     chunk = s.scalar(select(Chunk).where(Chunk.job_id == job_id, Chunk.seq == seq))
-    job = s.get(Job, job_id)
     if chunk is None or job is None:
         return None
     if chunk.state in (ChunkState.done, ChunkState.cancelled):
@@ -199,7 +201,8 @@ def claim_chunk(
         reason = chunk.last_error or "its lease expired each time: the worker died or hung"
         give_up = f"gave up after {chunk.attempts - 1} attempts: {reason}"
         failed = engine_failure(give_up)
-        _complete(s, job, chunk, {row.id: failed for row in _pending_items(s, chunk)})
+        pending = {row.id: failed for row in _pending_items(s, chunk)}
+        _complete(s, job, chunk, pending, owner=owner)
         return None
     classifier = job_classifier(s, job)
     items = [
@@ -240,14 +243,16 @@ def release_chunk(
     `retry_in` seconds. Past `max_attempts` its items fail with the error, and so does every
     chunk of the job not yet claimed, since they need the same engine. False when `owner` no
     longer held the chunk."""
+    job = get_job(s, work.job_id, tenant=None, for_update=True)  # the job's row first
     chunk = s.get(Chunk, work.chunk_id)
     if chunk is None or chunk.state != ChunkState.running or chunk.owner != work.owner:
         return False
-    job = get_job(s, work.job_id, tenant=None)
     if chunk.attempts >= max_attempts:
         message = f"gave up after {chunk.attempts} attempts: {error}"
         failed = engine_failure(message)
-        _complete(s, job, chunk, {row.id: failed for row in _pending_items(s, chunk)})
+        pending = {row.id: failed for row in _pending_items(s, chunk)}
+        if not _complete(s, job, chunk, pending, owner=work.owner):
+            return False
         others = s.scalars(
             select(Chunk).where(Chunk.job_id == job.id, Chunk.state == ChunkState.pending)
         ).all()
@@ -259,13 +264,20 @@ def release_chunk(
             not_scored = engine_failure(not_run)
             _complete(s, job, other, {r.id: not_scored for r in _pending_items(s, other)})
         return True
-    chunk.state = ChunkState.pending
-    chunk.owner = None
-    chunk.lease_expires_at = None
-    chunk.dispatched_at = None  # the reconciler sends it again once it is due
-    chunk.available_at = db_now(s) + timedelta(seconds=retry_in)
-    chunk.last_error = error
-    return True
+    handed = s.execute(
+        update(Chunk)
+        .where(_holds(chunk.id, work.owner))  # still ours when written, not only when read
+        .execution_options(synchronize_session=False)
+        .values(
+            state=ChunkState.pending,
+            owner=None,
+            lease_expires_at=None,
+            dispatched_at=None,  # the reconciler sends it again once it is due
+            available_at=db_now(s) + timedelta(seconds=retry_in),
+            last_error=error,
+        )
+    )
+    return rowcount(handed) == 1
 
 
 def _pending_items(s: Session, chunk: Chunk) -> list[JobItem]:
@@ -291,7 +303,7 @@ def complete_chunk(
 ) -> bool:
     """Write a chunk's results and count them. Nothing is written (False) unless `work.owner`
     still holds the chunk: a redelivered or taken-over chunk never writes twice."""
-    job = get_job(s, work.job_id, tenant=None)
+    job = get_job(s, work.job_id, tenant=None, for_update=True)  # the job's row first
     chunk = s.get_one(Chunk, work.chunk_id)
     return _complete(s, job, chunk, results, calibration_id, owner=work.owner)
 

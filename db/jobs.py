@@ -218,12 +218,15 @@ def rows_where_in(
     key: Any,
     values: Sequence[Any],
     *conditions: ColumnElement[bool],
+    for_update: bool = False,
 ) -> Iterator[Any]:
     """Rows of `columns` whose `key` is one of `values`, asked INSERT_BATCH values at a time
-    (a bounded IN list, whatever the number of values)."""
+    (a bounded IN list, whatever the number of values); `for_update`: locked until the
+    caller's transaction ends."""
     for start in range(0, len(values), INSERT_BATCH):
         part = list(values[start : start + INSERT_BATCH])
-        yield from s.execute(select(*columns).where(key.in_(part), *conditions))
+        query = select(*columns).where(key.in_(part), *conditions)
+        yield from s.execute(query.with_for_update() if for_update else query)
 
 
 def item_ids_by_custom_id(s: Session, job_id: str, custom_ids: Sequence[str]) -> dict[str, int]:
@@ -239,11 +242,14 @@ def item_ids_by_custom_id(s: Session, job_id: str, custom_ids: Sequence[str]) ->
 
 def set_gold_labels(s: Session, labels: dict[int, str]) -> None:
     """Gold labels by item id; a scored item is judged right or wrong and its Brier score kept.
-    A page of results at a time: a large job's result JSON is never all in memory."""
-    ids = list(labels)
+    A page of results at a time: a large job's result JSON is never all in memory. The items
+    are locked as they are read: a chunk writing its results at the same moment waits (and
+    then reads these labels), or is waited for (and its results are read here), so no item
+    ends with a label and a result but no judgement."""
+    ids = sorted(labels)  # locked in id order, as a chunk's completion locks them
     for start in range(0, len(ids), INSERT_BATCH):
         page = ids[start : start + INSERT_BATCH]
-        rows = rows_where_in(s, (JobItem.id, JobItem.result), JobItem.id, page)
+        rows = rows_where_in(s, (JobItem.id, JobItem.result), JobItem.id, page, for_update=True)
         results: dict[int, Any] = {i: result for i, result in rows}
         s.execute(
             update(JobItem),
@@ -255,8 +261,9 @@ def set_gold_labels(s: Session, labels: dict[int, str]) -> None:
 
 
 def gold_labels(s: Session, item_ids: list[int]) -> dict[int, str]:
-    """The gold labels already given for these items (labels may come before scores)."""
+    """The gold labels already given for these items (labels may come before scores), the
+    items locked until the caller's transaction ends (see `set_gold_labels`)."""
     rows = rows_where_in(
-        s, (JobItem.id, JobItem.gold_label), JobItem.id, item_ids, JobItem.gold_label.is_not(None)
+        s, (JobItem.id, JobItem.gold_label), JobItem.id, sorted(item_ids), for_update=True
     )
-    return {i: str(label) for i, label in rows}
+    return {i: str(label) for i, label in rows if label is not None}
