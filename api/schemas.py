@@ -22,6 +22,9 @@ class JobCreate(BaseModel):
     items: list[Any] = Field(description="Objects with an optional custom_id and the fields.")
     metadata: dict[str, Any] = Field(default_factory=dict)
     webhook_url: str | None = Field(None, description="POSTed a signed event when the job ends")
+    expires_after: float | None = Field(
+        None, gt=0, description="seconds to end by, else `expired` (default: the service's)"
+    )
 
 
 class JobList(BaseModel):

@@ -511,6 +511,66 @@ def finish_done_jobs(s: Session) -> list[str]:
     return ended
 
 
+def expire_jobs(s: Session, now: datetime) -> list[str]:
+    """End the jobs whose deadline passed (not while their items still arrive: the upload
+    lease governs that): what was scored stays, pending and running chunks are cancelled (a
+    running chunk's late write is refused: it no longer holds a claim), their items are
+    `cancelled`, and the job is `expired`. Returns their ids."""
+    ended = []
+    for job in s.scalars(
+        select(Job)
+        .where(Job.state.in_(UNFINISHED), Job.expires_at < now, Job.upload_expires_at.is_(None))
+        .with_for_update()
+    ):
+        open_chunks = list(
+            s.scalars(
+                select(Chunk.id).where(
+                    Chunk.job_id == job.id,
+                    Chunk.state.in_([ChunkState.pending, ChunkState.running]),
+                )
+            )
+        )
+        waited = (now - as_utc(job.created_at)).total_seconds()
+        job.state = JobState.expired  # ended first: cancelling its chunks cannot end it so
+        job.error = f"expired: not ended {waited:.0f} s after it was submitted"
+        job.finished_at = now
+        _cancel_chunks(s, job, open_chunks)
+        ended.append(job.id)
+    return ended
+
+
+def cancel_abandoned(s: Session, now: datetime) -> list[str]:
+    """End cancelling jobs whose running chunks nobody holds any more (their worker died
+    under the cancel): those chunks are cancelled, the job is `cancelled`. Returns their ids."""
+    ended = []
+    jobs = s.scalars(
+        select(Job)
+        .where(Job.state == JobState.cancelling)
+        .where(
+            exists().where(
+                Chunk.job_id == Job.id,
+                Chunk.state == ChunkState.running,
+                Chunk.lease_expires_at < now,
+            )
+        )
+        .with_for_update()
+    )
+    for job in jobs:
+        abandoned = list(
+            s.scalars(
+                select(Chunk.id).where(
+                    Chunk.job_id == job.id,
+                    Chunk.state == ChunkState.running,
+                    Chunk.lease_expires_at < now,
+                )
+            )
+        )
+        _cancel_chunks(s, job, abandoned)
+        if JobState(job.state).finished:
+            ended.append(job.id)
+    return ended
+
+
 def unfinished_queues(s: Session) -> dict[str, int]:
     """Queues with jobs not yet finished, and how many such jobs each has."""
     return {

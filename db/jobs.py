@@ -86,6 +86,7 @@ def add_job(
     webhook_url: str | None = None,
     *,
     upload_lease: float,
+    expires_after: float | None = None,
 ) -> Job:
     """A new job row of the classifier's tenant, queued, with no items yet (flushed), its
     upload held for `upload_lease` seconds (`renew_upload` keeps it while items arrive)."""
@@ -106,6 +107,7 @@ def add_job(
         chunks_total=0,
         chunks_done=0,
         upload_expires_at=db_now(s) + timedelta(seconds=upload_lease),
+        expires_at=db_now(s) + timedelta(seconds=expires_after) if expires_after else None,
     )
     s.add(job)
     s.flush()

@@ -73,7 +73,7 @@ class Base(DeclarativeBase):
 class JobState(enum.StrEnum):
     """queued -> running -> succeeded (every item has a result) | partial (some items failed,
     some have results) | failed (no item has a result, or the job could not go on); cancelling
-    -> cancelled."""
+    -> cancelled; any unended state -> expired (its deadline passed)."""
 
     queued = "queued"
     running = "running"
@@ -82,6 +82,7 @@ class JobState(enum.StrEnum):
     failed = "failed"
     cancelling = "cancelling"
     cancelled = "cancelled"
+    expired = "expired"  # not ended by its deadline: what was scored stays, the rest cancelled
 
     @property
     def finished(self) -> bool:
@@ -89,7 +90,7 @@ class JobState(enum.StrEnum):
 
 
 ENDED_STATES = frozenset(
-    {JobState.succeeded, JobState.partial, JobState.failed, JobState.cancelled}
+    {JobState.succeeded, JobState.partial, JobState.failed, JobState.cancelled, JobState.expired}
 )
 
 
@@ -170,6 +171,8 @@ class Job(Base):
     # While its items arrive, a job holds an upload lease; one that runs out (the process
     # receiving them died) fails the job (`db.jobs.expire_uploads`). None once sealed.
     upload_expires_at: Mapped[datetime | None]
+    # Its deadline: not ended by then, it ends `expired` (`db.chunks.expire_jobs`).
+    expires_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]

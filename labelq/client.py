@@ -45,7 +45,7 @@ def _upload(
 
 
 # A job's states once it has ended (`partial`: some items failed, the others have results).
-ENDED = ("succeeded", "partial", "failed", "cancelled")
+ENDED = ("succeeded", "partial", "failed", "cancelled", "expired")
 
 
 class LabelqClient:

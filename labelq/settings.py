@@ -83,6 +83,12 @@ class Settings(BaseSettings):
         gt=0,
         description="A queue with pending chunks and no claim for this long has lost its tasks.",
     )
+    job_expires_after: float = Field(
+        default=86400,
+        ge=0,
+        description="A job not ended this many seconds after it was submitted ends `expired` "
+        "with what it scored (a job may ask for its own, `expires_after`); 0: no deadline.",
+    )
     upload_lease_seconds: float = Field(
         default=300,
         gt=0,

@@ -52,6 +52,11 @@ class JobRequest(BaseModel):
     webhook_url: str | None = None
     idempotency_key: str | None = None
     chunk_size: int | None = Field(None, description="items per chunk; default LABELQ_CHUNK_SIZE")
+    expires_after: float | None = Field(
+        None,
+        gt=0,
+        description="seconds to end by, else `expired`; default LABELQ_JOB_EXPIRES_AFTER",
+    )
 
 
 @dataclass
@@ -192,6 +197,7 @@ def open_job(ctx: Ctx, request: JobRequest) -> Opened:
                 key,
                 request.webhook_url,
                 upload_lease=ctx.settings.upload_lease_seconds,
+                expires_after=request.expires_after or ctx.settings.job_expires_after or None,
             )
             return Opened(job.id, Submission(job, spec, ctx.settings))
     except IntegrityError:
@@ -222,6 +228,7 @@ def open_for(
                 metadata,
                 key,
                 upload_lease=ctx.settings.upload_lease_seconds,
+                expires_after=ctx.settings.job_expires_after or None,
             )
             return Opened(job.id, Submission(job, spec_of(classifier), ctx.settings))
     except IntegrityError:  # the same retry asked for twice at once: the other made it

@@ -95,7 +95,7 @@ def status(ctx: Ctx, job_id: str) -> JobStatus:
         job = reads.job_status_row(s, job_id, tenant=ctx.tenant)
         cancelled = (
             job_rows.count_items(s, job_id, ItemStatus.cancelled)
-            if job["state"] in (JobState.cancelling, JobState.cancelled)
+            if job["state"] in (JobState.cancelling, JobState.cancelled, JobState.expired)
             else 0
         )
         failures = job_rows.failures_by_kind(s, job_id) if job["failed"] else {}

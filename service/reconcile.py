@@ -8,7 +8,8 @@ one), needs nothing from the broker's memory:
   anything there since and none holds a live lease (the tasks were lost, e.g. with a Redis
   restart without persistence);
 - ends jobs whose chunks are all done, jobs whose upload stopped (its lease ran out: the
-  process receiving it died), and pipeline runs whose job ended;
+  process receiving it died), jobs past their deadline (`expired`), cancelling jobs whose
+  running chunks nobody holds any more, and pipeline runs whose job ended;
 - delivers due webhooks;
 - forgets workers that stopped beating.
 
@@ -38,6 +39,7 @@ class SweepReport(BaseModel):
     unsent: int = 0
     jobs_ended: list[str] = []
     uploads_ended: list[str] = []
+    jobs_expired: list[str] = []
     workers_forgotten: int = 0
     runs_ended: list[int] = []
     webhooks_delivered: int = 0
@@ -61,7 +63,8 @@ def sweep(ctx: Ctx) -> SweepReport:
     with ctx.tx() as s:
         now = db_now(s)  # the database's clock judges leases, not this host's
         report.uploads_ended = job_rows.expire_uploads(s, now)
-        report.jobs_ended = chunks.finish_done_jobs(s)
+        report.jobs_expired = chunks.expire_jobs(s, now)
+        report.jobs_ended = chunks.finish_done_jobs(s) + chunks.cancel_abandoned(s, now)
         report.workers_forgotten = workers.forget_stale(
             s, now - timedelta(seconds=10 * settings.worker_stale_after)
         )

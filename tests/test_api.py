@@ -419,3 +419,54 @@ def test_an_upload_cut_off_ends_and_gives_its_key_back(factory: Any) -> None:
             headers={"Idempotency-Key": "nightly-1"},
         ).json()
         assert again["id"] != opened.job_id and again["total"] == 1
+
+
+def test_a_job_no_worker_takes_ends_expired_at_its_deadline(factory: Any) -> None:
+    from db.models import Job
+    from service.reconcile import sweep
+
+    c, _ = make_client(factory, None)  # no worker: chunks stay queued
+    with c:
+        c.post("/v1/classifiers", json=SPEC)
+        items = [{"custom_id": f"k{i}", "text": "x"} for i in range(5)]
+        body = {"classifier": "api-test", "items": items, "expires_after": 3600}
+        job = c.post("/v1/jobs", json=body).json()
+        ctx = Ctx.system(c.app.state.labelq.services)
+        assert sweep(ctx).jobs_expired == []
+        with factory.begin() as s:
+            row = s.get_one(Job, job["id"])
+            assert row.expires_at is not None  # an hour from its submission
+            row.expires_at = utcnow() - timedelta(seconds=1)
+        assert sweep(ctx).jobs_expired == [job["id"]]
+        ended = c.get(f"/v1/jobs/{job['id']}").json()
+        assert (ended["state"], ended["cancelled"]) == ("expired", 5)
+        assert ended["error"].startswith("expired: not ended")
+        rows = c.get(f"/v1/jobs/{job['id']}/results").json()["data"]
+        assert {r["status"] for r in rows} == {"cancelled"}
+        assert sweep(ctx).jobs_expired == []
+
+
+def test_a_cancel_whose_worker_died_ends(factory: Any) -> None:
+    """Cancelled while a worker scores a chunk, then that worker dies: nobody holds the
+    chunk, and the job still ends `cancelled` once the lease ran out."""
+    from db import chunks
+    from db.models import Chunk
+    from service.reconcile import sweep
+
+    c, _ = make_client(factory, None)
+    with c:
+        c.post("/v1/classifiers", json=SPEC)
+        items = [{"text": f"t{i}"} for i in range(6)]  # chunks of 4 and 2
+        job = c.post("/v1/jobs", json={"classifier": "api-test", "items": items}).json()
+        with factory.begin() as s:
+            work = chunks.claim_chunk(s, job["id"], 0, "dies", lease_seconds=60, max_attempts=3)
+        assert work is not None
+        assert c.post(f"/v1/jobs/{job['id']}/cancel").json()["state"] == "cancelling"
+        ctx = Ctx.system(c.app.state.labelq.services)
+        sweep(ctx)
+        assert c.get(f"/v1/jobs/{job['id']}").json()["state"] == "cancelling"  # lease live
+        with factory.begin() as s:
+            s.get_one(Chunk, work.chunk_id).lease_expires_at = utcnow() - timedelta(seconds=1)
+        assert job["id"] in sweep(ctx).jobs_ended
+        ended = c.get(f"/v1/jobs/{job['id']}").json()
+        assert (ended["state"], ended["cancelled"]) == ("cancelled", 6)

@@ -100,6 +100,9 @@ async def create_job(
     classifier: str | None = Query(None, description="with a JSONL body: the classifier name"),
     version: int | None = Query(None, description="with a JSONL body: the classifier version"),
     webhook_url: str | None = Query(None, description="with a JSONL body: notified at the end"),
+    expires_after: float | None = Query(
+        None, gt=0, description="with a JSONL body: seconds to end by, else `expired`"
+    ),
     idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=200),
 ) -> Response:
     """Submit a job. JSON: `{"classifier", "version"?, "items", "metadata"?}`. JSONL: one item per
@@ -111,7 +114,12 @@ async def create_job(
     if _media_type(request) in JSONL_TYPES:
         if not classifier:
             raise InputError("a JSONL upload needs ?classifier=NAME", field="classifier")
-        wanted = ingest.JobRequest(classifier=classifier, version=version, webhook_url=webhook_url)
+        wanted = ingest.JobRequest(
+            classifier=classifier,
+            version=version,
+            webhook_url=webhook_url,
+            expires_after=expires_after,
+        )
         entries = _jsonl_entries(request, settings.max_line_bytes, settings.max_json_depth)
     else:
         raw = await capped_body(
@@ -130,6 +138,7 @@ async def create_job(
             version=body.version,
             metadata=body.metadata,
             webhook_url=body.webhook_url,
+            expires_after=body.expires_after,
         )
         entries = _json_entries(body.items)
     wanted.idempotency_key = idempotency_key
