@@ -95,6 +95,16 @@ class Settings(BaseSettings):
         description="A job being uploaded (or a retry being ingested) holds a lease, renewed as "
         "its items arrive; past it the job fails: upload interrupted.",
     )
+    score_timeout: float = Field(
+        default=5,
+        gt=0,
+        description="Seconds one engine call may take per item it scores (at least "
+        "LABELQ_SCORE_TIMEOUT_FLOOR): past it the engine is taken as hung, killed and "
+        "restarted, and the chunk handed back.",
+    )
+    score_timeout_floor: float = Field(
+        default=120, gt=0, description="The least time an engine call is given."
+    )
     engine_retry_backoff: float = Field(
         default=10, ge=0, description="First wait before a chunk whose engine failed is retried."
     )

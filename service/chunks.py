@@ -14,10 +14,13 @@ wrong ends somewhere:
 from __future__ import annotations
 
 import logging
+import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar, cast
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
@@ -26,11 +29,13 @@ from db import chunks
 from db.calibrations import active_calibration
 from db.chunks import ChunkWork, ItemOutcome
 from labelq.scoring import Item, ItemError, ItemResult, ScoredItem, Scorer
+from labelq.settings import Settings
 from labelq.spec import ClassifierSpec
 from service.calibrations import under
 from service.context import Ctx
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ScorerFor = Callable[[str], Scorer]
 
@@ -47,9 +52,95 @@ class EngineFailure(Exception):
     """The engine failed whatever it was given: not any item's fault."""
 
 
+class BatchScorer(Protocol):
+    def score_batch(self, spec: ClassifierSpec, items: Sequence[Item]) -> list[ScoredItem]: ...
+
+
 # The engine a batch is scored on, after `restart()` a fresh one (an engine that failed may be
 # dead for good: vLLM's EngineCore raises EngineDeadError on every call after it died).
-Engine = Callable[[], Scorer]
+Engine = Callable[[], BatchScorer]
+
+
+class Progress:
+    """Whether a chunk's work is moving: the engine call under way (since when, and for how
+    long it may take). The lease keeper stops renewing once a call overstays its time by
+    `grace` (the watchdog that should have ended it did not), so another worker may take the
+    chunk."""
+
+    def __init__(self, grace: float):
+        self.grace = grace
+        self._since = time.monotonic()
+        self._allowed: float | None = None
+
+    def begin(self, allowed: float) -> None:
+        self._since, self._allowed = time.monotonic(), allowed
+
+    def end(self) -> None:
+        self._since, self._allowed = time.monotonic(), None
+
+    def stalled(self) -> bool:
+        if self._allowed is None:
+            return False
+        return time.monotonic() - self._since > self._allowed + self.grace
+
+
+class _Hung(Exception):
+    pass
+
+
+def _within(call: Callable[[], T], seconds: float) -> T:
+    """`call()` in a thread of its own, given `seconds`: past them `_Hung` (the thread is
+    left to its fate: a wedged engine call returns only when its engine is killed)."""
+    box: queue.Queue[tuple[bool, Any]] = queue.Queue(1)
+
+    def run() -> None:
+        try:
+            box.put((True, call()))
+        except BaseException as exc:
+            box.put((False, exc))
+
+    threading.Thread(target=run, name="labelq-engine-call", daemon=True).start()
+    try:
+        ok, value = box.get(timeout=seconds)
+    except queue.Empty:
+        raise _Hung from None
+    if ok:
+        return cast(T, value)
+    raise value
+
+
+class Watched:
+    """A scorer whose every call has a deadline, `LABELQ_SCORE_TIMEOUT` per item (at least
+    `LABELQ_SCORE_TIMEOUT_FLOOR`): an engine past it is taken as hung (a wedged GPU, a stopped
+    engine core), killed by `on_hang`, and the call fails as the engine's fault."""
+
+    def __init__(
+        self,
+        scorer: BatchScorer,
+        settings: Settings,
+        progress: Progress,
+        on_hang: Callable[[], None],
+    ):
+        self.scorer, self.settings, self.progress, self.on_hang = (
+            scorer,
+            settings,
+            progress,
+            on_hang,
+        )
+
+    def score_batch(self, spec: ClassifierSpec, items: Sequence[Item]) -> list[ScoredItem]:
+        seconds = max(self.settings.score_timeout_floor, self.settings.score_timeout * len(items))
+        self.progress.begin(seconds)
+        try:
+            return _within(lambda: self.scorer.score_batch(spec, items), seconds)
+        except _Hung:
+            log.error("the engine did not answer within %g s: killing it", seconds)
+            self.on_hang()
+            raise EngineFailure(
+                f"the engine did not answer within {seconds:g} s: it was killed and restarts"
+            ) from None
+        finally:
+            self.progress.end()
 
 
 def score_items(
@@ -61,6 +152,8 @@ def score_items(
     When every item fails alone, the fault is the engine's, not theirs: `EngineFailure`."""
     try:
         return engine().score_batch(spec, items)
+    except EngineFailure:
+        raise  # the engine hung or does not load: no item is at fault
     except Exception as batch_error:
         log.warning(
             "a batch of %d failed (%s: %s); finding the items at fault",
@@ -121,8 +214,11 @@ class LeaseKeeper:
     """Renews a claimed chunk's lease every third of its length until stopped. A renewal that
     fails (database away) is retried at the next beat; a lost claim is logged."""
 
-    def __init__(self, ctx: Ctx, work: ChunkWork, lease_seconds: float):
+    def __init__(
+        self, ctx: Ctx, work: ChunkWork, lease_seconds: float, progress: Progress | None = None
+    ):
         self.ctx, self.work, self.lease = ctx, work, lease_seconds
+        self.progress = progress
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"lease-{work.chunk_id}", daemon=True
@@ -138,6 +234,13 @@ class LeaseKeeper:
 
     def _run(self) -> None:
         while not self._stop.wait(self.lease / 3):
+            if self.progress is not None and self.progress.stalled():
+                log.error(
+                    "chunk %s/%d: no progress, its lease is let go (another worker takes it)",
+                    self.work.job_id,
+                    self.work.seq,
+                )
+                return
             try:
                 with self.ctx.tx() as s:
                     held = chunks.renew_lease(s, self.work.chunk_id, self.work.owner, self.lease)
@@ -161,6 +264,8 @@ class ChunkRunner:
     scorer_for: ScorerFor
     name: str
     discard: Callable[[str], None] | None = None
+    # Kills an engine of a model that stopped answering (default: `discard` the model's).
+    kill: Callable[[str, Scorer], None] | None = None
     calibrate: bool = True
 
     def run(self, job_id: str, seq: int) -> bool:
@@ -179,23 +284,32 @@ class ChunkRunner:
             )
         if work is None:
             return False
-        with LeaseKeeper(self.ctx, work, s.lease_seconds):
+        progress = Progress(grace=s.lease_seconds)
+        with LeaseKeeper(self.ctx, work, s.lease_seconds, progress):
             try:
-                scored = self._score(work)
+                scored = self._score(work, progress)
             except EngineFailure as exc:
                 self._hand_back(work, str(exc))
                 return False
         return self._write(work, scored)
 
-    def _score(self, work: ChunkWork) -> list[ScoredItem]:
+    def _score(self, work: ChunkWork, progress: Progress) -> list[ScoredItem]:
         if not work.items:
             return []
 
-        def engine() -> Scorer:
+        def engine() -> BatchScorer:
             try:
-                return self.scorer_for(work.model)
+                scorer = self.scorer_for(work.model)
             except Exception as exc:
                 raise EngineFailure(f"model {work.model} could not be loaded: {exc}") from exc
+
+            def hung() -> None:  # that engine, not whichever the model has by then
+                if self.kill is not None:
+                    self.kill(work.model, scorer)
+                elif self.discard is not None:
+                    self.discard(work.model)
+
+            return Watched(scorer, self.ctx.settings, progress, hung)
 
         def restart() -> None:
             if self.discard is not None:

@@ -232,3 +232,49 @@ def test_an_api_process_reads_live_workers_at_most_once_a_second(factory: Factor
     assert jobs.status(ctx, job_id).warnings
     now[0] = 1.0
     assert jobs.status(ctx, job_id).warnings == []
+
+
+def test_a_hung_engine_is_killed_and_its_chunk_scored_again(factory: Factory) -> None:
+    """An engine call that never returns (a wedged GPU, a stopped engine core) has a deadline
+    (LABELQ_SCORE_TIMEOUT per item, at least the floor): past it the engine is killed, the
+    chunk handed back, and scored on the next try by a new engine."""
+    settings = _settings(score_timeout=0.05, score_timeout_floor=0.5, engine_retry_backoff=0)
+    job_id = _job(factory, ["fine", "stuck here", "fine too"], settings)
+    engines = Engines(hang="stuck")
+    killed: list[str] = []
+
+    def kill(model: str, _: Scorer) -> None:
+        killed.append(model)
+        engines.made[-1].released.set()  # what killing its processes does to the call
+        engines.faults = {}  # the next engine answers
+        engines.discard(model)
+
+    runner = _runner(factory, settings, engines.scorer_for, discard=engines.discard, kill=kill)
+    start = time.monotonic()
+    assert not runner.run(job_id, 0)
+    assert time.monotonic() - start < 10
+    assert killed == ["fake"]
+    with factory() as s:
+        chunk = s.scalars(select(Chunk).where(Chunk.job_id == job_id)).one()
+        assert chunk.state == "pending" and "did not answer within 0.5 s" in (
+            chunk.last_error or ""
+        )
+    _make_due(factory)
+    assert runner.run(job_id, 0)
+    status = _status(factory, job_id, settings)
+    assert (status.state, status.succeeded, status.failed) == ("succeeded", 3, 0)
+
+
+def test_a_stalled_chunk_lets_its_lease_go() -> None:
+    """Past its engine call's time and a lease more, the lease keeper stops renewing: if the
+    watchdog itself is stuck, another worker still gets the chunk."""
+    from service.chunks import Progress
+
+    progress = Progress(grace=0.1)
+    assert not progress.stalled()
+    progress.begin(0.1)
+    assert not progress.stalled()
+    time.sleep(0.25)
+    assert progress.stalled()
+    progress.end()
+    assert not progress.stalled(), "between engine calls (a model loading) is not a stall"

@@ -46,6 +46,10 @@ TIMERS = {
     "LABELQ_WORKER_STALE_AFTER": "10",
     "LABELQ_ENGINE_RETRY_BACKOFF": "1",
     "LABELQ_BEAT_LOCK_SECONDS": "6",
+    # An engine call's deadline: a quarter second an item, at least 20 s (a call of 64 items
+    # here takes under a second).
+    "LABELQ_SCORE_TIMEOUT": "0.25",
+    "LABELQ_SCORE_TIMEOUT_FLOOR": "20",
 }
 
 
@@ -417,6 +421,32 @@ def test_a_job_with_no_worker_says_so(service: dict[str, Any]) -> None:
     assert 'labelq_queue_unfinished_jobs{queue="labelq.none.' in metrics
     assert 'served="no"} 1.0' in metrics
     client.cancel(job["id"])
+
+
+def test_a_wedged_engine_is_killed_and_the_job_still_ends(
+    service: dict[str, Any], tmp_path: Path
+) -> None:
+    """SIGSTOP to the worker's `VLLM::EngineCore` mid-job: its engine call never returns (a
+    wedged GPU or engine core). Past the call's deadline the worker kills that engine, hands
+    the chunk back and loads a new one; the job ends `succeeded`, every item exactly once,
+    and no stopped process is left."""
+    import psutil
+
+    client = service["client"]
+    _sst2_jsonl(tmp_path / "a.jsonl", 1500)
+    job = client.submit_jsonl(tmp_path / "a.jsonl", "e2e")
+    _wait_for(_started(client, job["id"]), 300, "the first chunk")
+    engine = _engine_processes(service["worker"].pid)
+    cores = [p for p in engine if "EngineCore" in " ".join(psutil.Process(p).cmdline())]
+    assert cores, "the worker's engine core runs in a process of its own"
+    for pid in cores:
+        os.kill(pid, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    final = client.wait(job["id"], timeout=900)
+    assert (final["state"], final["succeeded"], final["failed"]) == ("succeeded", 1500, 0)
+    _exactly_once(client, job["id"], 1500)
+    assert not _alive(engine), f"left behind: {_alive(engine)}"
+    print(f"\nSIGSTOP of the engine core: job done {time.monotonic() - stopped_at:.1f} s after it")
 
 
 def test_sigterm_to_the_worker_stops_its_engine(service: dict[str, Any], tmp_path: Path) -> None:

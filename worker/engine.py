@@ -55,6 +55,18 @@ class Engines:
             except Exception as exc:
                 log.warning("stopping the failed engine of %s: %s", model, exc)
 
+    def kill(self, model: str, scorer: Scorer) -> None:
+        """Kill an engine of `model` that stopped answering (no shutdown: it would not answer
+        that either), and forget it if it is still the model's: the next use loads a new one.
+        Only that engine: a call that timed out waiting behind a hung one must not kill the
+        new engine loaded since."""
+        with self._lock:
+            if self._scorers.get(model) is scorer:
+                del self._scorers[model]
+        if isinstance(scorer, SerialScorer):
+            log.error("killing an engine of %s: it stopped answering", model)
+            scorer.vllm.kill()
+
     def close(self) -> None:
         """Stop every engine (before the process exits: see vllm-on-cpu notes)."""
         with self._lock:

@@ -92,7 +92,11 @@ class WorkerRuntime:
         self.name = name or worker_name()
         self.engines = Engines(self.settings)
         self.runner = ChunkRunner(
-            self.ctx, self.engines.scorer_for, self.name, discard=self.engines.discard
+            self.ctx,
+            self.engines.scorer_for,
+            self.name,
+            discard=self.engines.discard,
+            kill=self.engines.kill,
         )
         self.heartbeat = Heartbeat(
             self.ctx, self.name, self.queue, model, self.settings.worker_heartbeat

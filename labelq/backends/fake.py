@@ -8,12 +8,13 @@ bytes (no merges), built in milliseconds, so prompts go through labelq's own tok
 
 Faults can be injected: `fail_marker` makes any request whose prompt contains that text raise
 (an item's fault), `poison` makes such a request kill the engine, so that every later call
-raises too until a new one is made (as vLLM's EngineCore does: EngineDeadError), `down` makes
-every call raise (the engine's fault).
+raises too until a new one is made (as vLLM's EngineCore does: EngineDeadError), `hang` makes
+it never answer (a wedged engine), `down` makes every call raise (the engine's fault).
 """
 
 from __future__ import annotations
 
+import threading
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -47,12 +48,15 @@ class FakeBackend:
         max_model_len: int | None = 4096,
         fail_marker: str | None = None,
         poison: str | None = None,
+        hang: str | None = None,
         down: bool = False,
     ):
         self._tokenizer = byte_tokenizer()
         self._max_model_len = max_model_len
         self.fail_marker = fail_marker
         self.poison = poison
+        self.hang = hang
+        self.released = threading.Event()  # set it to let a hung call go on
         self.down = down
         self.dead = False
         self.calls = 0
@@ -79,6 +83,9 @@ class FakeBackend:
             if self.poison is not None and self.poison in prompt_text:
                 self.dead = True
                 raise RuntimeError("fake engine core died on this prompt")
+            if self.hang is not None and self.hang in prompt_text:
+                self.released.wait(timeout=60)  # a wedged engine: no answer
+                raise RuntimeError("fake engine was killed while it hung")
             out.append(
                 [self._completion(request.prompt, prompt_text, c) for c in request.completions]
             )

@@ -63,6 +63,21 @@ def children_now() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
+def kill_tree(pids: Sequence[int]) -> None:
+    """SIGKILL these processes (if they are still the ones started) and their descendants."""
+    try:
+        import psutil
+    except ImportError:
+        return
+    processes: list[object] = []
+    for pid in pids:
+        try:
+            processes.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            continue
+    _kill_tree(processes)
+
+
 def _kill_tree(processes: list[object]) -> None:
     import psutil
 

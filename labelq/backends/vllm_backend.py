@@ -56,6 +56,7 @@ class VllmBackend:
         self._llm: Any = None
         self._tokenizer: Any = None
         self._reaper: subprocess.Popen[bytes] | None = None
+        self._engine_pids: list[int] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
@@ -85,7 +86,8 @@ class VllmBackend:
             before = reaper.children_now()
             self._llm = LLM(**kwargs)
             # If this process dies without close() (SIGKILL, OOM), the engine processes die too.
-            self._reaper = reaper.watch(reaper.new_children(before))
+            self._engine_pids = reaper.new_children(before)
+            self._reaper = reaper.watch(self._engine_pids)
             log.info(
                 "loaded model %s in %s (%s) in %.1f s",
                 self.model,
@@ -110,6 +112,18 @@ class VllmBackend:
                     self._reaper.kill()
                     self._reaper.wait(timeout=5)
                     self._reaper = None
+
+    def kill(self) -> None:
+        """Kill the engine's processes outright (SIGKILL: it reaches a stopped or wedged
+        process too) and forget the engine, without asking it to shut down: it does not
+        answer. The next use loads a new one."""
+        reaper.kill_tree(self._engine_pids)
+        self._engine_pids = []
+        self._llm = None
+        if self._reaper is not None:
+            self._reaper.kill()
+            self._reaper.wait(timeout=5)
+            self._reaper = None
 
     def _check_path(self) -> None:
         looks_local = self.model.startswith((os.sep, ".", "~"))
