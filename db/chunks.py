@@ -9,12 +9,23 @@ here commits: the use case that calls these functions owns the transaction.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, Select, and_, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Subquery,
+    and_,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from db.classifiers import spec_of
@@ -431,13 +442,23 @@ def _unfinished_chunks() -> Select[str, str, int]:
     )
 
 
-def chunks_to_send(s: Session, now: datetime, stalled_before: datetime) -> list[ChunkRef]:
-    """Claimable chunks whose task is missing or presumed lost:
+def chunks_to_send(
+    s: Session, now: datetime, stalled_before: datetime, *, served: Collection[str]
+) -> list[ChunkRef]:
+    """Claimable chunks whose task is missing or presumed lost, each at most once a stall
+    period (`stalled_before` is now less LABELQ_STALL_AFTER), so the backlog is never
+    multiplied:
     - never sent, or handed back after an engine failure and now due;
     - running under an expired lease, not sent again since it was claimed (or sent, and
       still unclaimed a stall period later);
+    - pending, sent before `stalled_before`, and overtaken: a chunk of its queue sent after it
+      was claimed (from that send) before `stalled_before`. The broker hands a queue's tasks
+      out in the order they were sent, so a task the queue went past a stall period ago is
+      lost, however busy the queue is with other jobs;
     - pending, sent before `stalled_before`, in a queue that made no progress since then (no
-      live lease, no claim): its task was lost with the broker's memory."""
+      live lease, no claim) although a worker in `served` serves it: its tasks were lost with
+      the broker's memory. A queue no worker serves is left alone (its tasks wait in the
+      broker for one), so it gets no copies, however long it waits."""
     due = or_(Chunk.available_at.is_(None), Chunk.available_at <= now)
     never_sent = and_(Chunk.state == ChunkState.pending, Chunk.dispatched_at.is_(None), due)
     expired = and_(
@@ -451,28 +472,49 @@ def chunks_to_send(s: Session, now: datetime, stalled_before: datetime) -> list[
             Chunk.dispatched_at < stalled_before,
         ),
     )
-    out = [
-        ChunkRef(job_id, queue, seq)
-        for job_id, queue, seq in s.execute(
-            _unfinished_chunks().where(or_(never_sent, expired)).order_by(Job.created_at, Chunk.seq)
-        )
-    ]
-    stalled = stalled_queues(s, now, stalled_before)
+    waiting = and_(Chunk.state == ChunkState.pending, Chunk.dispatched_at < stalled_before, due)
+    passed = _queues_passed(stalled_before)
+    overtaken = and_(waiting, Chunk.dispatched_at < passed.c.sent)
+    found = s.execute(
+        _unfinished_chunks()
+        .outerjoin(passed, passed.c.queue == Job.queue)
+        .where(or_(never_sent, expired, overtaken))
+        .order_by(Job.created_at, Chunk.seq)
+    )
+    out = [ChunkRef(job_id, queue, seq) for job_id, queue, seq in found]
+    stalled = [q for q in stalled_queues(s, now, stalled_before) if q in served]
     if stalled:
+        have = set(out)
         out += [
-            ChunkRef(job_id, queue, seq)
-            for job_id, queue, seq in s.execute(
-                _unfinished_chunks()
-                .where(
-                    Job.queue.in_(stalled),
-                    Chunk.state == ChunkState.pending,
-                    Chunk.dispatched_at < stalled_before,
-                    due,
+            ref
+            for ref in (
+                ChunkRef(job_id, queue, seq)
+                for job_id, queue, seq in s.execute(
+                    _unfinished_chunks()
+                    .where(Job.queue.in_(stalled), waiting)
+                    .order_by(Job.created_at, Chunk.seq)
                 )
-                .order_by(Job.created_at, Chunk.seq)
             )
+            if ref not in have
         ]
     return out
+
+
+def _queues_passed(before: datetime) -> Subquery:
+    """Per queue, the latest send of a chunk of an unfinished job that was claimed from that
+    send (or a later one) before `before`: every task of the queue sent earlier has been
+    handed out by then."""
+    return (
+        select(Job.queue.label("queue"), func.max(Chunk.dispatched_at).label("sent"))
+        .join(Chunk, Chunk.job_id == Job.id)
+        .where(
+            Job.state.in_(UNFINISHED),
+            Chunk.claimed_at >= Chunk.dispatched_at,
+            Chunk.claimed_at < before,
+        )
+        .group_by(Job.queue)
+        .subquery()
+    )
 
 
 def stalled_queues(s: Session, now: datetime, since: datetime) -> list[str]:

@@ -81,7 +81,9 @@ class Settings(BaseSettings):
     stall_after: float = Field(
         default=120,
         gt=0,
-        description="A queue with pending chunks and no claim for this long has lost its tasks.",
+        description="A pending chunk its queue went past this long ago, or a served queue "
+        "with no claim for this long, has lost its tasks: they are sent again, at most once "
+        "this period.",
     )
     job_expires_after: float = Field(
         default=86400,

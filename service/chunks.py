@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, cast
 
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -84,6 +84,33 @@ class Progress:
         return time.monotonic() - self._since > self._allowed + self.grace
 
 
+class Health:
+    """Whether this worker's engine answers. Down from the moment an engine call overstays
+    its deadline (the engine is killed and restarts) until a batch is scored again; the
+    heartbeat reports the worker gone meanwhile, so `/readyz`, a job's status and the
+    reconciler see its queue unserved instead of healthy."""
+
+    def __init__(self) -> None:
+        self.trouble: str | None = None
+        self._listeners: list[Callable[[], None]] = []
+
+    def listen(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def down(self, why: str) -> None:
+        self.trouble = why
+        self._tell()
+
+    def up(self) -> None:
+        if self.trouble is not None:
+            self.trouble = None
+            self._tell()
+
+    def _tell(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+
 class _Hung(Exception):
     pass
 
@@ -120,27 +147,27 @@ class Watched:
         settings: Settings,
         progress: Progress,
         on_hang: Callable[[], None],
+        health: Health,
     ):
-        self.scorer, self.settings, self.progress, self.on_hang = (
-            scorer,
-            settings,
-            progress,
-            on_hang,
-        )
+        self.scorer, self.settings, self.progress = scorer, settings, progress
+        self.on_hang, self.health = on_hang, health
 
     def score_batch(self, spec: ClassifierSpec, items: Sequence[Item]) -> list[ScoredItem]:
         seconds = max(self.settings.score_timeout_floor, self.settings.score_timeout * len(items))
         self.progress.begin(seconds)
         try:
-            return _within(lambda: self.scorer.score_batch(spec, items), seconds)
+            scored = _within(lambda: self.scorer.score_batch(spec, items), seconds)
         except _Hung:
             log.error("the engine did not answer within %g s: killing it", seconds)
+            self.health.down(f"the engine did not answer within {seconds:g} s: restarting")
             self.on_hang()
             raise EngineFailure(
                 f"the engine did not answer within {seconds:g} s: it was killed and restarts"
             ) from None
         finally:
             self.progress.end()
+        self.health.up()
+        return scored
 
 
 def score_items(
@@ -267,6 +294,7 @@ class ChunkRunner:
     # Kills an engine of a model that stopped answering (default: `discard` the model's).
     kill: Callable[[str, Scorer], None] | None = None
     calibrate: bool = True
+    health: Health = field(default_factory=Health)
 
     def run(self, job_id: str, seq: int) -> bool:
         """Score chunk `seq` of a job; False when there was nothing to write (done, cancelled,
@@ -309,7 +337,7 @@ class ChunkRunner:
                 elif self.discard is not None:
                     self.discard(work.model)
 
-            return Watched(scorer, self.ctx.settings, progress, hung)
+            return Watched(scorer, self.ctx.settings, progress, hung, self.health)
 
         def restart() -> None:
             if self.discard is not None:

@@ -4,9 +4,10 @@ One sweep, run periodically (Celery beat in the distributed set-up, a thread in 
 one), needs nothing from the broker's memory:
 - sends chunks that have no task: never sent (the broker was down at submission), handed back
   after an engine failure and now due, or running under a lease that expired (their worker died);
-- re-sends pending chunks of a queue that stalled: sent long ago, yet no worker has claimed
-  anything there since and none holds a live lease (the tasks were lost, e.g. with a Redis
-  restart without persistence);
+- re-sends a pending chunk whose task is lost: its queue went past it (a chunk sent after it
+  was claimed a stall period ago), or the queue stalled although a worker serves it (nothing
+  claimed, no live lease: the tasks were lost, e.g. with a Redis restart without
+  persistence); each chunk at most once a stall period, and none to a queue no worker serves;
 - ends jobs whose chunks are all done, jobs whose upload stopped (its lease ran out: the
   process receiving it died), jobs past their deadline (`expired`), cancelling jobs whose
   running chunks nobody holds any more, and pipeline runs whose job ended;
@@ -68,7 +69,9 @@ def sweep(ctx: Ctx) -> SweepReport:
         report.workers_forgotten = workers.forget_stale(
             s, now - timedelta(seconds=10 * settings.worker_stale_after)
         )
-        due = chunks.chunks_to_send(s, now, now - timedelta(seconds=settings.stall_after))
+        served = workers.live_workers(s, now - timedelta(seconds=settings.worker_stale_after))
+        stalled_before = now - timedelta(seconds=settings.stall_after)
+        due = chunks.chunks_to_send(s, now, stalled_before, served=served)
     by_job: dict[tuple[str, str], list[int]] = defaultdict(list)
     for ref in due:
         by_job[(ref.job_id, ref.queue)].append(ref.seq)

@@ -16,7 +16,7 @@ from labelq.backends.fake import FakeBackend
 from labelq.scoring import Item, Scorer
 from labelq.settings import Settings
 from labelq.spec import parse_spec
-from service import ingest, jobs
+from service import ingest, jobs, workers
 from service.chunks import ChunkRunner, EngineFailure, LeaseKeeper, score_items
 from service.dispatch import queue_for
 from service.reconcile import sweep
@@ -254,6 +254,7 @@ def test_a_hung_engine_is_killed_and_its_chunk_scored_again(factory: Factory) ->
     assert not runner.run(job_id, 0)
     assert time.monotonic() - start < 10
     assert killed == ["fake"]
+    assert "did not answer" in (runner.health.trouble or "")  # the queue is told: no service
     with factory() as s:
         chunk = s.scalars(select(Chunk).where(Chunk.job_id == job_id)).one()
         assert chunk.state == "pending" and "did not answer within 0.5 s" in (
@@ -261,6 +262,7 @@ def test_a_hung_engine_is_killed_and_its_chunk_scored_again(factory: Factory) ->
         )
     _make_due(factory)
     assert runner.run(job_id, 0)
+    assert runner.health.trouble is None  # a new engine scored: served again
     status = _status(factory, job_id, settings)
     assert (status.state, status.succeeded, status.failed) == ("succeeded", 3, 0)
 
@@ -278,3 +280,37 @@ def test_a_stalled_chunk_lets_its_lease_go() -> None:
     assert progress.stalled()
     progress.end()
     assert not progress.stalled(), "between engine calls (a model loading) is not a stall"
+
+
+def test_a_worker_whose_engine_is_down_leaves_the_worker_list_until_it_scores_again(
+    factory: Factory,
+) -> None:
+    """While its engine is killed and restarting, a worker's queue must not look served (for
+    /readyz, a job's status and the reconciler): its heartbeat leaves at once, not a stale
+    period later, and beats again once the engine is back."""
+    from service.chunks import Health
+    from worker.runtime import Heartbeat
+
+    ctx = system(factory, _settings())
+    health = Health()
+    beat = Heartbeat(ctx, "w1", "q1", "fake", interval=3600, health=health)
+
+    def served() -> list[int]:
+        return [q.live_workers for q in workers.queues(ctx) if q.queue == "q1"]
+
+    def soon(expected: list[int]) -> bool:
+        deadline = time.monotonic() + 5
+        while served() != expected and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return served() == expected
+
+    beat.start()
+    try:
+        assert served() == [1]
+        health.down("the engine did not answer within 120 s: restarting")
+        assert soon([])
+        health.up()
+        assert soon([1])
+    finally:
+        beat.stop()
+    assert served() == []

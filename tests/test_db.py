@@ -212,12 +212,16 @@ def test_engine_failure_hands_back_then_fails_the_job(factory: Factory) -> None:
     # Handed back, not due yet: not claimable, and the reconciler does not send it.
     assert _claim(factory, job.id, 0, attempts=2) is None
     with factory() as s:
-        due = chunks.chunks_to_send(s, utcnow(), utcnow() - timedelta(seconds=120))
+        due = chunks.chunks_to_send(
+            s, utcnow(), utcnow() - timedelta(seconds=120), served=[job.queue]
+        )
     assert (job.id, 0) not in {(r.job_id, r.seq) for r in due}
     with factory.begin() as s:
         s.execute(update(Chunk).values(available_at=utcnow() - timedelta(seconds=1)))
     with factory() as s:
-        due = chunks.chunks_to_send(s, utcnow(), utcnow() - timedelta(seconds=120))
+        due = chunks.chunks_to_send(
+            s, utcnow(), utcnow() - timedelta(seconds=120), served=[job.queue]
+        )
     assert (job.id, 0) in {(r.job_id, r.seq) for r in due}
     work = _claim(factory, job.id, 0, attempts=2)
     assert work is not None and work.attempt == 2
@@ -239,26 +243,112 @@ def test_reconciler_sends_what_has_no_task(factory: Factory) -> None:
     now = utcnow()
     stalled_before = now - timedelta(seconds=120)
     with factory() as s:
-        assert chunks.chunks_to_send(s, now, stalled_before) == []  # all three were just sent
+        assert (
+            chunks.chunks_to_send(s, now, stalled_before, served=[job.queue]) == []
+        )  # all three were just sent
     # The broker lost the tasks: nothing is claimed; once the queue stalls, all are re-sent.
     with factory() as s:
         later = now + timedelta(seconds=121)
-        refs = chunks.chunks_to_send(s, later, later - timedelta(seconds=120))
+        refs = chunks.chunks_to_send(s, later, later - timedelta(seconds=120), served=[job.queue])
     assert [r.seq for r in refs] == [0, 1, 2]
     # A live lease on the queue means it is not stalled.
     assert _claim(factory, job.id, 0) is not None
     with factory() as s:
         later = utcnow() + timedelta(seconds=1)
-        assert chunks.chunks_to_send(s, later, later + timedelta(seconds=1)) == []
+        assert (
+            chunks.chunks_to_send(s, later, later + timedelta(seconds=1), served=[job.queue]) == []
+        )
     # Its worker dies: once the lease expires the chunk is sent again, once.
     _expire_leases(factory, job.id)
     with factory() as s:
-        refs = chunks.chunks_to_send(s, utcnow(), utcnow() - timedelta(seconds=120))
+        refs = chunks.chunks_to_send(
+            s, utcnow(), utcnow() - timedelta(seconds=120), served=[job.queue]
+        )
     assert [r.seq for r in refs] == [0]
     with factory.begin() as s:
         chunks.mark_dispatched(s, job.id, [0], utcnow())
     with factory() as s:
-        assert chunks.chunks_to_send(s, utcnow(), utcnow() - timedelta(seconds=120)) == []
+        assert (
+            chunks.chunks_to_send(
+                s, utcnow(), utcnow() - timedelta(seconds=120), served=[job.queue]
+            )
+            == []
+        )
+
+
+def test_a_queue_no_worker_serves_gets_no_copies_and_a_served_one_one_a_period(
+    factory: Factory,
+) -> None:
+    """Tasks lost on a queue with no claims: re-sent only when a worker serves the queue, and
+    then once a stall period, never the whole backlog every period."""
+    job, _ = _submit(factory, _items(9), chunk_size=3)
+    sent = 0
+    for period in range(1, 6):  # five stall periods with nobody serving the queue
+        at = utcnow() + timedelta(seconds=121 * period)
+        with factory() as s:
+            sent += len(chunks.chunks_to_send(s, at, at - timedelta(seconds=120), served=[]))
+    assert sent == 0
+    at = utcnow() + timedelta(seconds=121)
+    with factory() as s:
+        refs = chunks.chunks_to_send(s, at, at - timedelta(seconds=120), served=[job.queue])
+    assert [r.seq for r in refs] == [0, 1, 2]
+    with factory.begin() as s:
+        chunks.mark_dispatched(s, job.id, [0, 1, 2], at)
+    soon = at + timedelta(seconds=60)  # within the period after the re-send: nothing again
+    with factory() as s:
+        assert (
+            chunks.chunks_to_send(s, soon, soon - timedelta(seconds=120), served=[job.queue]) == []
+        )
+
+
+def test_a_lost_task_on_a_busy_queue_is_sent_again_by_itself(factory: Factory) -> None:
+    """Job a's first task is lost; the queue goes on with the tasks sent after it (job b's),
+    and keeps a live lease all along, so it never stalls. A stall period after the queue went
+    past it, that one chunk is sent again, alone."""
+    a, _ = _submit(factory, _items(3), chunk_size=1)
+    b, _ = _submit(factory, _items(3), chunk_size=1, key="b")
+    assert a.queue == b.queue
+    for job_id, seq in [(a.id, 1), (a.id, 2), (b.id, 0), (b.id, 1)]:
+        work = _claim(factory, job_id, seq)
+        assert _complete(factory, work, {item_id: ItemOutcome({}) for item_id, _ in work.items})
+    assert _claim(factory, b.id, 2) is not None  # a live lease: the queue is not stalled
+    now = utcnow() + timedelta(seconds=1)
+    with factory() as s:  # not a stall period yet since the queue went past it
+        assert chunks.chunks_to_send(s, now, now - timedelta(seconds=120), served=[a.queue]) == []
+    later = now + timedelta(seconds=121)
+    with factory.begin() as s:
+        s.execute(
+            update(Chunk)
+            .where(Chunk.job_id == b.id, Chunk.seq == 2)
+            .values(lease_expires_at=later + timedelta(seconds=60))
+        )
+    with factory() as s:
+        refs = chunks.chunks_to_send(s, later, later - timedelta(seconds=120), served=[a.queue])
+    assert [(r.job_id, r.seq) for r in refs] == [(a.id, 0)]
+    with factory.begin() as s:
+        chunks.mark_dispatched(s, a.id, [0], later)
+    again = later + timedelta(seconds=60)
+    with factory() as s:  # sent again: not once more within the period
+        assert (
+            chunks.chunks_to_send(s, again, again - timedelta(seconds=120), served=[a.queue]) == []
+        )
+
+
+def test_the_sweep_sends_a_lost_task_again_only_where_a_worker_serves(factory: Factory) -> None:
+    """The reconciler reads which queues a live worker serves from the heartbeats."""
+    from db import workers
+    from service.reconcile import sweep
+
+    job, _ = _submit(factory, _items(2), chunk_size=1)
+    with factory.begin() as s:  # both tasks sent 5 minutes ago and lost
+        s.execute(update(Chunk).values(dispatched_at=utcnow() - timedelta(seconds=300)))
+    recorder = Recorder()
+    ctx = system(factory, Settings(model="m"), recorder)
+    assert sweep(ctx).sent == 0 and recorder.sent == []
+    with factory.begin() as s:
+        workers.beat(s, "w1", job.queue, "m")
+    assert sweep(ctx).sent == 2 and recorder.sent == [(job.id, job.queue, [0, 1])]
+    assert sweep(ctx).sent == 0  # sent: not again within the stall period
 
 
 def test_sweep_ends_jobs_whose_chunks_are_done(factory: Factory) -> None:
@@ -352,10 +442,15 @@ def test_a_claim_racing_its_own_send_is_still_recovered(factory: Factory) -> Non
     _expire_leases(factory, job.id)
     later = utcnow() + timedelta(seconds=1)
     with factory() as s:
-        assert chunks.chunks_to_send(s, later, later - timedelta(seconds=120)) == []
+        assert (
+            chunks.chunks_to_send(s, later, later - timedelta(seconds=120), served=[job.queue])
+            == []
+        )
         # ... but a stall period later it is sent again, whatever the timestamps say.
         much_later = later + timedelta(seconds=121)
-        refs = chunks.chunks_to_send(s, much_later, much_later - timedelta(seconds=120))
+        refs = chunks.chunks_to_send(
+            s, much_later, much_later - timedelta(seconds=120), served=[job.queue]
+        )
     assert [(r.job_id, r.seq) for r in refs] == [(job.id, 0)]
 
 

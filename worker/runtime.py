@@ -11,7 +11,7 @@ import socket
 import threading
 
 from service import calibrations, pipelines, workers
-from service.chunks import ChunkRunner
+from service.chunks import ChunkRunner, Health
 from service.context import Ctx, Services
 from service.dispatch import queue_for
 from service.reconcile import SweepReport, sweep_if_leader
@@ -25,13 +25,27 @@ def worker_name() -> str:
 
 
 class Heartbeat:
-    """Records this worker in the database every `interval` seconds until stopped."""
+    """Records this worker in the database every `interval` seconds until stopped; while its
+    engine is down (`health`: hung, killed, restarting) it leaves the worker list instead, at
+    once, and comes back once the engine scores again."""
 
-    def __init__(self, ctx: Ctx, name: str, queue: str, model: str, interval: float):
+    def __init__(
+        self,
+        ctx: Ctx,
+        name: str,
+        queue: str,
+        model: str,
+        interval: float,
+        health: Health | None = None,
+    ):
         self.ctx, self.name, self.queue, self.model = ctx, name, queue, model
         self.interval = interval
+        self.health = health
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="labelq-heartbeat", daemon=True)
+        if health is not None:
+            health.listen(self._wake.set)
 
     def start(self) -> None:
         self._beat()
@@ -39,6 +53,7 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
         try:
@@ -47,13 +62,22 @@ class Heartbeat:
             log.warning("could not remove worker %s: %s", self.name, exc)
 
     def _beat(self) -> None:
+        trouble = self.health.trouble if self.health is not None else None
         try:
-            workers.beat(self.ctx, self.name, self.queue, self.model)
+            if trouble is None:
+                workers.beat(self.ctx, self.name, self.queue, self.model)
+            else:
+                log.warning("worker %s reports no service: %s", self.name, trouble)
+                workers.leave(self.ctx, self.name)
         except Exception as exc:
             log.warning("heartbeat failed: %s", exc)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while True:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             self._beat()
 
 
@@ -99,7 +123,12 @@ class WorkerRuntime:
             kill=self.engines.kill,
         )
         self.heartbeat = Heartbeat(
-            self.ctx, self.name, self.queue, model, self.settings.worker_heartbeat
+            self.ctx,
+            self.name,
+            self.queue,
+            model,
+            self.settings.worker_heartbeat,
+            self.runner.health,
         )
         self.sweeper = Sweeper(self, self.settings.reconcile_interval)
 
