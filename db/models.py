@@ -329,6 +329,11 @@ class Calibration(Base):
     error: Mapped[str | None] = mapped_column(Text)
     active: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # A fit is a task like a chunk: sent (`dispatched_at`), claimed under a lease renewed while
+    # it fits, tried a bounded number of times; the reconciler sends a lost one again.
+    dispatched_at: Mapped[datetime | None]
+    lease_expires_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ApiKey(Base):

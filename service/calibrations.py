@@ -4,7 +4,9 @@ the model), activated in one transaction, applied when results are written."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -14,13 +16,13 @@ from pydantic import BaseModel, Field
 from db import calibrations as calibration_rows
 from db import jobs as job_rows
 from db.classifiers import classifier_by_id, classifier_versions, get_classifier, spec_of
-from db.models import Calibration, CalibrationStatus, Classifier
+from db.models import Calibration, CalibrationStatus, Classifier, JobItem
 from labelq import calibration
 from labelq.errors import InputError, LabelqError
 from labelq.scoring import Item, ItemResult, Scorer
 from labelq.spec import ClassifierSpec
 from service.context import Ctx
-from service.dispatch import queue_for
+from service.dispatch import queue_for, send_fit
 from service.jobs import items
 
 log = logging.getLogger(__name__)
@@ -107,7 +109,7 @@ def request_fit(ctx: Ctx, name: str, body: CalibrationRequest) -> CalibrationOut
         }
         row = calibration_rows.add_calibration(s, classifier.id, body.method, fitted_on)
         out = CalibrationOut.of(row, classifier)
-    ctx.dispatcher.dispatch_fit(row.id, queue_for(model))
+    send_fit(ctx, row.id, queue_for(model))
     return out
 
 
@@ -169,17 +171,92 @@ def content_free_log_probs(scorer: Scorer, spec: ClassifierSpec, inputs: list[st
 
 
 def fit(ctx: Ctx, scorer_for: ScorerFor, calibration_id: int) -> None:
-    """Fit a calibration the API stored in `fitting` and record the outcome. Reading the job's
-    results and recording the fit are separate short transactions: the fit itself may score."""
+    """Fit a calibration the API stored in `fitting` and record the outcome, under a lease
+    renewed while it fits (a fit whose worker died is sent again by the reconciler, a bounded
+    number of times). Reading the job's results and recording the fit are separate short
+    transactions: the fit itself may score."""
+    settings = ctx.settings
+    with ctx.tx() as s:
+        claimed = calibration_rows.claim_fit(
+            s,
+            calibration_id,
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_chunk_attempts,
+        )
+    if claimed is None:
+        return  # fitted, failed, given up, or another worker fits it now
+    with _leased(ctx, calibration_id):
+        try:
+            _fit(ctx, scorer_for, calibration_id)
+        except LabelqError as exc:
+            with ctx.tx() as s:
+                calibration_rows.record_fit(s, calibration_id, error=str(exc))
+        except Exception as exc:
+            log.exception("fitting calibration %d failed", calibration_id)
+            with ctx.tx() as s:
+                calibration_rows.record_fit(s, calibration_id, error=f"fit failed: {exc}")
+
+
+@contextmanager
+def _leased(ctx: Ctx, calibration_id: int) -> Iterator[None]:
+    """Renew a fit's lease every third of it while the block runs."""
+    lease = ctx.settings.lease_seconds
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(lease / 3):
+            try:
+                with ctx.tx() as s:
+                    if not calibration_rows.renew_fit(s, calibration_id, lease):
+                        return
+            except Exception as exc:
+                log.warning("could not renew the lease of fit %d: %s", calibration_id, exc)
+
+    keeper = threading.Thread(target=renew, name=f"fit-lease-{calibration_id}", daemon=True)
+    keeper.start()
     try:
-        _fit(ctx, scorer_for, calibration_id)
-    except LabelqError as exc:
-        with ctx.tx() as s:
-            calibration_rows.record_fit(s, calibration_id, error=str(exc))
-    except Exception as exc:
-        log.exception("fitting calibration %d failed", calibration_id)
-        with ctx.tx() as s:
-            calibration_rows.record_fit(s, calibration_id, error=f"fit failed: {exc}")
+        yield
+    finally:
+        stop.set()
+        keeper.join(timeout=10)
+
+
+def _scores(
+    ctx: Ctx, job_id: str, spec: ClassifierSpec, every_scored: bool
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """A job's uncalibrated log-probabilities, read a page at a time: those of its
+    gold-labelled items with their labels' indices, and (when `every_scored`) those of every
+    scored item. Only the (n, K) arrays are held, never the job's rows."""
+    labels, bias = spec.label_names, spec.bias_vector()
+    index = {label: k for k, label in enumerate(labels)}
+    labelled: list[np.ndarray] = []
+    gold: list[int] = []
+    scored: list[np.ndarray] = []
+    page: list[JobItem] = []
+
+    def flush() -> None:
+        rows = [i.result or {} for i in page]
+        if every_scored and rows:
+            scored.append(calibration.result_log_probs(rows, labels, bias))
+        with_gold = [i for i in page if i.gold_label is not None]
+        if with_gold:
+            labelled.append(
+                calibration.result_log_probs([i.result or {} for i in with_gold], labels, bias)
+            )
+            gold.extend(index[i.gold_label or ""] for i in with_gold)
+        page.clear()
+
+    for item in items(ctx, job_id):
+        if item.result is not None:
+            page.append(item)
+            if len(page) >= 1000:
+                flush()
+    flush()
+    k = len(labels)
+    z_labelled = np.concatenate(labelled) if labelled else np.empty((0, k))
+    y = np.array(gold, dtype=np.int64) if gold else None
+    z_scored = np.concatenate(scored) if scored else np.empty((0, k))
+    return z_labelled, y, z_scored
 
 
 def _fit(ctx: Ctx, scorer_for: ScorerFor, calibration_id: int) -> None:
@@ -190,21 +267,16 @@ def _fit(ctx: Ctx, scorer_for: ScorerFor, calibration_id: int) -> None:
         spec = spec_of(classifier_by_id(s, row.classifier_id))
         request = dict(row.fitted_on)
         method = row.method
-    labels = spec.label_names
-    index = {label: k for k, label in enumerate(labels)}
     calibrator = calibration.make(method, **dict(request.get("options") or {}))
-    results: list[dict[str, Any]] = []
+    z = np.empty((0, len(spec.label_names)))
     y: np.ndarray | None = None
     if request.get("job_id"):
-        scored = [i for i in items(ctx, request["job_id"]) if i.result is not None]
-        labelled = [i for i in scored if i.gold_label is not None]
-        if labelled:
-            y = np.array([index[i.gold_label or ""] for i in labelled], dtype=np.int64)
-            results = [i.result or {} for i in labelled]
-        elif not calibrator.needs_labels:
-            # Label-free methods fit on every scored item (and report no held-out metrics).
-            results = [i.result or {} for i in scored]
-    z = calibration.result_log_probs(results, labels, spec.bias_vector())
+        z_labelled, y, z_scored = _scores(
+            ctx, request["job_id"], spec, every_scored=not calibrator.needs_labels
+        )
+        # Label-free methods fit on every scored item when none is labelled (and report no
+        # held-out metrics).
+        z = z_labelled if y is not None else z_scored
     content_free = None
     if isinstance(calibrator, calibration.ContextualCalibration):
         content_free = content_free_log_probs(scorer_for(request["model"]), spec, calibrator.inputs)

@@ -11,7 +11,7 @@ import hashlib
 import logging
 from typing import TYPE_CHECKING, Protocol
 
-from db import chunks
+from db import calibrations, chunks
 from db.session import db_now
 
 if TYPE_CHECKING:
@@ -97,4 +97,21 @@ def send(ctx: Ctx, job_id: str, queue: str, seqs: list[int]) -> bool:
         return False
     with ctx.tx() as s:
         chunks.mark_dispatched(s, job_id, seqs, sent_at)
+    return True
+
+
+def send_fit(ctx: Ctx, calibration_id: int, queue: str) -> bool:
+    """Send a fit task and record when (the database's clock, taken before sending, as for
+    chunks); a failure to send is logged, and the reconciler sends it."""
+    with ctx.reads() as s:
+        sent_at = db_now(s)
+    try:
+        ctx.dispatcher.dispatch_fit(calibration_id, queue)
+    except Exception as exc:
+        log.warning(
+            "could not send fit %d to %s (%s); the reconciler will", calibration_id, queue, exc
+        )
+        return False
+    with ctx.tx() as s:
+        calibrations.mark_fit_sent(s, calibration_id, sent_at)
     return True

@@ -8,6 +8,9 @@ one), needs nothing from the broker's memory:
   was claimed a stall period ago), or the queue stalled although a worker serves it (nothing
   claimed, no live lease: the tasks were lost, e.g. with a Redis restart without
   persistence); each chunk at most once a stall period, and none to a queue no worker serves;
+- sends a fit again whose task was lost or whose worker died (no live lease, not sent for a
+  stall period), to a queue a worker serves, and fails a fit past the job deadline
+  (LABELQ_JOB_EXPIRES_AFTER): no calibration stays `fitting` for good;
 - ends jobs whose chunks are all done, jobs whose upload stopped (its lease ran out: the
   process receiving it died), jobs past their deadline (`expired`), cancelling jobs whose
   running chunks nobody holds any more, and pipeline runs whose job ended;
@@ -25,12 +28,12 @@ from datetime import timedelta
 
 from pydantic import BaseModel
 
-from db import chunks, workers
+from db import calibrations, chunks, workers
 from db import jobs as job_rows
 from db.session import db_now
 from service import locks, pipelines, webhooks
 from service.context import Ctx
-from service.dispatch import send
+from service.dispatch import queue_for, send, send_fit
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,8 @@ class SweepReport(BaseModel):
     workers_forgotten: int = 0
     runs_ended: list[int] = []
     webhooks_delivered: int = 0
+    fits_sent: int = 0
+    fits_expired: list[int] = []
 
 
 LOCK = "reconciler"
@@ -72,6 +77,15 @@ def sweep(ctx: Ctx) -> SweepReport:
         served = workers.live_workers(s, now - timedelta(seconds=settings.worker_stale_after))
         stalled_before = now - timedelta(seconds=settings.stall_after)
         due = chunks.chunks_to_send(s, now, stalled_before, served=served)
+        if settings.job_expires_after:
+            report.fits_expired = calibrations.expire_fits(
+                s, now, now - timedelta(seconds=settings.job_expires_after)
+            )
+        fits = [
+            (row.id, queue)
+            for row in calibrations.fits_to_send(s, now, stalled_before)
+            if (queue := queue_for(str(row.fitted_on.get("model", "")))) in served
+        ]
     by_job: dict[tuple[str, str], list[int]] = defaultdict(list)
     for ref in due:
         by_job[(ref.job_id, ref.queue)].append(ref.seq)
@@ -80,6 +94,7 @@ def sweep(ctx: Ctx) -> SweepReport:
             report.sent += len(seqs)
         else:
             report.unsent += len(seqs)
+    report.fits_sent = sum(send_fit(ctx, calibration_id, queue) for calibration_id, queue in fits)
     # Pipeline runs whose job ended: sink, then watermark. Then the notifications.
     report.runs_ended = pipelines.finish_runs(ctx)
     report.webhooks_delivered = webhooks.deliver_due(ctx)
