@@ -56,6 +56,12 @@ class TooLarge(LabelqError):
     """A request or an upload is over a configured limit."""
 
 
+class EngineStopped(LabelqError):
+    """A call reached an engine that was killed or closed: it never loads again (a new one is
+    the owner's to make), so a call left running behind a killed engine cannot start a stray
+    engine nobody stops."""
+
+
 class RateLimited(LabelqError):
     """Too many requests; `retry_after` seconds until the next is accepted."""
 

@@ -28,6 +28,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_expo
 from db import chunks
 from db.calibrations import active_calibration
 from db.chunks import ChunkWork, ItemOutcome
+from labelq.errors import EngineStopped
 from labelq.scoring import Item, ItemError, ItemResult, ScoredItem, Scorer
 from labelq.settings import Settings
 from labelq.spec import ClassifierSpec
@@ -178,7 +179,10 @@ def score_items(
     on alone fails alone (`engine` kind, with the engine's error), the others are scored.
     When every item fails alone, the fault is the engine's, not theirs: `EngineFailure`."""
     try:
-        return engine().score_batch(spec, items)
+        try:
+            return engine().score_batch(spec, items)
+        except EngineStopped:  # it was killed under this call (another's hung): a new one
+            return engine().score_batch(spec, items)
     except EngineFailure:
         raise  # the engine hung or does not load: no item is at fault
     except Exception as batch_error:
@@ -285,13 +289,14 @@ class LeaseKeeper:
 @dataclass
 class ChunkRunner:
     """Runs chunks for one worker, in the system context: `name` identifies it in leases;
-    `discard` drops a model's engine after it failed, so the next attempt loads it afresh."""
+    `discard` drops a model's engine after it failed (that engine, if the model still has
+    it), so the next attempt loads it afresh."""
 
     ctx: Ctx
     scorer_for: ScorerFor
     name: str
-    discard: Callable[[str], None] | None = None
-    # Kills an engine of a model that stopped answering (default: `discard` the model's).
+    discard: Callable[[str, Scorer], None] | None = None
+    # Kills an engine of a model that stopped answering (default: `discard` it).
     kill: Callable[[str, Scorer], None] | None = None
     calibrate: bool = True
     health: Health = field(default_factory=Health)
@@ -325,23 +330,26 @@ class ChunkRunner:
         if not work.items:
             return []
 
+        used: list[Scorer] = []  # the engine this chunk scored on last
+
         def engine() -> BatchScorer:
             try:
                 scorer = self.scorer_for(work.model)
             except Exception as exc:
                 raise EngineFailure(f"model {work.model} could not be loaded: {exc}") from exc
+            used[:] = [scorer]
 
             def hung() -> None:  # that engine, not whichever the model has by then
                 if self.kill is not None:
                     self.kill(work.model, scorer)
                 elif self.discard is not None:
-                    self.discard(work.model)
+                    self.discard(work.model, scorer)
 
             return Watched(scorer, self.ctx.settings, progress, hung, self.health)
 
-        def restart() -> None:
-            if self.discard is not None:
-                self.discard(work.model)
+        def restart() -> None:  # the engine that failed this chunk, never one loaded since
+            if self.discard is not None and used:
+                self.discard(work.model, used[0])
 
         engine()  # a model that cannot load is the engine's fault, not any item's
         try:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from sqlalchemy import select, update
@@ -68,7 +69,7 @@ class Engines:
     def scorer_for(self, _: str = "fake") -> Scorer:
         return Scorer(self.made[-1])
 
-    def discard(self, _: str = "fake") -> None:
+    def discard(self, _: str = "fake", __: Any = None) -> None:
         self.made.append(FakeBackend(**self.faults))
 
 
@@ -130,7 +131,10 @@ def test_engine_failure_is_retried_with_backoff_then_fails_the_job(factory: Fact
     job_id = _job(factory, [f"t{i}" for i in range(10)], settings)  # chunks of 4, 4, 2
     discarded: list[str] = []
     runner = _runner(
-        factory, settings, lambda _: Scorer(FakeBackend(down=True)), discard=discarded.append
+        factory,
+        settings,
+        lambda _: Scorer(FakeBackend(down=True)),
+        discard=lambda model, _: discarded.append(model),
     )
     recorder = Recorder()
     sweeper = system(factory, settings, recorder)
@@ -314,3 +318,100 @@ def test_a_worker_whose_engine_is_down_leaves_the_worker_list_until_it_scores_ag
     finally:
         beat.stop()
     assert served() == []
+
+
+def test_a_killed_engine_never_starts_again() -> None:
+    """A call left running behind a killed engine (its deadline passed while it waited) must
+    not start a new engine in that dead one: nobody would stop it, and its start would race
+    the owner's new engine for the same child processes."""
+    from labelq.backends.vllm_backend import VllmBackend
+    from labelq.errors import EngineStopped
+
+    backend = VllmBackend("/no/such/model", _settings())
+    backend.kill()
+    assert backend.stopped
+    with pytest.raises(EngineStopped, match="does not restart"):
+        backend.load()
+    closed = VllmBackend("/no/such/model", _settings())
+    closed.close(final=True)
+    with pytest.raises(EngineStopped):
+        closed.load()
+
+
+class _Loading:
+    """Stands in for VllmBackend in worker.engine: a load that waits until `release` is set."""
+
+    release = threading.Event()
+    loads: ClassVar[list[str]] = []
+
+    def __init__(self, model: str, _: Settings) -> None:
+        self.model, self.stopped, self.killed, self.closed = model, False, False, False
+
+    def load(self) -> None:
+        _Loading.loads.append(self.model)
+        assert _Loading.release.wait(10)
+
+    def kill(self) -> None:
+        self.stopped = self.killed = True
+
+    def close(self, *, final: bool = False) -> None:
+        self.closed, self.stopped = True, final
+
+
+def test_engines_kill_and_discard_touch_only_the_engine_that_failed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Killing a hung engine does not wait behind the load of its replacement, and a failure
+    reported on an engine replaced since (a call that timed out behind the hung one) stops that
+    old engine only, never the new one."""
+    import threading
+
+    from worker import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "VllmBackend", _Loading)
+    _Loading.loads.clear()
+    _Loading.release.set()
+    engines = engine_module.Engines(_settings())
+    old = engines.scorer_for("m")
+    assert isinstance(old, engine_module.SerialScorer)
+    engines.kill("m", old)
+    assert old.vllm.killed  # type: ignore[attr-defined]
+    _Loading.release.clear()
+    loader = threading.Thread(target=engines.scorer_for, args=("m",))
+    loader.start()
+    while len(_Loading.loads) < 2:
+        time.sleep(0.01)
+    engines.kill("m", old)  # while the new one loads: must return, not wait for the load
+    engines.discard("m", old)
+    assert loader.is_alive(), "the kill and the discard returned while the load still ran"
+    _Loading.release.set()
+    loader.join(10)
+    new = engines.scorer_for("m")
+    assert new is not old and _Loading.loads == ["m", "m"]
+    engines.discard("m", old)  # a late report about the old engine
+    assert engines.scorer_for("m") is new and not new.vllm.stopped  # type: ignore[attr-defined]
+    engines.discard("m", new)
+    assert new.vllm.stopped  # type: ignore[attr-defined]
+    assert engines.scorer_for("m") is not new and len(_Loading.loads) == 3
+
+
+def test_a_call_whose_engine_was_killed_under_it_is_scored_on_the_new_one() -> None:
+    """A batch that reaches an engine killed meanwhile (EngineStopped) is scored on the
+    model's new engine, whole: no item is at fault, and no bisecting."""
+    from labelq.errors import EngineStopped
+
+    made: list[str] = []
+
+    class Stopped:
+        def score_batch(self, *_: Any) -> Any:
+            raise EngineStopped("the engine of fake was stopped: it does not restart")
+
+    def engine() -> Any:
+        made.append("engine")
+        return Stopped() if len(made) == 1 else Scorer(FakeBackend())
+
+    restarts: list[str] = []
+    items = [Item(fields={"text": t}) for t in ["good", "fine", "great"]]
+    out = score_items(engine, lambda: restarts.append("r"), parse_spec(SPEC), items)
+    assert [type(r).__name__ for r in out] == ["ItemResult"] * 3
+    assert made == ["engine", "engine"] and restarts == []

@@ -30,28 +30,49 @@ class SerialScorer(Scorer):
 
 
 class Engines:
-    """Scorers by model for this process (usually one model)."""
+    """Scorers by model for this process (usually one model). A load holds `_loading` (one
+    load at a time, so one per model); the table's lock is held only to read or change it, so
+    killing a hung engine never waits behind a load."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self._scorers: dict[str, SerialScorer] = {}
         self._lock = threading.Lock()
+        self._loading = threading.Lock()
 
     def scorer_for(self, model: str) -> Scorer:
         with self._lock:
-            if model not in self._scorers:
-                backend = VllmBackend(model, self.settings)
-                backend.load()  # now, under the lock: one load per model per process
-                self._scorers[model] = SerialScorer(backend)
-            return self._scorers[model]
+            if model in self._scorers:
+                return self._scorers[model]
+        with self._loading:
+            with self._lock:
+                if model in self._scorers:
+                    return self._scorers[model]
+            backend = VllmBackend(model, self.settings)
+            backend.load()  # now: one load per model per process
+            scorer = SerialScorer(backend)
+            with self._lock:
+                self._scorers[model] = scorer
+            return scorer
 
-    def discard(self, model: str) -> None:
-        """Stop and forget a model's engine (it failed); the next use loads it again."""
+    def _forget(self, model: str, scorer: Scorer | None) -> SerialScorer | None:
+        """Drop `model`'s engine, only if it is still `scorer` (when given); the one dropped."""
         with self._lock:
-            scorer = self._scorers.pop(model, None)
-        if scorer is not None:
+            current = self._scorers.get(model)
+            if current is None or (scorer is not None and current is not scorer):
+                return None
+            return self._scorers.pop(model)
+
+    def discard(self, model: str, scorer: Scorer | None = None) -> None:
+        """Stop and forget a model's engine (it failed; when `scorer` is given, only if it is
+        still that one: a failure on an engine replaced since must not stop the new one); the
+        next use loads a new one. A call still running on the old one cannot restart it."""
+        dropped = self._forget(model, scorer)
+        if dropped is None and isinstance(scorer, SerialScorer):
+            dropped = scorer  # replaced already: make sure it stays stopped
+        if dropped is not None:
             try:
-                scorer.vllm.close()
+                dropped.vllm.close(final=True)
             except Exception as exc:
                 log.warning("stopping the failed engine of %s: %s", model, exc)
 
@@ -60,10 +81,8 @@ class Engines:
         that either), and forget it if it is still the model's: the next use loads a new one.
         Only that engine: a call that timed out waiting behind a hung one must not kill the
         new engine loaded since."""
-        with self._lock:
-            if self._scorers.get(model) is scorer:
-                del self._scorers[model]
-        if isinstance(scorer, SerialScorer):
+        self._forget(model, scorer)
+        if isinstance(scorer, SerialScorer) and not scorer.vllm.stopped:
             log.error("killing an engine of %s: it stopped answering", model)
             scorer.vllm.kill()
 
@@ -72,4 +91,4 @@ class Engines:
         with self._lock:
             scorers, self._scorers = list(self._scorers.values()), {}
         for scorer in scorers:
-            scorer.vllm.close()
+            scorer.vllm.close(final=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -29,13 +30,18 @@ from typing import Any, Literal
 from labelq.backends import reaper
 from labelq.backends.base import ScoreRequest
 from labelq.backends.precision import engine_dtype
-from labelq.errors import LabelqError
+from labelq.errors import EngineStopped, LabelqError
 from labelq.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # vLLM accepts at most this many ids in `logprob_token_ids` (MAX_LOGPROB_TOKEN_IDS).
 _MAX_IDS_PER_REQUEST = 128
+
+# One engine starts at a time in a process: an engine's processes are found as the children
+# that appeared while it started, so two starts at once would each take the other's too (and
+# a kill of one would kill the other mid-start, which then waits for its engine forever).
+_STARTING = threading.Lock()
 
 # A path in the completions' token trie: the tokens after the prompt, so far.
 TriePath = tuple[int, ...]
@@ -57,52 +63,68 @@ class VllmBackend:
         self._tokenizer: Any = None
         self._reaper: subprocess.Popen[bytes] | None = None
         self._engine_pids: list[int] = []
+        self._stopped = False
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
     def llm(self) -> Any:
         if self._llm is None:
-            s = self.settings
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(s.kv_cache_gib))
-            if s.in_process_engine:
-                os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-            from vllm import LLM
-
-            self._check_path()
-            dtype, why = engine_dtype(s.dtype)
-            kwargs: dict[str, Any] = {
-                "model": self.model,
-                "dtype": dtype,
-                "enforce_eager": s.enforce_eager,
-                "gpu_memory_utilization": s.memory_fraction,
-                "enable_prefix_caching": True,
-                "seed": s.seed,
-            }
-            if s.max_model_len:
-                kwargs["max_model_len"] = s.max_model_len
-            if s.block_size:
-                kwargs["block_size"] = s.block_size
-            started = time.monotonic()
-            before = reaper.children_now()
-            self._llm = LLM(**kwargs)
-            # If this process dies without close() (SIGKILL, OOM), the engine processes die too.
-            self._engine_pids = reaper.new_children(before)
-            self._reaper = reaper.watch(self._engine_pids)
-            log.info(
-                "loaded model %s in %s (%s) in %.1f s",
-                self.model,
-                self._llm.llm_engine.model_config.dtype,
-                why,
-                time.monotonic() - started,
-            )
+            with _STARTING:
+                if self._llm is None:
+                    self._start()
         return self._llm
+
+    @property
+    def stopped(self) -> bool:
+        """Killed, or closed for good (`close(final=True)`): it raises EngineStopped rather
+        than start again."""
+        return self._stopped
+
+    def _start(self) -> None:
+        if self._stopped:
+            raise EngineStopped(f"the engine of {self.model} was stopped: it does not restart")
+        s = self.settings
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(s.kv_cache_gib))
+        if s.in_process_engine:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        from vllm import LLM
+
+        self._check_path()
+        dtype, why = engine_dtype(s.dtype)
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "dtype": dtype,
+            "enforce_eager": s.enforce_eager,
+            "gpu_memory_utilization": s.memory_fraction,
+            "enable_prefix_caching": True,
+            "seed": s.seed,
+        }
+        if s.max_model_len:
+            kwargs["max_model_len"] = s.max_model_len
+        if s.block_size:
+            kwargs["block_size"] = s.block_size
+        started = time.monotonic()
+        before = reaper.children_now()
+        self._llm = LLM(**kwargs)
+        # If this process dies without close() (SIGKILL, OOM), the engine processes die too.
+        self._engine_pids = reaper.new_children(before)
+        self._reaper = reaper.watch(self._engine_pids)
+        log.info(
+            "loaded model %s in %s (%s) in %.1f s",
+            self.model,
+            self._llm.llm_engine.model_config.dtype,
+            why,
+            time.monotonic() - started,
+        )
 
     def load(self) -> None:
         """Start the engine now rather than on first use."""
         self.llm  # noqa: B018 - the property starts it
 
-    def close(self) -> None:
-        """Stop the engine's processes; a process that built an engine should call this."""
+    def close(self, *, final: bool = False) -> None:
+        """Stop the engine's processes; a process that built an engine should call this. With
+        `final` it never starts again (its owner dropped it): see `stopped`."""
+        self._stopped = self._stopped or final
         if self._llm is not None:
             try:
                 self._llm.llm_engine.engine_core.shutdown()
@@ -116,7 +138,9 @@ class VllmBackend:
     def kill(self) -> None:
         """Kill the engine's processes outright (SIGKILL: it reaches a stopped or wedged
         process too) and forget the engine, without asking it to shut down: it does not
-        answer. The next use loads a new one."""
+        answer. It never starts again (a call still running on it fails with EngineStopped);
+        its owner makes a new one."""
+        self._stopped = True
         reaper.kill_tree(self._engine_pids)
         self._engine_pids = []
         self._llm = None
