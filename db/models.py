@@ -424,7 +424,8 @@ class PipelineFile(Base):
 
 
 class WebhookDelivery(Base):
-    """One event to POST to a URL, with its attempts; delivered, or failed after the last."""
+    """One event to POST to a URL (an outbox row), with its attempts: claimed by a deliverer
+    under a lease, retried until `give_up_at`; delivered, or failed after the window."""
 
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
@@ -447,6 +448,9 @@ class WebhookDelivery(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None]
+    give_up_at: Mapped[datetime | None]  # None: the retry window from created_at
 
 
 class WebhookSecret(Base):

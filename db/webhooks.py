@@ -1,15 +1,18 @@
-"""Webhook deliveries: one row per event (a unique key), found from ended jobs and failed
-pipeline runs, each attempt recorded on it. Nothing here commits."""
+"""Webhook deliveries, an outbox: one row per event (a unique key), found from ended jobs and
+failed pipeline runs, claimed by a deliverer under a lease, each attempt recorded on it.
+Nothing here commits."""
 
 from __future__ import annotations
 
 import base64
 import secrets
+from collections import Counter
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -22,8 +25,11 @@ from db.models import (
     RunState,
     WebhookDelivery,
     WebhookSecret,
+    as_utc,
     utcnow,
 )
+from db.session import rowcount
+from labelq.errors import NotFound
 
 ENDED = tuple(ENDED_STATES)
 
@@ -136,40 +142,131 @@ class Due:
     payload: dict[str, Any]
 
 
-def due(s: Session) -> list[Due]:
-    """Pending deliveries whose next attempt is due."""
-    rows = s.scalars(
-        select(WebhookDelivery).where(
-            WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= utcnow()
+def receiver(url: str) -> str:
+    """The host a delivery goes to: the unit of `per_receiver`."""
+    return (urlsplit(url).hostname or "").lower()
+
+
+def claim_due(
+    s: Session,
+    now: datetime,
+    owner: str,
+    *,
+    lease_seconds: float,
+    limit: int,
+    per_receiver: int,
+    window: float,
+) -> list[Due]:
+    """Claim up to `limit` due deliveries for `owner` under a lease, oldest due first, at most
+    `per_receiver` in flight to one host (counting live claims of every deliverer). A claim
+    is a conditional update, so two deliverers never hold one delivery at once; a deliverer
+    that died mid-request leaves it claimable once its lease runs out. A delivery from
+    before the window existed gets `give_up_at` now."""
+    live = s.scalars(
+        select(WebhookDelivery.url).where(
+            WebhookDelivery.status == "pending", WebhookDelivery.lease_expires_at >= now
         )
     )
-    return [Due(d.id, d.tenant or DEFAULT_TENANT, d.event, d.url, d.payload) for d in rows]
+    busy = Counter(receiver(url) for url in live)
+    free = or_(WebhookDelivery.lease_expires_at.is_(None), WebhookDelivery.lease_expires_at < now)
+    candidates = s.scalars(
+        select(WebhookDelivery)
+        .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now, free)
+        .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+        .limit(limit * 4)
+    ).all()
+    out: list[Due] = []
+    for d in candidates:
+        host = receiver(d.url)
+        if len(out) >= limit or busy[host] >= per_receiver:
+            continue
+        claimed = s.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == d.id, WebhookDelivery.status == "pending", free)
+            .values(
+                claimed_by=owner,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                give_up_at=func.coalesce(
+                    WebhookDelivery.give_up_at, d.created_at + timedelta(seconds=window)
+                ),
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if rowcount(claimed) == 1:
+            busy[host] += 1
+            out.append(Due(d.id, d.tenant or DEFAULT_TENANT, d.event, d.url, d.payload))
+    return out
 
 
 def record_attempt(
     s: Session,
     delivery_id: int,
+    owner: str,
+    now: datetime,
     status: int | None,
     error: str | None,
     *,
-    max_attempts: int,
     backoff: float,
-) -> WebhookDelivery:
-    """One attempt's outcome: delivered, failed for good after `max_attempts`, or due again
-    after `backoff` seconds, doubling (at most an hour)."""
-    row = s.get_one(WebhookDelivery, delivery_id)
+) -> WebhookDelivery | None:
+    """One attempt's outcome, if `owner` still holds the delivery (None when its lease ran out
+    and another took it: that one records its own attempt): delivered; or due again after
+    `backoff` seconds, doubling, at most an hour; or, past `give_up_at`, failed."""
+    row = s.scalars(
+        select(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.claimed_by == owner)
+        .with_for_update()
+    ).one_or_none()
+    if row is None or row.status != "pending":
+        return None
     row.attempts += 1
     row.last_status = status
     row.last_error = error
+    row.claimed_by = row.lease_expires_at = None
     if error is None:
         row.status = "delivered"
-        row.delivered_at = utcnow()
-    elif row.attempts >= max_attempts:
+        row.delivered_at = now
+        return row
+    wait = min(backoff * 2 ** min(row.attempts - 1, 20), 3600)
+    next_at = now + timedelta(seconds=wait)
+    if row.give_up_at is not None and as_utc(next_at) > as_utc(row.give_up_at):
         row.status = "failed"
     else:
-        wait = backoff * 2 ** (row.attempts - 1)
-        row.next_attempt_at = utcnow() + timedelta(seconds=min(wait, 3600))
+        row.next_attempt_at = next_at
     return row
+
+
+def redeliver(
+    s: Session, delivery_id: int, now: datetime, *, tenant: str | None, window: float
+) -> WebhookDelivery:
+    """Send a delivery of `tenant` (None: any) again (failed, delivered or pending), now, with
+    a new retry window; NotFound for another tenant's or an unknown one. Idempotent: twice is
+    one resend that is due now."""
+    row = s.scalars(
+        select(WebhookDelivery).where(WebhookDelivery.id == delivery_id).with_for_update()
+    ).one_or_none()
+    if row is None or (tenant is not None and (row.tenant or DEFAULT_TENANT) != tenant):
+        raise NotFound(f"webhook delivery {delivery_id} not found", field="id")
+    row.status = "pending"
+    row.next_attempt_at = now
+    row.give_up_at = now + timedelta(seconds=window)
+    if row.lease_expires_at is not None and as_utc(row.lease_expires_at) < as_utc(now):
+        row.claimed_by = row.lease_expires_at = None
+    return row
+
+
+def of_tenant(
+    s: Session, *, tenant: str | None, status: str | None, limit: int, before: int | None
+) -> list[WebhookDelivery]:
+    """A tenant's deliveries (None: every tenant's), newest first, optionally by status;
+    `before` an id to page on."""
+    query = select(WebhookDelivery).order_by(WebhookDelivery.id.desc()).limit(limit)
+    if tenant is not None:
+        query = query.where(func.coalesce(WebhookDelivery.tenant, DEFAULT_TENANT) == tenant)
+    if status is not None:
+        query = query.where(WebhookDelivery.status == status)
+    if before is not None:
+        query = query.where(WebhookDelivery.id < before)
+    return list(s.scalars(query))
 
 
 def deliveries(

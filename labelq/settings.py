@@ -135,7 +135,22 @@ class Settings(BaseSettings):
     webhook_retry_backoff: float = Field(
         default=10, ge=0, description="First wait before a failed webhook is tried again."
     )
-    webhook_max_attempts: int = Field(default=8, ge=1, description="Attempts per webhook.")
+    webhook_retry_window: float = Field(
+        default=3 * 24 * 3600,
+        gt=0,
+        description="Seconds a webhook is retried after it was queued (3 days, as the major "
+        "webhook senders do; waits double up to an hour) before it is marked failed; a failed "
+        "one can be sent again with POST /v1/webhooks/{id}/redeliver.",
+    )
+    webhook_concurrency: int = Field(
+        default=8, ge=1, description="Webhook requests a deliverer makes at once (a process)."
+    )
+    webhook_per_receiver: int = Field(
+        default=2,
+        ge=1,
+        description="Webhook requests in flight to one receiver host at once, across "
+        "deliverers: a slow receiver holds these, never the others' deliveries.",
+    )
     pipeline_connections: dict[str, Connection] = Field(
         default_factory=dict,
         description="Databases pipelines may use, by name (JSON): name -> URL, or {url, tenants, "

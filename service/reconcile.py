@@ -14,7 +14,8 @@ one), needs nothing from the broker's memory:
 - ends jobs whose chunks are all done, jobs whose upload stopped (its lease ran out: the
   process receiving it died), jobs past their deadline (`expired`), cancelling jobs whose
   running chunks nobody holds any more, and pipeline runs whose job ended;
-- delivers due webhooks;
+- queues a webhook delivery for every event that has none (deliverers POST them: never the
+  sweep, so a slow receiver cannot hold it);
 - forgets workers that stopped beating.
 
 A task sent twice is harmless: a chunk is claimed under a lease and written once.
@@ -46,7 +47,7 @@ class SweepReport(BaseModel):
     jobs_expired: list[str] = []
     workers_forgotten: int = 0
     runs_ended: list[int] = []
-    webhooks_delivered: int = 0
+    webhooks_queued: int = 0
     fits_sent: int = 0
     fits_expired: list[int] = []
 
@@ -57,9 +58,12 @@ LOCK = "reconciler"
 def sweep_if_leader(ctx: Ctx, owner: str) -> SweepReport | None:
     """Sweep if `owner` holds (or takes) the reconciler's lock; None when another holds it.
     Every worker tries every period, so the sweep never waits behind a busy queue, and the
-    lock keeps two from sending, writing sinks or delivering webhooks at once."""
-    held = locks.take(ctx, LOCK, owner, max(3 * ctx.settings.reconcile_interval, 10))
-    return sweep(ctx) if held else None
+    lock, renewed while the sweep runs, keeps two from sending or writing sinks at once."""
+    seconds = max(3 * ctx.settings.reconcile_interval, 10)
+    if not locks.take(ctx, LOCK, owner, seconds):
+        return None
+    with locks.Renewing(ctx, LOCK, owner, seconds):  # a long sweep (a slow sink) keeps it
+        return sweep(ctx)
 
 
 def sweep(ctx: Ctx) -> SweepReport:
@@ -97,7 +101,7 @@ def sweep(ctx: Ctx) -> SweepReport:
     report.fits_sent = sum(send_fit(ctx, calibration_id, queue) for calibration_id, queue in fits)
     # Pipeline runs whose job ended: sink, then watermark. Then the notifications.
     report.runs_ended = pipelines.finish_runs(ctx)
-    report.webhooks_delivered = webhooks.deliver_due(ctx)
+    report.webhooks_queued = webhooks.enqueue(ctx)
     if report.sent or report.unsent or report.jobs_ended:
         log.info(
             "reconciler: sent %d chunk(s), %d could not be sent, ended %d job(s)",

@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, text
 from standardwebhooks import Webhook
 
 from labelq.pipeline import Schedule
+from service import webhooks
 from service.context import Ctx
 from service.reconcile import sweep
 from service.schedules import due
@@ -152,7 +153,10 @@ def api(factory: Any, fake_scorer: Any, tmp_path: Path) -> Iterator[Any]:
 
 
 def _settle(client: Any, dispatcher: Any, factory: Any) -> None:
-    sweep(Ctx.system(client.app.state.labelq.services))
+    """A sweep, then a round of webhook deliveries (a worker's deliverer does it)."""
+    ctx = Ctx.system(client.app.state.labelq.services)
+    sweep(ctx)
+    webhooks.deliver_due(ctx, "test-deliverer")
 
 
 def test_sql_pipeline_runs_twice_then_survives_a_failed_sink(

@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
 from labelq.settings import Settings
+from service import webhooks
 from service.context import Ctx
 from service.reconcile import sweep
 from service.webhooks import signed_headers
@@ -268,7 +269,9 @@ def _notified(c: TestClient, hook: str) -> tuple[dict[str, Any], float]:
     body = {"classifier": "news", "items": [{"title": "a"}], "webhook_url": hook}
     job = c.post("/v1/jobs", json=body).json()
     start = time.monotonic()
-    sweep(Ctx.system(c.app.state.labelq.services))
+    ctx = Ctx.system(c.app.state.labelq.services)
+    sweep(ctx)
+    webhooks.deliver_due(ctx, "test-deliverer")
     took = time.monotonic() - start
     return c.get(f"/v1/jobs/{job['id']}/webhooks").json()[0], took
 
@@ -307,7 +310,9 @@ def test_webhooks_follow_no_redirect_and_sign_per_tenant(factory: Any, fake_scor
             for name, who in (("a", t.a), ("b", t.b)):
                 body = {"classifier": "news", "items": [{"title": "x"}], "webhook_url": hook}
                 jobs[name] = c.post("/v1/jobs", json=body, headers=who).json()["id"]
-            sweep(Ctx.system(c.app.state.labelq.services))
+            ctx = Ctx.system(c.app.state.labelq.services)
+            sweep(ctx)
+            webhooks.deliver_due(ctx, "test-deliverer")
             secrets = {}
             for name, key in (("a", "acme"), ("b", "bolt")):
                 admin = create_key(factory, f"admin-{key}", key, ("admin",))

@@ -9,8 +9,9 @@ import logging
 import os
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
-from service import calibrations, pipelines, workers
+from service import calibrations, pipelines, webhooks, workers
 from service.chunks import ChunkRunner, Health
 from service.context import Ctx, Services
 from service.dispatch import queue_for
@@ -106,6 +107,62 @@ class Sweeper:
                 log.warning("reconciler sweep failed: %s", exc)
 
 
+class Deliverer:
+    """Delivers webhooks from the outbox in threads of the worker process: it keeps its
+    `LABELQ_WEBHOOK_CONCURRENCY` slots full with due deliveries as they free up, so a
+    receiver that drips its answer holds one slot (at most `LABELQ_WEBHOOK_PER_RECEIVER`),
+    never the sweep or the other receivers' events. Looks again every `interval` seconds
+    when idle."""
+
+    def __init__(self, ctx: Ctx, owner: str, interval: float):
+        self.ctx, self.owner, self.interval = ctx, owner, interval
+        self.slots = ctx.settings.webhook_concurrency
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._pool = ThreadPoolExecutor(self.slots, thread_name_prefix="labelq-webhook")
+        self._thread = threading.Thread(target=self._run, name="labelq-deliverer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop claiming; requests under way end within their deadline or are abandoned to
+        their leases."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                free = self.slots - self._in_flight
+            claimed = []
+            if free > 0:
+                try:
+                    claimed = webhooks.claim(self.ctx, self.owner, free)
+                except Exception as exc:
+                    log.warning("webhook claim failed: %s", exc)
+            for delivery in claimed:
+                with self._lock:
+                    self._in_flight += 1
+                self._pool.submit(self._attempt, delivery)
+            if not claimed:
+                self._wake.wait(self.interval)
+                self._wake.clear()
+
+    def _attempt(self, delivery: webhooks.Due) -> None:
+        try:
+            webhooks.attempt(self.ctx, self.owner, delivery)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+            self._wake.set()
+
+
 class WorkerRuntime:
     def __init__(self, services: Services, model: str, name: str | None = None):
         self.services = services
@@ -131,6 +188,7 @@ class WorkerRuntime:
             self.runner.health,
         )
         self.sweeper = Sweeper(self, self.settings.reconcile_interval)
+        self.deliverer = Deliverer(self.ctx, self.name, self.settings.reconcile_interval)
 
     def score_chunk(self, job_id: str, seq: int) -> bool:
         return self.runner.run(job_id, seq)
@@ -148,11 +206,13 @@ class WorkerRuntime:
 
     def start(self, sweep: bool = True) -> None:
         self.heartbeat.start()
+        self.deliverer.start()
         if sweep:
             self.sweeper.start()
 
     def stop(self) -> None:
         """Leave the worker list and stop the engines; no engine process outlives this."""
         self.sweeper.stop()
+        self.deliverer.stop()
         self.heartbeat.stop()
         self.engines.close()
