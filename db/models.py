@@ -403,6 +403,8 @@ class PipelineRun(Base):
     watermark_after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     files: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
+    # While it reads its source (no job yet): renewed as it goes; past it the run failed.
+    lease_expires_at: Mapped[datetime | None]
 
 
 class PipelineFile(Base):

@@ -2,20 +2,22 @@
 caller's Session (nothing here commits).
 
 A run is `running` from `open_run` until `finish_run` (its sink written: the watermark and the
-files it read are committed with it) or `fail_run`; a run opened while another is running is
-`skipped` at once, with the reason. Nothing else assigns `PipelineRun.state`.
+files it read are committed with it) or `fail_run` (also when its reader died: its lease ran
+out before it handed its rows to a job); a run opened while another is running is `skipped`
+at once, with the reason. Nothing else assigns `PipelineRun.state`.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import Pipeline, PipelineFile, PipelineRun, RunState, utcnow
+from db.models import Pipeline, PipelineFile, PipelineRun, RunState, as_utc, utcnow
+from db.session import rowcount
 from labelq.errors import Conflict, NotFound
 
 
@@ -64,13 +66,14 @@ def delete_pipeline(s: Session, row: Pipeline) -> None:
 
 
 def last_started(s: Session) -> dict[tuple[str, str], datetime]:
-    """(tenant, pipeline name) -> when its last run (of any kind) started."""
+    """(tenant, pipeline name) -> when its last run (of any kind) started: one row a
+    pipeline, however many runs it had."""
     rows = s.execute(
-        select(Pipeline.tenant, Pipeline.name, PipelineRun.started_at)
+        select(Pipeline.tenant, Pipeline.name, func.max(PipelineRun.started_at))
         .join(PipelineRun, PipelineRun.pipeline_id == Pipeline.id)
-        .order_by(PipelineRun.id)
+        .group_by(Pipeline.id, Pipeline.tenant, Pipeline.name)
     ).all()
-    return {(tenant, name): started for tenant, name, started in rows}
+    return {(tenant, name): as_utc(started) for tenant, name, started in rows}
 
 
 def processed_files(s: Session, pipeline_id: int) -> set[tuple[str, str]]:
@@ -113,10 +116,45 @@ def pipeline_of_run(s: Session, run: PipelineRun, *, for_update: bool = False) -
     return s.get_one(Pipeline, run.pipeline_id, with_for_update=for_update)
 
 
-def open_run(s: Session, pipeline: Pipeline, trigger: str) -> PipelineRun:
+def _reading_expired(now: datetime, lease_seconds: float) -> Any:
+    """A running run still reading its source (no job) whose lease ran out (one from before
+    leases: a lease older than its start)."""
+    return and_(
+        PipelineRun.state == RunState.running,
+        PipelineRun.job_id.is_(None),
+        or_(
+            PipelineRun.lease_expires_at < now,
+            and_(
+                PipelineRun.lease_expires_at.is_(None),
+                PipelineRun.started_at < now - timedelta(seconds=lease_seconds),
+            ),
+        ),
+    )
+
+
+_DIED = "the process reading the source stopped (its lease ran out): the next run reads again"
+
+
+def expire_runs(s: Session, now: datetime, lease_seconds: float) -> list[int]:
+    """Fail every run whose reader died (see `_reading_expired`); their ids."""
+    ids = list(s.scalars(select(PipelineRun.id).where(_reading_expired(now, lease_seconds))))
+    for run_id in ids:
+        fail_run(s, run_id, _DIED)
+    return ids
+
+
+def open_run(
+    s: Session, pipeline: Pipeline, trigger: str, now: datetime, lease_seconds: float
+) -> PipelineRun:
     """A new run of a pipeline locked by the caller (`get_pipeline(for_update=True)`):
-    `running`, or `skipped` with the reason when another run is still going (runs never
-    overlap)."""
+    `running` under a lease of `lease_seconds`, or `skipped` with the reason when another run
+    is still going (runs never overlap). A run whose reader died is failed first."""
+    for dead in s.scalars(
+        select(PipelineRun.id).where(
+            PipelineRun.pipeline_id == pipeline.id, _reading_expired(now, lease_seconds)
+        )
+    ).all():
+        fail_run(s, dead, _DIED)
     running = s.scalar(
         select(PipelineRun).where(
             PipelineRun.pipeline_id == pipeline.id, PipelineRun.state == RunState.running
@@ -128,6 +166,7 @@ def open_run(s: Session, pipeline: Pipeline, trigger: str) -> PipelineRun:
         state=RunState.skipped if running else RunState.running,
         watermark_before=pipeline.watermark,
         rows_read=0,
+        lease_expires_at=None if running else now + timedelta(seconds=lease_seconds),
     )
     if running:
         run.error = f"run {running.id} (started {running.started_at}) is still going"
@@ -137,6 +176,26 @@ def open_run(s: Session, pipeline: Pipeline, trigger: str) -> PipelineRun:
     return run
 
 
+def renew_run(s: Session, run_id: int, now: datetime, lease_seconds: float) -> bool:
+    """Extend a reading run's lease; False once it is not reading any more (failed by the
+    reconciler after its lease ran out, or past reading)."""
+    return (
+        rowcount(
+            s.execute(
+                update(PipelineRun)
+                .where(
+                    PipelineRun.id == run_id,
+                    PipelineRun.state == RunState.running,
+                    PipelineRun.job_id.is_(None),
+                )
+                .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+                .execution_options(synchronize_session=False)
+            )
+        )
+        == 1
+    )
+
+
 def record_read(
     s: Session,
     run_id: int,
@@ -144,9 +203,14 @@ def record_read(
     job_id: str | None,
     watermark_after: dict[str, Any] | None,
     files: list[dict[str, Any]],
-) -> None:
-    """What a run read into its job; a run that found nothing new is done."""
-    run = get_run(s, run_id)
+) -> bool:
+    """What a run read into its job (its job holds it from now on: the lease ends); a run that
+    found nothing new is done. False when the run is no longer running (its lease ran out
+    and it was failed meanwhile): nothing is recorded."""
+    run = s.get_one(PipelineRun, run_id, with_for_update=True)
+    if run.state != RunState.running:
+        return False
+    run.lease_expires_at = None
     run.rows_read = rows_read
     run.job_id = job_id
     run.watermark_after = watermark_after
@@ -154,10 +218,15 @@ def record_read(
     if job_id is None:
         run.state = RunState.succeeded
         run.finished_at = utcnow()
+    return True
 
 
 def fail_run(s: Session, run_id: int, error: str) -> None:
-    run = get_run(s, run_id)
+    """A running run fails with `error` (one that already ended keeps its outcome)."""
+    run = s.get_one(PipelineRun, run_id, with_for_update=True)
+    if run.state != RunState.running:
+        return
+    run.lease_expires_at = None
     run.state = RunState.failed
     run.error = error
     run.finished_at = utcnow()

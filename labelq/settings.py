@@ -161,6 +161,13 @@ class Settings(BaseSettings):
         description="Folders pipelines may use, by name (JSON): name -> path, or {path, tenants, "
         "write}.",
     )
+    pipeline_run_lease: float = Field(
+        default=120,
+        gt=0,
+        description="Seconds a pipeline run reading its source holds its lease, renewed every "
+        "third of it as it reads: a run whose process died is failed once it runs out, and the "
+        "next tick runs.",
+    )
     pipeline_connect_timeout: float = Field(
         default=10, gt=0, description="Seconds a pipeline's database connection may take."
     )

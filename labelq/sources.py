@@ -101,6 +101,25 @@ class SqlReader:
                     f"the source has no column {column!r}; it has {sorted(columns)}", field=field
                 )
 
+    def _no_nulls(self, connection: Any) -> None:
+        """A NULL in the watermark or key column is a row no position ever passes (PostgreSQL
+        sorts it last, so a stored watermark would become NULL and every later run read 0
+        rows): the run fails, naming the column and how many rows."""
+        from sqlalchemy import text
+
+        for field, column in (("source.watermark", self.order), ("source.key", self.source.key)):
+            if field == "source.watermark" and not self.source.watermark:
+                continue
+            nulls = connection.execute(
+                text(f"SELECT COUNT(*) FROM {self._base()} WHERE {self._q(column)} IS NULL")
+            ).scalar_one()
+            if nulls:
+                raise InputError(
+                    f"{nulls} source row(s) have NULL in column {column!r}: a watermark and a "
+                    "key must be set on every row (fill them, or filter them out with a query)",
+                    field=field,
+                )
+
     def pages(self, after: dict[str, Any] | None) -> Iterator[tuple[list[Record], dict[str, Any]]]:
         """Pages of records past `after` (a position from an earlier page), each with the
         position after its last row."""
@@ -112,6 +131,7 @@ class SqlReader:
         position = None if after is None else (load_value(after["order"]), load_value(after["key"]))
         with self.engine.connect() as connection:
             self._read_only(connection)
+            self._no_nulls(connection)
             while True:
                 where, params = "", {"limit": s.page_size}
                 if position is not None:

@@ -3,13 +3,9 @@ sweeping, the one beat sending)."""
 
 from __future__ import annotations
 
-import logging
-import threading
-
 from db import locks
 from service.context import Ctx
-
-log = logging.getLogger(__name__)
+from service.leases import KeepAlive
 
 
 def take(ctx: Ctx, name: str, owner: str, seconds: float) -> bool:
@@ -29,30 +25,6 @@ def release(ctx: Ctx, name: str, owner: str) -> None:
         locks.release(s, name, owner)
 
 
-class Renewing:
-    """Renews the lock `name` for `owner` every third of `seconds` while the block runs, so a
-    holder that is slow but alive keeps it (and one that died loses it a lease later)."""
-
-    def __init__(self, ctx: Ctx, name: str, owner: str, seconds: float):
-        self.ctx, self.name, self.owner, self.seconds = ctx, name, owner, seconds
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"labelq-lock-{name}", daemon=True)
-
-    def __enter__(self) -> Renewing:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._done.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._done.wait(self.seconds / 3):
-            try:
-                if not take(self.ctx, self.name, self.owner, self.seconds):
-                    log.warning(
-                        "lock %s was taken by another while %s held it", self.name, self.owner
-                    )
-                    return
-            except Exception as exc:  # the database is away: try again; the lease may lapse
-                log.warning("could not renew lock %s: %s", self.name, exc)
+def renewing(ctx: Ctx, name: str, owner: str, seconds: float) -> KeepAlive:
+    """Renews the lock `name` for `owner` every third of `seconds` while the block runs."""
+    return KeepAlive(lambda: take(ctx, name, owner, seconds), seconds / 3, f"lock-{name}")

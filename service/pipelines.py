@@ -21,14 +21,16 @@ from db import pipelines as rows
 from db import webhooks as deliveries_db
 from db.classifiers import get_classifier
 from db.models import JobState, Pipeline, PipelineRun, RunState, utcnow
+from db.session import db_now
 from labelq import outbound, targets
 from labelq.errors import InputError, LabelqError, NotFound, SpecError
 from labelq.pipeline import FilesSink, FilesSource, PipelineSpec, SqlSink, parse_pipeline
 from labelq.scoring import Item
 from labelq.sinks import FilesWriter, SqlWriter, sink_row
 from labelq.sources import FilesReader, SqlReader
-from service import ingest, results
+from service import ingest, jobs, results
 from service.context import Ctx
+from service.leases import KeepAlive
 from service.webhooks import DeliveryOut
 
 log = logging.getLogger(__name__)
@@ -245,14 +247,16 @@ def due_now(ctx: Ctx) -> list[tuple[str, str]]:
 def start_run(ctx: Ctx, name: str, trigger: str = "schedule") -> RunOut:
     """Read what is new in the source into a job of the caller's tenant. A run still going
     makes this one `skipped` (recorded, with the reason); never two at once."""
+    lease = ctx.settings.pipeline_run_lease
     with ctx.tx() as s:
         row = rows.get_pipeline(s, name, tenant=ctx.owner, for_update=True)
-        run = rows.open_run(s, row, trigger)
+        run = rows.open_run(s, row, trigger, db_now(s), lease)
         spec, run_id, pipeline_id, watermark = spec_of(row), run.id, row.id, row.watermark
         skipped = run.state == RunState.skipped
     if not skipped:
         try:
-            _read_into_job(ctx, spec, run_id, pipeline_id, watermark)
+            with KeepAlive(lambda: _renew(ctx, run_id), lease / 3, f"run-{run_id}"):
+                _read_into_job(ctx, spec, run_id, pipeline_id, watermark)
         except Exception as exc:
             error = exc.message if isinstance(exc, LabelqError) else f"{type(exc).__name__}: {exc}"
             log.warning("pipeline %s run %d failed while reading: %s", name, run_id, error)
@@ -260,6 +264,11 @@ def start_run(ctx: Ctx, name: str, trigger: str = "schedule") -> RunOut:
                 rows.fail_run(s, run_id, f"reading the source failed: {error}")
     with ctx.reads() as s:
         return RunOut.of(rows.get_run(s, run_id), name)
+
+
+def _renew(ctx: Ctx, run_id: int) -> bool:
+    with ctx.tx() as s:
+        return rows.renew_run(s, run_id, db_now(s), ctx.settings.pipeline_run_lease)
 
 
 class _RunIntake:
@@ -335,7 +344,12 @@ def _read_into_job(
         raise
     job_id = intake.submission.job_id if intake.submission is not None else None
     with ctx.tx() as s:
-        rows.record_read(s, run_id, intake.rows_read, job_id, position, files)
+        recorded = rows.record_read(s, run_id, intake.rows_read, job_id, position, files)
+    if not recorded and job_id is not None:  # failed meanwhile (its lease ran out): no job
+        log.warning(
+            "pipeline %s run %d ended while it read; its job is cancelled", spec.name, run_id
+        )
+        jobs.cancel(ctx, job_id)
 
 
 def finish_runs(ctx: Ctx) -> list[int]:

@@ -14,6 +14,8 @@ one), needs nothing from the broker's memory:
 - ends jobs whose chunks are all done, jobs whose upload stopped (its lease ran out: the
   process receiving it died), jobs past their deadline (`expired`), cancelling jobs whose
   running chunks nobody holds any more, and pipeline runs whose job ended;
+- fails pipeline runs whose reader died (their lease ran out before they handed their rows
+  to a job), so the next tick runs instead of being `skipped` for good;
 - queues a webhook delivery for every event that has none (deliverers POST them: never the
   sweep, so a slow receiver cannot hold it);
 - forgets workers that stopped beating.
@@ -31,6 +33,7 @@ from pydantic import BaseModel
 
 from db import calibrations, chunks, workers
 from db import jobs as job_rows
+from db import pipelines as pipeline_rows
 from db.session import db_now
 from service import locks, pipelines, webhooks
 from service.context import Ctx
@@ -47,6 +50,7 @@ class SweepReport(BaseModel):
     jobs_expired: list[str] = []
     workers_forgotten: int = 0
     runs_ended: list[int] = []
+    runs_expired: list[int] = []
     webhooks_queued: int = 0
     fits_sent: int = 0
     fits_expired: list[int] = []
@@ -62,7 +66,7 @@ def sweep_if_leader(ctx: Ctx, owner: str) -> SweepReport | None:
     seconds = max(3 * ctx.settings.reconcile_interval, 10)
     if not locks.take(ctx, LOCK, owner, seconds):
         return None
-    with locks.Renewing(ctx, LOCK, owner, seconds):  # a long sweep (a slow sink) keeps it
+    with locks.renewing(ctx, LOCK, owner, seconds):  # a long sweep (a slow sink) keeps it
         return sweep(ctx)
 
 
@@ -75,6 +79,7 @@ def sweep(ctx: Ctx) -> SweepReport:
         report.uploads_ended = job_rows.expire_uploads(s, now)
         report.jobs_expired = chunks.expire_jobs(s, now)
         report.jobs_ended = chunks.finish_done_jobs(s) + chunks.cancel_abandoned(s, now)
+        report.runs_expired = pipeline_rows.expire_runs(s, now, settings.pipeline_run_lease)
         report.workers_forgotten = workers.forget_stale(
             s, now - timedelta(seconds=10 * settings.worker_stale_after)
         )

@@ -460,3 +460,96 @@ def test_event_stream_shows_counts_rising_and_ends(factory: Any, fake_scorer: An
     done = [data["succeeded"] for kind, data in events if kind == "progress"]
     assert done == sorted(done) and done[0] == 0 and done[-1] == 12 and len(set(done)) >= 3
     assert events[-1][0] == "end" and events[-1][1]["state"] == "succeeded"
+
+
+@pytest.fixture
+def short_lease(factory: Any, fake_scorer: Any, tmp_path: Path) -> Iterator[Any]:
+    """The API with a one-second run lease (labelq's own timer, shortened)."""
+    c, d = make_client(factory, fake_scorer, pipeline_run_lease=1.0, **operator_targets(tmp_path))
+    with c:
+        assert c.post("/v1/classifiers", json=CLASSIFIER).status_code == 201
+        yield c, d, factory
+
+
+def test_a_run_whose_reader_died_fails_and_the_next_tick_runs(
+    short_lease: Any, source: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process reading a run's source is killed (here: its run is opened, and nothing
+    more happens): once the run's lease runs out the sweep fails it, saying why, and the next
+    run reads the rows. Before, the run stayed `running` with no job forever and every later
+    tick was `skipped`."""
+    from db import pipelines as pipeline_rows
+    from db.session import db_now
+
+    c, d, factory = short_lease
+    monkeypatch.setenv("NEWS_DB_URL", source.url)
+    source.add(10)
+    assert c.post("/v1/pipelines", json=_pipeline("dies")).status_code == 201
+    with factory.begin() as s:  # what start_run does first; then the process dies
+        row = pipeline_rows.get_pipeline(s, "dies", tenant="default", for_update=True)
+        dead = pipeline_rows.open_run(s, row, "schedule", db_now(s), 1.0).id
+    assert c.post("/v1/pipelines/dies/run").json()["state"] == "skipped"  # still leased
+    time.sleep(1.2)
+    report = sweep(Ctx.system(c.app.state.labelq.services))
+    assert report.runs_expired == [dead]
+    runs = {r["id"]: r for r in c.get("/v1/pipelines/dies/runs").json()}
+    assert runs[dead]["state"] == "failed" and "lease ran out" in runs[dead]["error"]
+    run = c.post("/v1/pipelines/dies/run").json()
+    assert (run["state"], run["rows_read"]) == ("running", 10)
+    _settle(c, d, factory)
+    assert [int(r["key"]) for r in source.sink_rows()] == list(range(1, 11))
+
+
+def test_a_slow_reader_keeps_its_run(
+    short_lease: Any, source: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that is slow but alive renews its run's lease: a sweep while it reads leaves
+    the run alone, and the run ends with every row."""
+    from labelq.sources import SqlReader
+
+    c = short_lease[0]
+    monkeypatch.setenv("NEWS_DB_URL", source.url)
+    source.add(10)
+    assert c.post("/v1/pipelines", json=_pipeline("slow")).status_code == 201
+    reading, go_on = threading.Event(), threading.Event()
+    pages = SqlReader.pages
+
+    def slow_pages(self: SqlReader, after: Any) -> Any:
+        reading.set()
+        assert go_on.wait(30)
+        yield from pages(self, after)
+
+    monkeypatch.setattr(SqlReader, "pages", slow_pages)
+    ctx = Ctx.system(c.app.state.labelq.services).acting_for("default")
+    from service import pipelines
+
+    out: list[Any] = []
+    runner = threading.Thread(target=lambda: out.append(pipelines.start_run(ctx, "slow")))
+    runner.start()
+    assert reading.wait(30)
+    time.sleep(2.5)  # more than two leases
+    assert sweep(Ctx.system(c.app.state.labelq.services)).runs_expired == []
+    go_on.set()
+    runner.join(30)
+    assert out and (out[0].state, out[0].rows_read) == ("running", 10)
+
+
+def test_a_null_watermark_fails_the_run_naming_the_column_and_count(
+    api: Any, source: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows with a NULL watermark are rows no position passes (PostgreSQL sorts them last,
+    and a stored NULL watermark made every later run read 0 rows in silence): the run fails
+    and says which column and how many rows; the watermark does not move."""
+    c = api[0]
+    monkeypatch.setenv("NEWS_DB_URL", source.url)
+    with source.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE articles ADD COLUMN seen INTEGER"))
+    source.add(4)
+    with source.engine.begin() as conn:
+        conn.execute(text("UPDATE articles SET seen = id WHERE id <= 2"))
+    source_spec = {**_pipeline("nulls")["source"], "watermark": "seen"}
+    assert c.post("/v1/pipelines", json=_pipeline("nulls", source=source_spec)).status_code == 201
+    run = c.post("/v1/pipelines/nulls/run").json()
+    assert run["state"] == "failed" and run["job_id"] is None
+    assert "2 source row(s) have NULL in column 'seen'" in run["error"], run["error"]
+    assert c.get("/v1/pipelines/nulls").json()["watermark"] is None

@@ -322,7 +322,7 @@ def test_the_sweep_lock_is_renewed_while_a_long_sweep_runs(factory: Factory) -> 
 
     ctx = system(factory, Settings())
     assert locks.take(ctx, "reconciler", "w1", 1.0)
-    with locks.Renewing(ctx, "reconciler", "w1", 1.0):
+    with locks.renewing(ctx, "reconciler", "w1", 1.0):
         time.sleep(2.0)
         assert not locks.take(ctx, "reconciler", "w2", 1.0)
         assert locks.holder(ctx, "reconciler") == "w1"
