@@ -11,10 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from labelq import formats
+from labelq.errors import InputError
 from labelq.pipeline import FilesSink, SqlSink
 from labelq.scoring import batches
 
 BATCH = 1000
+
+
+def _is_integer(column_type: Any) -> bool:
+    try:
+        return column_type is not None and column_type.python_type is int
+    except NotImplementedError:
+        return False
 
 
 class SqlWriter:
@@ -28,7 +36,7 @@ class SqlWriter:
     def close(self) -> None:
         self.engine.dispose()
 
-    def _table(self, key_sample: Any) -> Any:
+    def _table(self, integer_keys: bool) -> Any:
         from sqlalchemy import (
             JSON,
             BigInteger,
@@ -43,7 +51,7 @@ class SqlWriter:
         )
 
         schema, _, name = self.sink.table.rpartition(".")
-        key_type: Any = BigInteger() if isinstance(key_sample, int) else String(512)
+        key_type: Any = BigInteger() if integer_keys else String(512)
         return Table(
             name,
             MetaData(schema=schema or None),
@@ -58,26 +66,44 @@ class SqlWriter:
             Column("error", Text),
         )
 
-    def write(self, rows: Iterable[dict[str, Any]]) -> int:
-        """Upsert `rows` (dicts with the table's columns) in batches; returns how many."""
+    def write(self, rows: Iterable[dict[str, Any]], *, integer_keys: bool = False) -> int:
+        """Upsert `rows` (dicts with the table's columns) in one transaction: a run that fails
+        midway leaves none of its writes visible. Keys keep their source's type: the table
+        is made with an integer key only when the source's key column is one
+        (`integer_keys`), otherwise text, so '007' and '7' are two rows; a table that exists
+        decides by its own key column, and a key it cannot hold is an error naming it.
+        Returns how many rows."""
         from sqlalchemy import inspect
 
         written = 0
-        table = None
-        for batch in batches(rows, BATCH):
-            if table is None:
-                key = batch[0]["key"]
-                table = self._table(int(key) if str(key).lstrip("-").isdigit() else key)
-                if not inspect(self.engine).has_table(table.name, schema=table.schema):
-                    table.create(self.engine, checkfirst=True)
-                key_is_int = isinstance(table.c.key.type.python_type, type) and (
-                    table.c.key.type.python_type is int
-                )
-            rows_out = [{**r, "key": int(r["key"]) if key_is_int else str(r["key"])} for r in batch]
-            with self.engine.begin() as connection:
-                self._upsert(connection, table, rows_out)
-            written += len(batch)
+        with self.engine.begin() as connection:
+            table = self._table(integer_keys)
+            found = inspect(connection)
+            if found.has_table(table.name, schema=table.schema):
+                columns = {
+                    c["name"]: c["type"] for c in found.get_columns(table.name, table.schema)
+                }
+                integer_keys = _is_integer(columns.get("key"))
+                table = self._table(integer_keys)
+            else:
+                table.create(connection)
+            for batch in batches(rows, BATCH):
+                out = [{**r, "key": self._key(r["key"], integer_keys)} for r in batch]
+                self._upsert(connection, table, out)
+                written += len(batch)
         return written
+
+    def _key(self, key: Any, integer: bool) -> Any:
+        if not integer:
+            return str(key)
+        text = str(key)
+        if not text.lstrip("-").isdigit() or str(int(text)) != text:
+            raise InputError(
+                f"key {text!r} is not an integer, and the key column of sink table "
+                f"{self.sink.table!r} is (write to a table with a text key)",
+                field="sink.table",
+            )
+        return int(text)
 
     def _upsert(self, connection: Any, table: Any, rows: list[dict[str, Any]]) -> None:
         name = self.engine.dialect.name

@@ -101,6 +101,22 @@ class SqlReader:
                     f"the source has no column {column!r}; it has {sorted(columns)}", field=field
                 )
 
+    def integer_keys(self) -> bool:
+        """Whether the source's key column holds integers (a table's, by its declared type;
+        a query's keys count as text), so a sink stores keys as the source has them."""
+        if not self.source.table:
+            return False
+        from sqlalchemy import inspect
+
+        schema, _, name = self.source.table.rpartition(".")
+        for column in inspect(self.engine).get_columns(name, schema or None):
+            if column["name"] == self.source.key:
+                try:
+                    return bool(column["type"].python_type is int)
+                except NotImplementedError:
+                    return False
+        return False
+
     def _no_nulls(self, connection: Any) -> None:
         """A NULL in the watermark or key column is a row no position ever passes (PostgreSQL
         sorts it last, so a stored watermark would become NULL and every later run read 0

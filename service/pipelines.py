@@ -385,6 +385,19 @@ def finish_runs(ctx: Ctx) -> list[int]:
     return ended
 
 
+def _source_integer_keys(ctx: Ctx, spec: PipelineSpec) -> bool:
+    """Whether the source's keys are integers (a SQL table's integer key column)."""
+    if isinstance(spec.source, FilesSource):
+        return False
+    reader = _reader(ctx, spec)
+    if not isinstance(reader, SqlReader):
+        return False
+    try:
+        return reader.integer_keys()
+    finally:
+        reader.close()
+
+
 # A sink that is briefly away is retried; past this, the run fails and the next run redoes it.
 _sink_retry = retry(
     wait=wait_exponential(multiplier=0.5, max=8), stop=stop_after_attempt(4), reraise=True
@@ -400,7 +413,10 @@ def _write_sink(ctx: Ctx, spec: PipelineSpec, run_id: int, job_id: str, version:
     writer = _writer(ctx, spec)
     if isinstance(writer, SqlWriter):
         try:
-            writer.write(sink_row(r, run_id, version, now) for r in out)
+            integer_keys = _source_integer_keys(ctx, spec)
+            writer.write(
+                (sink_row(r, run_id, version, now) for r in out), integer_keys=integer_keys
+            )
         finally:
             writer.close()
     elif isinstance(writer, FilesWriter):

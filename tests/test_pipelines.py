@@ -553,3 +553,62 @@ def test_a_null_watermark_fails_the_run_naming_the_column_and_count(
     assert run["state"] == "failed" and run["job_id"] is None
     assert "2 source row(s) have NULL in column 'seen'" in run["error"], run["error"]
     assert c.get("/v1/pipelines/nulls").json()["watermark"] is None
+
+
+def test_text_keys_stay_text_in_the_sink_and_a_failed_write_leaves_nothing(
+    api: Any, source: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A table keyed by text ('007', '7', 'A-17'): three rows in the sink, keys as the
+    source has them (the sink guessed an integer key from the first key: '007' and '7'
+    overwrote each other, and 'A-17' failed every write). A sink write that fails midway
+    leaves none of the run's rows visible (batches committed one by one before)."""
+    from labelq import sinks
+
+    c, d, factory = api
+    monkeypatch.setenv("NEWS_DB_URL", source.url)
+    with source.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE coded (code VARCHAR(20) PRIMARY KEY, title TEXT)"))
+        conn.execute(
+            text("INSERT INTO coded VALUES ('007', 'a'), ('7', 'b'), ('A-17', 'c'), ('8', 'd')")
+        )
+    spec = _pipeline("coded")
+    spec["source"] = {
+        **spec["source"],
+        "table": "coded",
+        "key": "code",
+        "watermark": None,
+        "fields": {"title": "title", "description": "title"},
+    }
+    spec["sink"] = {"kind": "sql", "connection": "news", "table": "coded_labels"}
+    assert c.post("/v1/pipelines", json=spec).status_code == 201, spec
+
+    upsert, calls = sinks.SqlWriter._upsert, []
+
+    def failing(self: Any, connection: Any, table: Any, rows: Any) -> None:
+        calls.append(len(rows))
+        if len(calls) % 2 == 0:  # every attempt (the sink is retried) fails at its 2nd batch
+            raise RuntimeError("the sink server went away")
+        upsert(self, connection, table, rows)
+
+    monkeypatch.setattr(sinks, "BATCH", 2)
+    monkeypatch.setattr(sinks.SqlWriter, "_upsert", failing)
+    c.post("/v1/pipelines/coded/run")
+    _settle(c, d, factory)
+    failed = c.get("/v1/pipelines/coded/runs").json()[0]
+    assert failed["state"] == "failed" and "went away" in failed["error"]
+    with source.engine.connect() as conn:
+        tables = conn.dialect.get_table_names(conn)
+        visible = (
+            conn.execute(text("SELECT COUNT(*) FROM coded_labels")).scalar_one()
+            if ("coded_labels" in tables)
+            else 0
+        )
+    assert visible == 0, "a failed run left part of its writes visible"
+
+    monkeypatch.setattr(sinks.SqlWriter, "_upsert", upsert)
+    again = c.post("/v1/pipelines/coded/run").json()
+    assert again["rows_read"] == 4
+    _settle(c, d, factory)
+    with source.engine.connect() as conn:
+        keys = [r[0] for r in conn.execute(text("SELECT key FROM coded_labels ORDER BY key"))]
+    assert keys == ["007", "7", "8", "A-17"]
