@@ -425,6 +425,22 @@ class PipelineFile(Base):
     processed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class PipelineKey(Base):
+    """A source key a SQL pipeline has read: the digest of its content as last read (by
+    `run_id`) and as last delivered to the sink. A run re-reads an overlap window behind its
+    watermark (late commits land there) and skips the keys delivered with the same content."""
+
+    __tablename__ = "pipeline_keys"
+
+    pipeline_id: Mapped[int] = mapped_column(
+        ForeignKey("pipelines.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(512), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    delivered_digest: Mapped[str | None] = mapped_column(String(64))
+    run_id: Mapped[int] = mapped_column(BigId, index=True)
+
+
 class WebhookDelivery(Base):
     """One event to POST to a URL (an outbox row), with its attempts: claimed by a deliverer
     under a lease, retried until `give_up_at`; delivered, or failed after the window."""
@@ -491,6 +507,7 @@ __all__ = [
     "Lock",
     "Pipeline",
     "PipelineFile",
+    "PipelineKey",
     "PipelineRun",
     "RunState",
     "WebhookDelivery",

@@ -13,10 +13,20 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import Pipeline, PipelineFile, PipelineRun, RunState, as_utc, utcnow
+from db.models import (
+    Pipeline,
+    PipelineFile,
+    PipelineKey,
+    PipelineRun,
+    RunState,
+    as_utc,
+    utcnow,
+)
 from db.session import rowcount
 from labelq.errors import Conflict, NotFound
 
@@ -84,6 +94,38 @@ def processed_files(s: Session, pipeline_id: int) -> set[tuple[str, str]]:
         )
     )
     return {(path, sha) for path, sha in rows}
+
+
+def to_classify(s: Session, pipeline_id: int, run_id: int, read: list[tuple[str, str]]) -> set[str]:
+    """Of the (key, content digest) pairs a run read, the keys to classify: new, changed, or
+    not delivered yet. Those are recorded as read by `run_id` (delivered once it succeeds)."""
+    if not read:
+        return set()
+    digests = dict(read)
+    delivered = {
+        key: digest
+        for key, digest in s.execute(
+            select(PipelineKey.key, PipelineKey.delivered_digest).where(
+                PipelineKey.pipeline_id == pipeline_id, PipelineKey.key.in_(list(digests))
+            )
+        )
+    }
+    wanted = {k for k, d in digests.items() if delivered.get(k) != d}
+    if wanted:
+        insert = (pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert)(
+            PipelineKey
+        )
+        rows = [
+            {"pipeline_id": pipeline_id, "key": k, "digest": digests[k], "run_id": run_id}
+            for k in sorted(wanted)
+        ]
+        s.execute(
+            insert.values(rows).on_conflict_do_update(
+                index_elements=["pipeline_id", "key"],
+                set_={"digest": insert.excluded.digest, "run_id": insert.excluded.run_id},
+            )
+        )
+    return wanted
 
 
 # -- runs ----------------------------------------------------------------------------------------
@@ -241,6 +283,12 @@ def finish_run(s: Session, run_id: int) -> None:
         pipeline.watermark = run.watermark_after
     for f in (run.files or {}).get("files", []):
         s.add(PipelineFile(pipeline_id=pipeline.id, run_id=run.id, **f))
+    s.execute(  # what this run read is delivered: the next overlap skips it unchanged
+        update(PipelineKey)
+        .where(PipelineKey.pipeline_id == pipeline.id, PipelineKey.run_id == run.id)
+        .values(delivered_digest=PipelineKey.digest)
+        .execution_options(synchronize_session=False)
+    )
     run.state = RunState.succeeded
     run.finished_at = utcnow()
 

@@ -103,6 +103,15 @@ class SqlSource(BaseModel):
     watermark: str | None = Field(None, pattern=IDENTIFIER, description="increasing column")
     fields: dict[str, str] = Field(description="template field -> column")
     page_size: int = Field(1000, ge=1, le=100_000)
+    overlap: float | None = Field(
+        None,
+        ge=0,
+        description="how far behind the watermark each run reads again, in the watermark's "
+        "units (seconds for a time): a row whose id or time was taken before a later one "
+        "committed, but that committed after a run, lands there. Keys already delivered with "
+        "the same content are not classified again. Default 1000 for a number, 600 (s) for a "
+        "time; 0 turns it off; a text watermark has none.",
+    )
 
     @model_validator(mode="after")
     def _table_or_query(self) -> SqlSource:

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,21 @@ def load_value(data: dict[str, Any]) -> Any:
     if kind == "date":
         return date.fromisoformat(value)
     return value
+
+
+def behind(value: Any, overlap: float | None) -> Any:
+    """The start of the overlap window behind a watermark `value`: `overlap` (default 1000)
+    less for a number, `overlap` seconds (default 600) earlier for a time; None when there
+    is none (off, or a text watermark)."""
+    if overlap == 0 or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return value - (1000 if overlap is None else overlap)
+    if isinstance(value, datetime):
+        return value - timedelta(seconds=600 if overlap is None else overlap)
+    if isinstance(value, date):
+        return value - timedelta(days=max(1, round((600 if overlap is None else overlap) / 86400)))
+    return None
 
 
 class SqlReader:
@@ -145,20 +160,21 @@ class SqlReader:
         key, order = self._q(s.key), self._q(self.order)
         columns = {self._q(c) for c in (s.key, self.order, *s.fields.values())}
         position = None if after is None else (load_value(after["order"]), load_value(after["key"]))
+        back = None if position is None else behind(position[0], s.overlap)
         with self.engine.connect() as connection:
             self._read_only(connection)
             self._no_nulls(connection)
             while True:
                 where, params = "", {"limit": s.page_size}
-                if position is not None:
+                order_by = key if self.order == s.key else f"{order}, {key}"
+                if back is not None:  # the first page: the overlap window, then on from it
+                    where, params = f"WHERE {order} > :o", params | {"o": back}
+                    back = None
+                elif position is not None and self.order == s.key:
+                    where, params = f"WHERE {key} > :k", params | {"k": position[1]}
+                elif position is not None:
                     where = f"WHERE {order} > :o OR ({order} = :o AND {key} > :k)"
                     params |= {"o": position[0], "k": position[1]}
-                if self.order == s.key:
-                    order_by = key
-                    if position is not None:
-                        where = f"WHERE {key} > :k"
-                else:
-                    order_by = f"{order}, {key}"
                 sql = (
                     f"SELECT {', '.join(sorted(columns))} FROM {self._base()} {where} "
                     f"ORDER BY {order_by} LIMIT :limit"

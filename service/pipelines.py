@@ -9,6 +9,8 @@ in memory, and each page is its own short transaction (as any upload).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from datetime import datetime
 from typing import Any
@@ -266,6 +268,13 @@ def start_run(ctx: Ctx, name: str, trigger: str = "schedule") -> RunOut:
         return RunOut.of(rows.get_run(s, run_id), name)
 
 
+def _digest(fields: dict[str, Any]) -> str:
+    """A row's content as the run read it, to tell a re-read row that changed from one that
+    did not."""
+    text = json.dumps(fields, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _renew(ctx: Ctx, run_id: int) -> bool:
     with ctx.tx() as s:
         return rows.renew_run(s, run_id, db_now(s), ctx.settings.pipeline_run_lease)
@@ -275,12 +284,28 @@ class _RunIntake:
     """The rows a run reads, into its job (opened with the first row: a run that finds
     nothing new makes no job)."""
 
-    def __init__(self, ctx: Ctx, spec: PipelineSpec, run_id: int):
+    def __init__(self, ctx: Ctx, spec: PipelineSpec, run_id: int, pipeline_id: int | None):
         self.ctx, self.spec, self.run_id = ctx, spec, run_id
+        self.pipeline_id = pipeline_id  # SQL sources: skip keys delivered unchanged
         self.submission: ingest.Submission | None = None
         self.rows_read = 0
+        self.unchanged = 0
+
+    def _new(self, records: list[Any]) -> list[Any]:
+        """The records to classify: every input error, and rows not delivered as they are."""
+        if self.pipeline_id is None:
+            return records
+        read = [(r[0], _digest(r[1])) for r in records if not isinstance(r, InputError)]
+        with self.ctx.tx() as s:
+            wanted = rows.to_classify(s, self.pipeline_id, self.run_id, read)
+        kept = [r for r in records if isinstance(r, InputError) or r[0] in wanted]
+        self.unchanged += len(records) - len(kept)
+        return kept
 
     def add(self, records: list[Any]) -> None:
+        records = self._new(records)
+        if not records:
+            return
         if self.submission is None:
             request = ingest.JobRequest(
                 classifier=self.spec.classifier,
@@ -308,7 +333,8 @@ def _read_into_job(
     pipeline_id: int,
     watermark: dict[str, Any] | None,
 ) -> None:
-    intake = _RunIntake(ctx, spec, run_id)
+    is_sql = not isinstance(spec.source, FilesSource)
+    intake = _RunIntake(ctx, spec, run_id, pipeline_id if is_sql else None)
     position = watermark
     files: list[dict[str, Any]] = []
     reader = _reader(ctx, spec)

@@ -612,3 +612,70 @@ def test_text_keys_stay_text_in_the_sink_and_a_failed_write_leaves_nothing(
     with source.engine.connect() as conn:
         keys = [r[0] for r in conn.execute(text("SELECT key FROM coded_labels ORDER BY key"))]
     assert keys == ["007", "7", "8", "A-17"]
+
+
+@pytest.mark.slow
+def test_a_row_committed_late_behind_the_watermark_is_delivered_by_the_next_run(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL, real: a writer takes id 21 from the sequence and holds its transaction
+    open while 22..26 commit; the run reads 1..20 and 22..26 and commits watermark 26; then
+    21 commits. The next run re-reads the overlap window behind the watermark and classifies
+    21 alone (the rest are delivered unchanged); five more runs find nothing. The sink ends
+    with every source row exactly once. Before, 21 was never read."""
+    c, d, factory = api
+    with scratch_postgres() as url:
+        monkeypatch.setenv("NEWS_DB_URL", url)
+        engine = create_engine(url)
+        try:
+            with engine.begin() as conn:
+                conn.execute(text("CREATE TABLE feed (id SERIAL PRIMARY KEY, title TEXT)"))
+                conn.execute(
+                    text(
+                        "INSERT INTO feed (title) SELECT 'early ' || g"
+                        " FROM generate_series(1, 20) g"
+                    )
+                )
+            spec = _pipeline("late")
+            spec["source"] = {
+                **spec["source"],
+                "table": "feed",
+                "fields": {"title": "title", "description": "title"},
+            }
+            spec["sink"] = {"kind": "sql", "connection": "news", "table": "feed_labels"}
+            assert c.post("/v1/pipelines", json=spec).status_code == 201
+            held = engine.connect()
+            slow = held.begin()
+            late_id = held.execute(text("INSERT INTO feed (title) VALUES ('late') RETURNING id"))
+            assert late_id.scalar_one() == 21
+            with engine.begin() as conn:
+                conn.execute(
+                    text(
+                        "INSERT INTO feed (title) SELECT 'on time ' || g"
+                        " FROM generate_series(1, 5) g"
+                    )
+                )
+            first = c.post("/v1/pipelines/late/run").json()
+            assert first["rows_read"] == 25
+            _settle(c, d, factory)
+            assert c.get("/v1/pipelines/late").json()["watermark"]["order"]["value"] == 26
+            slow.commit()
+            held.close()
+            second = c.post("/v1/pipelines/late/run").json()
+            assert second["rows_read"] == 1, second
+            _settle(c, d, factory)
+            for _ in range(5):
+                again = c.post("/v1/pipelines/late/run").json()
+                assert (again["state"], again["rows_read"], again["job_id"]) == (
+                    "succeeded",
+                    0,
+                    None,
+                )
+            with engine.connect() as conn:
+                keys = [int(r[0]) for r in conn.execute(text("SELECT key FROM feed_labels"))]
+                labelled = conn.execute(
+                    text("SELECT COUNT(*) FROM feed_labels WHERE label IS NOT NULL")
+                ).scalar_one()
+            assert sorted(keys) == list(range(1, 27)) and labelled == 26
+        finally:
+            engine.dispose()
