@@ -191,6 +191,21 @@ def failures_by_kind(s: Session, job_id: str) -> dict[str, int]:
     return {str(kind or FailureKind.input): int(n) for kind, n in rows}
 
 
+def engine_failed_keys(s: Session, job_id: str) -> list[str]:
+    """The custom ids of a job's items the engine failed on (not the items' fault)."""
+    return [
+        key
+        for key in s.scalars(
+            select(JobItem.custom_id).where(
+                JobItem.job_id == job_id,
+                JobItem.status == ItemStatus.failed,
+                JobItem.error_kind == FailureKind.engine,
+            )
+        )
+        if key is not None
+    ]
+
+
 def count_jobs_by_state(s: Session) -> dict[str, int]:
     """Jobs by state, over every tenant (what `/metrics` shows)."""
     return {state: n for state, n in s.execute(select(Job.state, func.count()).group_by(Job.state))}

@@ -439,6 +439,8 @@ class PipelineKey(Base):
     digest: Mapped[str] = mapped_column(String(64))
     delivered_digest: Mapped[str | None] = mapped_column(String(64))
     run_id: Mapped[int] = mapped_column(BigId, index=True)
+    # Runs whose engine failed on it (an `engine` failure): it is read again by key.
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class WebhookDelivery(Base):

@@ -9,6 +9,7 @@ at once, with the reason. Nothing else assigns `PipelineRun.state`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -110,7 +111,20 @@ def to_classify(s: Session, pipeline_id: int, run_id: int, read: list[tuple[str,
             )
         )
     }
-    wanted = {k for k, d in digests.items() if delivered.get(k) != d}
+    this_run = set(
+        s.scalars(
+            select(PipelineKey.key).where(
+                PipelineKey.pipeline_id == pipeline_id,
+                PipelineKey.run_id == run_id,
+                PipelineKey.key.in_(list(digests)),
+            )
+        )
+    )  # read already by this run (by key, before its window): once a job
+    wanted = {
+        k
+        for k, d in digests.items()
+        if k not in this_run and (k not in delivered or delivered[k] != d)
+    }
     if wanted:
         insert = (pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert)(
             PipelineKey
@@ -126,6 +140,39 @@ def to_classify(s: Session, pipeline_id: int, run_id: int, read: list[tuple[str,
             )
         )
     return wanted
+
+
+def keys_to_retry(s: Session, pipeline_id: int, limit: int = 10_000) -> list[str]:
+    """Keys the engine failed on in an earlier run, not delivered since: the next run reads
+    them again by key (oldest first, at most `limit`)."""
+    return list(
+        s.scalars(
+            select(PipelineKey.key)
+            .where(
+                PipelineKey.pipeline_id == pipeline_id,
+                PipelineKey.failures > 0,
+                PipelineKey.delivered_digest.is_(None),
+            )
+            .order_by(PipelineKey.run_id, PipelineKey.key)
+            .limit(limit)
+        )
+    )
+
+
+def failures_of(s: Session, pipeline_id: int, keys: list[str]) -> dict[str, int]:
+    """How many runs' engines failed on each of `keys` before."""
+    found: dict[str, int] = {}
+    for start in range(0, len(keys), 1000):
+        part = keys[start : start + 1000]
+        found |= {
+            key: n
+            for key, n in s.execute(
+                select(PipelineKey.key, PipelineKey.failures).where(
+                    PipelineKey.pipeline_id == pipeline_id, PipelineKey.key.in_(part)
+                )
+            )
+        }
+    return found
 
 
 # -- runs ----------------------------------------------------------------------------------------
@@ -274,22 +321,43 @@ def fail_run(s: Session, run_id: int, error: str) -> None:
     run.finished_at = utcnow()
 
 
-def finish_run(s: Session, run_id: int) -> None:
+def finish_run(
+    s: Session, run_id: int, *, retry: Sequence[str] = (), error: str | None = None
+) -> None:
     """A run whose sink is written: its watermark becomes the pipeline's and the files it read
-    are recorded, in the caller's transaction, and it succeeds."""
+    are recorded, in the caller's transaction, and it succeeds (fails with `error`, when
+    given: rows the engine kept failing on were written as error rows). The keys it read are
+    delivered, but for `retry` (the engine failed on them): those count a failure and are
+    read again by key by the next run."""
     run = get_run(s, run_id)
     pipeline = pipeline_of_run(s, run, for_update=True)
     if run.watermark_after is not None:
         pipeline.watermark = run.watermark_after
     for f in (run.files or {}).get("files", []):
         s.add(PipelineFile(pipeline_id=pipeline.id, run_id=run.id, **f))
+    if error is not None:
+        run.error = error
+    read = and_(PipelineKey.pipeline_id == pipeline.id, PipelineKey.run_id == run.id)
     s.execute(  # what this run read is delivered: the next overlap skips it unchanged
         update(PipelineKey)
-        .where(PipelineKey.pipeline_id == pipeline.id, PipelineKey.run_id == run.id)
+        .where(read)
         .values(delivered_digest=PipelineKey.digest)
         .execution_options(synchronize_session=False)
     )
-    run.state = RunState.succeeded
+    for start in range(0, len(retry), 1000):
+        s.execute(
+            update(PipelineKey)
+            .where(read, PipelineKey.key.in_(list(retry[start : start + 1000])))
+            .values(delivered_digest=None, failures=PipelineKey.failures + 1)
+            .execution_options(synchronize_session=False)
+        )
+    s.execute(  # delivered at last: its count of failed runs starts again
+        update(PipelineKey)
+        .where(read, PipelineKey.delivered_digest.is_not(None), PipelineKey.failures > 0)
+        .values(failures=0)
+        .execution_options(synchronize_session=False)
+    )
+    run.state = RunState.succeeded if error is None else RunState.failed
     run.finished_at = utcnow()
 
 

@@ -168,6 +168,13 @@ class Settings(BaseSettings):
         "third of it as it reads: a run whose process died is failed once it runs out, and the "
         "next tick runs.",
     )
+    pipeline_engine_retries: int = Field(
+        default=3,
+        ge=1,
+        description="Runs that try a source row again after the engine failed on it (not the "
+        "row's fault) before it is written to the sink as an error row and the run fails "
+        "naming it.",
+    )
     pipeline_connect_timeout: float = Field(
         default=10, gt=0, description="Seconds a pipeline's database connection may take."
     )

@@ -132,6 +132,27 @@ class SqlReader:
                     return False
         return False
 
+    def by_keys(self, keys: list[str]) -> Iterator[list[Record]]:
+        """The rows of `keys` (read again: the engine failed on them), in pages; a key gone
+        from the source is not there."""
+        from sqlalchemy import bindparam, text
+
+        s = self.source
+        columns = {self._q(c) for c in (s.key, self.order, *s.fields.values())}
+        integer = self.integer_keys()
+        sql = text(
+            f"SELECT {', '.join(sorted(columns))} FROM {self._base()} "
+            f"WHERE {self._q(s.key)} IN :keys"
+        ).bindparams(bindparam("keys", expanding=True))
+        with self.engine.connect() as connection:
+            self._read_only(connection)
+            for start in range(0, len(keys), s.page_size):
+                part: list[Any] = keys[start : start + s.page_size]
+                if integer:
+                    part = [int(k) for k in part if k.lstrip("-").isdigit()]
+                rows = connection.execute(sql, {"keys": part}).mappings().all()
+                yield [(str(row[s.key]), {f: row[c] for f, c in s.fields.items()}) for row in rows]
+
     def _no_nulls(self, connection: Any) -> None:
         """A NULL in the watermark or key column is a row no position ever passes (PostgreSQL
         sorts it last, so a stored watermark would become NULL and every later run read 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Collection, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -354,6 +355,10 @@ def _read_into_job(
                 intake.add(batch)
         else:
             try:
+                with ctx.reads() as s:
+                    retry = rows.keys_to_retry(s, pipeline_id)
+                for page in reader.by_keys(retry):  # the engine failed on these last time
+                    intake.add(page)
                 for page, after in reader.pages(watermark):
                     intake.add(page)
                     position = after
@@ -393,11 +398,15 @@ def finish_runs(ctx: Ctx) -> list[int]:
             spec, state, job_error = spec_of(pipeline), job.state, job.error
             version = job_rows.job_classifier(s, job).version
             tenant = pipeline.tenant
+        retry: list[str] = []
+        gave_up: list[str] = []
         try:
             if state not in (JobState.succeeded, JobState.partial):  # failed rows: error rows
                 raise LabelqError(f"job {job_id} {state}: {job_error or 'see its items'}")
+            if not isinstance(spec.source, FilesSource):
+                retry, gave_up = _engine_failures(ctx, pipeline.id, job_id)
             if spec.sink is not None:
-                _write_sink(ctx.acting_for(tenant), spec, run_id, job_id, version)
+                _write_sink(ctx.acting_for(tenant), spec, run_id, job_id, version, set(retry))
         except Exception as exc:
             error = exc.message if isinstance(exc, LabelqError) else f"{type(exc).__name__}: {exc}"
             log.warning("pipeline %s run %d failed: %s", spec.name, run_id, error)
@@ -405,10 +414,30 @@ def finish_runs(ctx: Ctx) -> list[int]:
                 rows.fail_run(s, run_id, error)
             ended.append(run_id)
             continue
+        outcome = None
+        if gave_up:
+            shown = ", ".join(repr(k) for k in gave_up[:20]) + (" ..." if len(gave_up) > 20 else "")
+            outcome = (
+                f"the engine failed on {len(gave_up)} row(s) in "
+                f"{ctx.settings.pipeline_engine_retries} runs; written as error rows: {shown}"
+            )
         with ctx.tx() as s:
-            rows.finish_run(s, run_id)
+            rows.finish_run(s, run_id, retry=retry, error=outcome)
         ended.append(run_id)
     return ended
+
+
+def _engine_failures(ctx: Ctx, pipeline_id: int, job_id: str) -> tuple[list[str], list[str]]:
+    """Of the job's rows the engine failed on: those the next run tries again (they are not
+    written to the sink, and not delivered), and those out of tries (written as error rows;
+    the run fails naming them)."""
+    limit = ctx.settings.pipeline_engine_retries
+    with ctx.reads() as s:
+        failed = job_rows.engine_failed_keys(s, job_id)
+        before = rows.failures_of(s, pipeline_id, failed)
+    retry = [k for k in failed if before.get(k, 0) + 1 < limit]
+    gave_up = [k for k in failed if before.get(k, 0) + 1 >= limit]
+    return retry, gave_up
 
 
 def _source_integer_keys(ctx: Ctx, spec: PipelineSpec) -> bool:
@@ -431,10 +460,21 @@ _sink_retry = retry(
 
 
 @_sink_retry
-def _write_sink(ctx: Ctx, spec: PipelineSpec, run_id: int, job_id: str, version: int) -> None:
+def _write_sink(
+    ctx: Ctx,
+    spec: PipelineSpec,
+    run_id: int,
+    job_id: str,
+    version: int,
+    held: Collection[str] = (),
+) -> None:
+    """The job's rows to the sink, but for `held` (the engine failed on them: the next run
+    tries again, so no error row stands in for their label meanwhile)."""
     choice = spec.options.calibration
     view = results.resolve_view(ctx, job_id, None if choice == "stored" else choice)
-    out = results.iter_rows(ctx, job_id, view)
+    out: Iterator[dict[str, Any]] = (
+        r for r in results.iter_rows(ctx, job_id, view) if r.get("custom_id") not in held
+    )
     now = utcnow()
     writer = _writer(ctx, spec)
     if isinstance(writer, SqlWriter):

@@ -679,3 +679,62 @@ def test_a_row_committed_late_behind_the_watermark_is_delivered_by_the_next_run(
             assert sorted(keys) == list(range(1, 27)) and labelled == 26
         finally:
             engine.dispose()
+
+
+def test_rows_the_engine_failed_on_are_tried_again_then_written_as_errors(
+    factory: Any, tmp_path: Path, source: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row the engine fails on (not the row's fault) is not written to the sink as final:
+    the next run reads it again by key and delivers it once the engine takes it. One the
+    engine keeps failing on is tried in LABELQ_PIPELINE_ENGINE_RETRIES runs, then written as
+    an error row, and that run fails naming it. Before, the sink got `label = NULL, error` and
+    the watermark moved past the row for good."""
+    from labelq.backends.fake import FakeBackend
+    from labelq.scoring import Scorer
+
+    engine = FakeBackend(fail_marker="flaky")
+    c, d = make_client(
+        factory, Scorer(engine), pipeline_engine_retries=3, **operator_targets(tmp_path)
+    )
+    monkeypatch.setenv("NEWS_DB_URL", source.url)
+    source.add(10)
+    with source.engine.begin() as conn:
+        conn.execute(text("UPDATE articles SET title = 'a flaky story' WHERE id = 5"))
+
+    def labels() -> dict[int, tuple[Any, Any]]:
+        return {int(r["key"]): (r["label"], r["error"]) for r in source.sink_rows()}
+
+    with c:
+        assert c.post("/v1/classifiers", json=CLASSIFIER).status_code == 201
+        assert c.post("/v1/pipelines", json=_pipeline("flaky")).status_code == 201
+        first = c.post("/v1/pipelines/flaky/run").json()
+        _settle(c, d, factory)
+        assert c.get(f"/v1/jobs/{first['job_id']}").json()["failures"] == {"engine": 1}
+        assert sorted(labels()) == [1, 2, 3, 4, 6, 7, 8, 9, 10], "no error row for row 5"
+        assert c.get("/v1/pipelines/flaky/runs").json()[0]["state"] == "succeeded"
+
+        engine.fail_marker = None  # the engine takes it now
+        second = c.post("/v1/pipelines/flaky/run").json()
+        assert second["rows_read"] == 1, "row 5 alone, read again by key"
+        _settle(c, d, factory)
+        assert labels()[5][0] is not None and labels()[5][1] is None
+
+        engine.fail_marker = "flaky"
+        source.add(3)  # among others: a batch the engine fails whole is the engine's fault
+        with source.engine.begin() as conn:
+            conn.execute(text("UPDATE articles SET title = 'flaky again' WHERE id = 11"))
+        states = []
+        for read in (3, 1, 1):
+            if read == 1:
+                source.add(2)  # company for row 11 again
+            run = c.post("/v1/pipelines/flaky/run").json()
+            assert run["rows_read"] == read + (2 if read == 1 else 0), run
+            _settle(c, d, factory)
+            states.append(c.get("/v1/pipelines/flaky/runs").json()[0])
+        assert [r["state"] for r in states] == ["succeeded", "succeeded", "failed"]
+        assert "the engine failed on 1 row(s) in 3 runs" in states[-1]["error"]
+        assert "'11'" in states[-1]["error"]
+        label, error = labels()[11]
+        assert label is None and "the engine failed on this item" in error
+        assert c.post("/v1/pipelines/flaky/run").json()["rows_read"] == 0
+    assert sorted(labels()) == list(range(1, 18))

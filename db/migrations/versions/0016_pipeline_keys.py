@@ -7,7 +7,8 @@ Create Date: 2026-12-03 14:40:00
 A run read rows past its watermark only: a row whose id (or timestamp) was taken before a
 later one committed, but which committed after the run, was skipped for good. A run now
 re-reads an overlap window behind the watermark; this table tells it which of those keys it
-already delivered unchanged, so they are not classified again.
+already delivered unchanged, so they are not classified again, and which the engine failed
+on (`failures`: read again by key by the next runs, a bounded number of times).
 """
 
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ def upgrade() -> None:
         sa.Column('digest', sa.String(64), nullable=False),
         sa.Column('delivered_digest', sa.String(64), nullable=True),
         sa.Column('run_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+        sa.Column('failures', sa.Integer(), nullable=False, server_default='0'),
     )
     op.create_index('ix_pipeline_keys_run_id', 'pipeline_keys', ['run_id'])
 
