@@ -383,6 +383,9 @@ class Pipeline(Base):
     definition: Mapped[dict[str, Any]]  # the spec as given (URLs may hold ${VARS})
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     watermark: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Bumped by an edit of the source or sink and by a watermark set by hand: a run started
+    # under an earlier one does not move the watermark.
+    revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -405,6 +408,9 @@ class PipelineRun(Base):
     error: Mapped[str | None] = mapped_column(Text)
     # While it reads its source (no job yet): renewed as it goes; past it the run failed.
     lease_expires_at: Mapped[datetime | None]
+    # The pipeline as the run started: its source, its sink, and the pipeline's revision.
+    definition: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    revision: Mapped[int | None] = mapped_column(Integer)
 
 
 class PipelineFile(Base):

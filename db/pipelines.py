@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -66,10 +66,65 @@ def add_pipeline(
     return row
 
 
-def change_pipeline(s: Session, row: Pipeline, definition: dict[str, Any], enabled: bool) -> None:
+def change_pipeline(
+    s: Session,
+    row: Pipeline,
+    definition: dict[str, Any],
+    enabled: bool,
+    *,
+    moved: bool = False,
+    reset: bool = False,
+) -> None:
+    """A new definition. `moved` (its source or sink changed) makes a new revision: a run
+    started before it leaves the watermark alone. `reset` forgets the watermark, the files
+    and keys read: the next run reads the source from its start (recorded as a run)."""
     row.definition = definition
     row.enabled = enabled
+    if moved or reset:
+        row.revision += 1
+    if reset:
+        _record_watermark(s, row, None, "edit")
+        s.execute(delete(PipelineKey).where(PipelineKey.pipeline_id == row.id))
+        s.execute(delete(PipelineFile).where(PipelineFile.pipeline_id == row.id))
     s.flush()
+
+
+def has_position(s: Session, row: Pipeline) -> bool:
+    """Whether the pipeline has read anything it would not read again: a watermark, or
+    files or keys it processed."""
+    if row.watermark is not None:
+        return True
+    for model in (PipelineFile, PipelineKey):
+        if s.scalar(select(model.pipeline_id).where(model.pipeline_id == row.id).limit(1)):
+            return True
+    return False
+
+
+def set_watermark(s: Session, row: Pipeline, watermark: dict[str, Any] | None) -> PipelineRun:
+    """Set the watermark by hand (a new revision: a run going on does not overwrite it),
+    recorded as a run with trigger `watermark`."""
+    row.revision += 1
+    return _record_watermark(s, row, watermark, "watermark")
+
+
+def _record_watermark(
+    s: Session, row: Pipeline, watermark: dict[str, Any] | None, trigger: str
+) -> PipelineRun:
+    run = PipelineRun(
+        pipeline_id=row.id,
+        trigger=trigger,
+        state=RunState.succeeded,
+        watermark_before=row.watermark,
+        watermark_after=watermark,
+        rows_read=0,
+        finished_at=utcnow(),
+        definition=row.definition,
+        revision=row.revision,
+    )
+    row.watermark = watermark
+    s.add(run)
+    s.flush()
+    return run
 
 
 def delete_pipeline(s: Session, row: Pipeline) -> None:
@@ -256,6 +311,8 @@ def open_run(
         watermark_before=pipeline.watermark,
         rows_read=0,
         lease_expires_at=None if running else now + timedelta(seconds=lease_seconds),
+        definition=pipeline.definition,
+        revision=pipeline.revision,
     )
     if running:
         run.error = f"run {running.id} (started {running.started_at}) is still going"
@@ -331,12 +388,21 @@ def finish_run(
     read again by key by the next run."""
     run = get_run(s, run_id)
     pipeline = pipeline_of_run(s, run, for_update=True)
+    if error is not None:
+        run.error = error
+    if run.revision is not None and run.revision != pipeline.revision:
+        # Edited (source or sink) or set by hand since the run started: the edit decided the
+        # position. The run's rows reached its own sink; the next run reads by the new one.
+        run.error = (run.error + "; " if run.error else "") + (
+            "the pipeline was changed during this run: its watermark was not applied"
+        )
+        run.state = RunState.succeeded if error is None else RunState.failed
+        run.finished_at = utcnow()
+        return
     if run.watermark_after is not None:
         pipeline.watermark = run.watermark_after
     for f in (run.files or {}).get("files", []):
         s.add(PipelineFile(pipeline_id=pipeline.id, run_id=run.id, **f))
-    if error is not None:
-        run.error = error
     read = and_(PipelineKey.pipeline_id == pipeline.id, PipelineKey.run_id == run.id)
     s.execute(  # what this run read is delivered: the next overlap skips it unchanged
         update(PipelineKey)

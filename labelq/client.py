@@ -242,8 +242,19 @@ class LabelqClient:
     def pipeline(self, name: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/v1/pipelines/{name}"))
 
-    def update_pipeline(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
-        return dict(self._request("PATCH", f"/v1/pipelines/{name}", json=changes))
+    def update_pipeline(
+        self, name: str, changes: dict[str, Any], watermark: str | None = None
+    ) -> dict[str, Any]:
+        """`watermark`: "keep" or "reset", needed when `changes` move the source or sink."""
+        params = {"watermark": watermark} if watermark else {}
+        return dict(self._request("PATCH", f"/v1/pipelines/{name}", json=changes, params=params))
+
+    def set_watermark(
+        self, name: str, order: Any, key: Any = None, type: str | None = None
+    ) -> dict[str, Any]:
+        """Set the position the next run reads after (`order` None clears it)."""
+        body = {"order": order, "key": key, "type": type}
+        return dict(self._request("PUT", f"/v1/pipelines/{name}/watermark", json=body))
 
     def run_pipeline(self, name: str) -> dict[str, Any]:
         return dict(self._request("POST", f"/v1/pipelines/{name}/run"))

@@ -192,7 +192,9 @@ class SqlReader:
                     where, params = f"WHERE {order} > :o", params | {"o": back}
                     back = None
                 elif position is not None and self.order == s.key:
-                    where, params = f"WHERE {key} > :k", params | {"k": position[1]}
+                    where, params = f"WHERE {key} > :k", params | {"k": position[0]}
+                elif position is not None and position[1] is None:  # set by hand, no key
+                    where, params = f"WHERE {order} > :o", params | {"o": position[0]}
                 elif position is not None:
                     where = f"WHERE {order} > :o OR ({order} = :o AND {key} > :k)"
                     params |= {"o": position[0], "k": position[1]}

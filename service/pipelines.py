@@ -14,9 +14,18 @@ import json
 import logging
 from collections.abc import Collection, Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+)
 from tenacity import retry, stop_after_attempt, wait_exponential
 
 from db import jobs as job_rows
@@ -30,7 +39,7 @@ from labelq.errors import InputError, LabelqError, NotFound, SpecError
 from labelq.pipeline import FilesSink, FilesSource, PipelineSpec, SqlSink, parse_pipeline
 from labelq.scoring import Item
 from labelq.sinks import FilesWriter, SqlWriter, sink_row
-from labelq.sources import FilesReader, SqlReader
+from labelq.sources import FilesReader, SqlReader, dump_value
 from service import ingest, jobs, results
 from service.context import Ctx
 from service.leases import KeepAlive
@@ -173,18 +182,101 @@ def create(ctx: Ctx, data: Any) -> PipelineOut:
         return PipelineOut.of(row, None)
 
 
-def update(ctx: Ctx, name: str, changes: dict[str, Any]) -> PipelineOut:
-    """Change fields of a pipeline (checked as at creation); effective at the next tick."""
+WatermarkChoice = Literal["keep", "reset"]
+
+
+def update(
+    ctx: Ctx, name: str, changes: dict[str, Any], watermark: WatermarkChoice | None = None
+) -> PipelineOut:
+    """Change fields of a pipeline (checked as at creation); effective at the next tick. A
+    change of its source or sink, once it has read anything, needs `watermark`: `keep` (go on
+    from the position) or `reset` (read the new source from its start). A run going on keeps
+    the definition it started with and does not move the watermark."""
     if "name" in changes and changes["name"] != name:
         raise InputError("a pipeline cannot be renamed: create a new one", field="name")
     with ctx.reads() as s:
         definition = rows.get_pipeline(s, name, tenant=ctx.owner).definition
+    old = PipelineSpec.model_validate(definition)
     spec = parse_pipeline({**definition, **changes})
+    moved = spec.source != old.source or spec.sink != old.sink
     check(ctx, spec)
     with ctx.tx() as s:
         row = rows.get_pipeline(s, name, tenant=ctx.owner, for_update=True)
-        rows.change_pipeline(s, row, spec.model_dump(mode="json"), spec.enabled)
+        if moved and watermark is None and rows.has_position(s, row):
+            raise InputError(
+                "this changes the source or sink of a pipeline that has read rows: say "
+                "whether its position is kept (?watermark=keep) or reset, so the new source "
+                "is read from its start (?watermark=reset)",
+                field="watermark",
+            )
+        rows.change_pipeline(
+            s,
+            row,
+            spec.model_dump(mode="json"),
+            spec.enabled,
+            moved=moved,
+            reset=watermark == "reset",
+        )
         return PipelineOut.of(row, rows.last_run(s, row.id))
+
+
+Scalar = StrictInt | StrictFloat | StrictStr | None
+
+
+class WatermarkIn(BaseModel):
+    """A position to set: the last (watermark, key) read; rows after it are read next."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["int", "float", "str", "datetime", "date"] | None = Field(
+        None, description="the values' type, when JSON does not say it (datetime, date)"
+    )
+    order: Scalar = Field(
+        description="the watermark column's value (or the key's, without one); null clears "
+        "the watermark: the next run reads from the start"
+    )
+    key: Scalar = Field(None, description="the key at that value (none: every key at it)")
+
+    @field_validator("order", "key")
+    @classmethod
+    def _of_its_type(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None:
+            _typed(value, info.data.get("type"))
+        return value
+
+    def position(self) -> dict[str, Any] | None:
+        if self.order is None:
+            return None
+        key = None if self.key is None else _typed(self.key, self.type)
+        return {"order": dump_value(_typed(self.order, self.type)), "key": dump_value(key)}
+
+
+def _typed(value: Any, kind: str | None) -> Any:
+    """`value` as `kind` (ValueError naming it when it is not one)."""
+    from datetime import date as date_type
+
+    try:
+        if kind == "datetime":
+            return datetime.fromisoformat(str(value))
+        if kind == "date":
+            return date_type.fromisoformat(str(value))
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "str":
+            return str(value)
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"not a {kind}: {value!r} ({exc})") from None
+    return value
+
+
+def set_watermark(ctx: Ctx, name: str, position: WatermarkIn) -> RunOut:
+    """Set (or, with `order` null, clear) a pipeline's watermark by hand, recorded as a run;
+    a run going on does not overwrite it."""
+    with ctx.tx() as s:
+        row = rows.get_pipeline(s, name, tenant=ctx.owner, for_update=True)
+        return RunOut.of(rows.set_watermark(s, row, position.position()), name)
 
 
 def delete(ctx: Ctx, name: str) -> None:
@@ -394,8 +486,12 @@ def finish_runs(ctx: Ctx) -> list[int]:
             job = job_rows.get_job(s, job_id, tenant=None)
             if not JobState(job.state).finished:
                 continue
-            pipeline = rows.pipeline_of_run(s, rows.get_run(s, run_id))
-            spec, state, job_error = spec_of(pipeline), job.state, job.error
+            run = rows.get_run(s, run_id)
+            pipeline = rows.pipeline_of_run(s, run)
+            # The run's own version: an edit since sends the new source's rows, not these,
+            # to the new sink.
+            spec = PipelineSpec.model_validate(run.definition or pipeline.definition)
+            state, job_error = job.state, job.error
             version = job_rows.job_classifier(s, job).version
             tenant = pipeline.tenant
         retry: list[str] = []

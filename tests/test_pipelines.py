@@ -185,10 +185,10 @@ def test_sql_pipeline_runs_twice_then_survives_a_failed_sink(
     # The sink goes away: the run fails and the watermark stays where it was.
     source.add(3)
     monkeypatch.setenv("SINK_URL", source.url)
-    patched = c.patch(
-        "/v1/pipelines/news-topics",
-        json={"sink": {"kind": "sql", "connection": "sink", "table": "article_labels"}},
-    )
+    new_sink = {"sink": {"kind": "sql", "connection": "sink", "table": "article_labels"}}
+    unsaid = c.patch("/v1/pipelines/news-topics", json=new_sink)
+    assert unsaid.status_code == 422 and unsaid.json()["field"] == "watermark"
+    patched = c.patch("/v1/pipelines/news-topics", json=new_sink, params={"watermark": "keep"})
     assert patched.status_code == 200, patched.text
     monkeypatch.setenv("SINK_URL", "sqlite:////nonexistent/folder/sink.db")
     c.post("/v1/pipelines/news-topics/run")
@@ -738,3 +738,65 @@ def test_rows_the_engine_failed_on_are_tried_again_then_written_as_errors(
         assert label is None and "the engine failed on this item" in error
         assert c.post("/v1/pipelines/flaky/run").json()["rows_read"] == 0
     assert sorted(labels()) == list(range(1, 18))
+
+
+def test_an_edit_mid_run_keeps_the_run_on_its_own_version_and_the_watermark_as_chosen(
+    api: Any, source: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run reads the old table; before it ends the pipeline is pointed at a new table and
+    sink, resetting its position. The run's rows go to the old sink (its own version), its
+    watermark is not applied over the reset, and the next run reads the new table from its
+    start into the new sink. Before, the old source's rows went to the new sink and its
+    watermark was applied to the new source."""
+    c, d, factory = api
+    monkeypatch.setenv("NEWS_DB_URL", source.url)
+    source.add(10)
+    with source.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE fresh (id INTEGER PRIMARY KEY, title TEXT, body TEXT)"))
+        conn.execute(text("INSERT INTO fresh VALUES (1, 'new one', 'x'), (2, 'new two', 'y')"))
+    assert c.post("/v1/pipelines", json=_pipeline("moving")).status_code == 201
+    first = c.post("/v1/pipelines/moving/run").json()
+    assert first["rows_read"] == 10  # its job is scored; the sweep has not ended the run
+    moved = {
+        "source": {**_pipeline("moving")["source"], "table": "fresh"},
+        "sink": {"kind": "sql", "connection": "news", "table": "fresh_labels"},
+    }
+    r = c.patch("/v1/pipelines/moving", json=moved, params={"watermark": "reset"})
+    assert r.status_code == 200, r.text
+    _settle(c, d, factory)
+    runs = c.get("/v1/pipelines/moving/runs").json()
+    ended = next(run for run in runs if run["id"] == first["id"])
+    assert ended["state"] == "succeeded" and "changed during this run" in ended["error"]
+    assert c.get("/v1/pipelines/moving").json()["watermark"] is None
+    assert len(source.sink_rows()) == 10, "the run's rows went to its own (old) sink"
+    second = c.post("/v1/pipelines/moving/run").json()
+    assert second["rows_read"] == 2
+    _settle(c, d, factory)
+    with source.engine.connect() as conn:
+        keys = [r[0] for r in conn.execute(text("SELECT key FROM fresh_labels ORDER BY key"))]
+    assert [int(k) for k in keys] == [1, 2]
+    assert len(source.sink_rows()) == 10
+
+
+def test_a_watermark_set_by_hand_is_where_the_next_run_starts(
+    api: Any, source: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c, d, factory = api
+    monkeypatch.setenv("NEWS_DB_URL", source.url)
+    source.add(12)
+    spec = _pipeline("by-hand")
+    spec["source"] = {**spec["source"], "overlap": 0}
+    assert c.post("/v1/pipelines", json=spec).status_code == 201
+    set_ = c.put("/v1/pipelines/by-hand/watermark", json={"order": 9})
+    assert set_.status_code == 200, set_.text
+    assert set_.json()["trigger"] == "watermark" and set_.json()["watermark_before"] is None
+    run = c.post("/v1/pipelines/by-hand/run").json()
+    assert run["rows_read"] == 3 and run["watermark_before"]["order"]["value"] == 9
+    _settle(c, d, factory)
+    assert [int(r["key"]) for r in source.sink_rows()] == [10, 11, 12]
+    bad = c.put("/v1/pipelines/by-hand/watermark", json={"order": "soon", "type": "datetime"})
+    assert bad.status_code == 422 and bad.json()["field"] == "order"
+    cleared = c.put("/v1/pipelines/by-hand/watermark", json={"order": None}).json()
+    assert cleared["watermark_after"] is None
+    # From the start again: rows 1-9, never read; 10-12 are delivered unchanged already.
+    assert c.post("/v1/pipelines/by-hand/run").json()["rows_read"] == 9

@@ -167,6 +167,20 @@ def test_pipelines_need_their_own_scope(tenants: Tenants, factory: Any) -> None:
     r = tenants.pipeline(submitter, source=SQL_SOURCE)
     assert r.status_code == 403 and "'pipelines' scope" in r.json()["error"]
 
+    # Setting a watermark, too; and another tenant's pipeline is not found, untouched.
+    from db.pipelines import add_pipeline
+
+    with factory.begin() as s:  # bolt's pipeline of the same name
+        add_pipeline(s, "p", {"name": "p"}, True, tenant="bolt")
+    move = {"order": 10**6}
+    r = tenants.c.put("/v1/pipelines/p/watermark", json=move, headers=submitter)
+    assert r.status_code == 403
+    r = tenants.c.put("/v1/pipelines/p/watermark", json=move, headers=tenants.a)
+    assert r.status_code == 404
+    with factory() as s:
+        untouched = s.execute(text("SELECT watermark, revision FROM pipelines")).all()
+        assert untouched == [(None, 0)]
+
 
 def test_a_source_that_never_answers_takes_the_connect_timeout(
     factory: Any, fake_scorer: Any

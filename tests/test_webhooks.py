@@ -271,7 +271,8 @@ def test_a_deliverer_that_dies_mid_request_leaves_its_claim_to_the_next(
         assert webhooks.deliver_due(ctx, "alive") == 0, "the live claim is left alone"
         assert receiver.calls == []
         with factory.begin() as s:  # the lease runs out (labelq's own timer, shortened)
-            s.execute(update(WebhookDelivery).values(lease_expires_at=db_now(s)))
+            past = db_now(s) - timedelta(seconds=1)
+            s.execute(update(WebhookDelivery).values(lease_expires_at=past))
         assert webhooks.deliver_due(ctx, "alive") == 1
     finally:
         receiver.close()

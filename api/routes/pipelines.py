@@ -55,9 +55,28 @@ async def get(name: str, call: Reading) -> PipelineOut:
 
 
 @router.patch("/{name}", response_model=PipelineOut, openapi_extra=JSON_OBJECT)
-async def update(name: str, request: Request, st: StateDep, call: Piping) -> PipelineOut:
-    """Change fields (e.g. `{"enabled": false}`); effective at the next tick."""
-    return await call(pipelines.update, name, await _object(request, st))
+async def update(
+    name: str,
+    request: Request,
+    st: StateDep,
+    call: Piping,
+    watermark: pipelines.WatermarkChoice | None = Query(
+        None,
+        description="with a new source or sink, once the pipeline has read rows: keep its "
+        "position, or reset it (the new source is read from its start)",
+    ),
+) -> PipelineOut:
+    """Change fields (e.g. `{"enabled": false}`); effective at the next tick. A run going on
+    finishes as it started (its own source and sink) and leaves the watermark as set here."""
+    return await call(pipelines.update, name, await _object(request, st), watermark)
+
+
+@router.put("/{name}/watermark", response_model=RunOut)
+async def set_watermark(name: str, position: pipelines.WatermarkIn, call: Piping) -> RunOut:
+    """Set the position the next run reads after (`{"order": 1200}`, `{"order":
+    "2026-12-01T00:00:00+00:00", "type": "datetime"}`; `{"order": null}` clears it),
+    recorded as a run with trigger `watermark`."""
+    return await call(pipelines.set_watermark, name, position)
 
 
 @router.delete("/{name}", status_code=204)
