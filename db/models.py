@@ -21,6 +21,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     cast,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -411,6 +412,8 @@ class PipelineRun(Base):
     # The pipeline as the run started: its source, its sink, and the pipeline's revision.
     definition: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     revision: Mapped[int | None] = mapped_column(Integer)
+    # Failed writing its sink after its job was scored: the next run takes the job over.
+    sink_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class PipelineFile(Base):

@@ -319,7 +319,37 @@ def open_run(
         run.finished_at = utcnow()
     s.add(run)
     s.flush()
+    if not running:
+        _take_over(s, pipeline, run)
     return run
+
+
+def _take_over(s: Session, pipeline: Pipeline, run: PipelineRun) -> None:
+    """If the last run scored its job but failed writing the sink (under this revision), the
+    new run takes that job, its position and files over: nothing is read or scored again,
+    and the sweep writes the sink once more. A run that took a job over has `job_id` set."""
+    last = s.scalar(
+        select(PipelineRun)
+        .where(
+            PipelineRun.pipeline_id == pipeline.id,
+            PipelineRun.id < run.id,
+            PipelineRun.state.in_([RunState.failed, RunState.succeeded]),
+        )
+        .order_by(PipelineRun.id.desc())
+        .limit(1)
+    )
+    if last is None or not last.sink_pending or last.revision != pipeline.revision:
+        return
+    last.sink_pending = False
+    run.job_id, run.rows_read = last.job_id, last.rows_read
+    run.watermark_after, run.files = last.watermark_after, last.files
+    run.lease_expires_at = None
+    s.execute(  # the keys it read are this run's to deliver now
+        update(PipelineKey)
+        .where(PipelineKey.pipeline_id == pipeline.id, PipelineKey.run_id == last.id)
+        .values(run_id=run.id)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def renew_run(s: Session, run_id: int, now: datetime, lease_seconds: float) -> bool:
@@ -367,11 +397,14 @@ def record_read(
     return True
 
 
-def fail_run(s: Session, run_id: int, error: str) -> None:
-    """A running run fails with `error` (one that already ended keeps its outcome)."""
+def fail_run(s: Session, run_id: int, error: str, *, sink_pending: bool = False) -> None:
+    """A running run fails with `error` (one that already ended keeps its outcome).
+    `sink_pending`: its job was scored and only the sink failed, so the next run takes the
+    job over rather than read and score the rows again."""
     run = s.get_one(PipelineRun, run_id, with_for_update=True)
     if run.state != RunState.running:
         return
+    run.sink_pending = sink_pending
     run.lease_expires_at = None
     run.state = RunState.failed
     run.error = error

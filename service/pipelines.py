@@ -347,7 +347,8 @@ def start_run(ctx: Ctx, name: str, trigger: str = "schedule") -> RunOut:
         row = rows.get_pipeline(s, name, tenant=ctx.owner, for_update=True)
         run = rows.open_run(s, row, trigger, db_now(s), lease)
         spec, run_id, pipeline_id, watermark = spec_of(row), run.id, row.id, row.watermark
-        skipped = run.state == RunState.skipped
+        # Skipped, or it took over a scored job whose sink failed: nothing to read.
+        skipped = run.state == RunState.skipped or run.job_id is not None
     if not skipped:
         try:
             with KeepAlive(lambda: _renew(ctx, run_id), lease / 3, f"run-{run_id}"):
@@ -496,18 +497,20 @@ def finish_runs(ctx: Ctx) -> list[int]:
             tenant = pipeline.tenant
         retry: list[str] = []
         gave_up: list[str] = []
+        scored = False
         try:
             if state not in (JobState.succeeded, JobState.partial):  # failed rows: error rows
                 raise LabelqError(f"job {job_id} {state}: {job_error or 'see its items'}")
             if not isinstance(spec.source, FilesSource):
                 retry, gave_up = _engine_failures(ctx, pipeline.id, job_id)
+            scored = True
             if spec.sink is not None:
                 _write_sink(ctx.acting_for(tenant), spec, run_id, job_id, version, set(retry))
         except Exception as exc:
             error = exc.message if isinstance(exc, LabelqError) else f"{type(exc).__name__}: {exc}"
             log.warning("pipeline %s run %d failed: %s", spec.name, run_id, error)
-            with ctx.tx() as s:
-                rows.fail_run(s, run_id, error)
+            with ctx.tx() as s:  # a scored job whose sink failed: the next run takes it over
+                rows.fail_run(s, run_id, error, sink_pending=scored)
             ended.append(run_id)
             continue
         outcome = None

@@ -800,3 +800,42 @@ def test_a_watermark_set_by_hand_is_where_the_next_run_starts(
     assert cleared["watermark_after"] is None
     # From the start again: rows 1-9, never read; 10-12 are delivered unchanged already.
     assert c.post("/v1/pipelines/by-hand/run").json()["rows_read"] == 9
+
+
+def test_a_failing_sink_does_not_make_runs_read_and_score_again(
+    api: Any, source: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the sink is down each run takes over the last run's scored job instead of
+    reading and scoring its rows again (stored items grew quadratically: 100, 300, 600, ...);
+    once the sink is back that job is written, and the next run reads what came meanwhile."""
+    from sqlalchemy import func, select
+
+    from db.models import JobItem
+
+    c, d, factory = api
+    monkeypatch.setenv("NEWS_DB_URL", source.url)
+    monkeypatch.setenv("SINK_URL", "sqlite:////nonexistent/folder/sink.db")
+    source.add(10)
+    spec = _pipeline("down", sink={"kind": "sql", "connection": "sink", "table": "article_labels"})
+    assert c.post("/v1/pipelines", json=spec).status_code == 201
+    jobs = set()
+    for added in (0, 5, 0):
+        if added:
+            source.add(added)  # meanwhile: read once the sink is back
+        run = c.post("/v1/pipelines/down/run").json()
+        assert run["rows_read"] == 10, run
+        jobs.add(run["job_id"])
+        _settle(c, d, factory)
+        assert c.get("/v1/pipelines/down/runs").json()[0]["state"] == "failed"
+    assert len(jobs) == 1, "every run took the first run's job over"
+    monkeypatch.setenv("SINK_URL", source.url)
+    back = c.post("/v1/pipelines/down/run").json()
+    assert back["job_id"] in jobs
+    _settle(c, d, factory)
+    assert len(source.sink_rows()) == 10
+    newer = c.post("/v1/pipelines/down/run").json()
+    assert newer["rows_read"] == 5
+    _settle(c, d, factory)
+    assert sorted(int(r["key"]) for r in source.sink_rows()) == list(range(1, 16))
+    with factory() as s:
+        assert s.scalar(select(func.count()).select_from(JobItem)) == 15, "no row scored twice"

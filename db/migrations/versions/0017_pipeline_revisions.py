@@ -8,7 +8,8 @@ Editing a pipeline mid-run sent the old source's rows to the new sink and applie
 source's watermark to the new one. A run now records the definition it started with (its sink
 is that one's) and the pipeline's revision, bumped by an edit of the source or sink and by
 `PUT /v1/pipelines/{name}/watermark`; a run that ends after a revision leaves the watermark
-as the edit set it.
+as the edit set it. A run whose job was scored but whose sink failed is `sink_pending`: the
+next run takes that job over instead of reading and scoring its rows again.
 """
 
 from collections.abc import Sequence
@@ -28,10 +29,14 @@ def upgrade() -> None:
     with op.batch_alter_table('pipeline_runs') as batch:
         batch.add_column(sa.Column('definition', sa.JSON(), nullable=True))
         batch.add_column(sa.Column('revision', sa.Integer(), nullable=True))
+        batch.add_column(
+            sa.Column('sink_pending', sa.Boolean(), nullable=False, server_default=sa.false())
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table('pipeline_runs') as batch:
+        batch.drop_column('sink_pending')
         batch.drop_column('revision')
         batch.drop_column('definition')
     with op.batch_alter_table('pipelines') as batch:
