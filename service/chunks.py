@@ -34,6 +34,7 @@ from labelq.settings import Settings
 from labelq.spec import ClassifierSpec
 from service.calibrations import under
 from service.context import Ctx
+from service.leases import KeepAlive
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -241,49 +242,35 @@ def _bisect(
     return failed
 
 
-class LeaseKeeper:
+class LeaseKeeper(KeepAlive):
     """Renews a claimed chunk's lease every third of its length until stopped. A renewal that
-    fails (database away) is retried at the next beat; a lost claim is logged."""
+    fails (database away) is retried at the next beat; a lost claim is logged, and a call
+    that overstays its time (`progress`) lets the lease go."""
 
     def __init__(
         self, ctx: Ctx, work: ChunkWork, lease_seconds: float, progress: Progress | None = None
     ):
         self.ctx, self.work, self.lease = ctx, work, lease_seconds
         self.progress = progress
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"lease-{work.chunk_id}", daemon=True
-        )
+        super().__init__(self._renew, lease_seconds / 3, f"lease-{work.chunk_id}")
 
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.lease / 3):
-            if self.progress is not None and self.progress.stalled():
-                log.error(
-                    "chunk %s/%d: no progress, its lease is let go (another worker takes it)",
-                    self.work.job_id,
-                    self.work.seq,
-                )
-                return
-            try:
-                with self.ctx.tx() as s:
-                    held = chunks.renew_lease(s, self.work.chunk_id, self.work.owner, self.lease)
-                if not held:
-                    log.warning(
-                        "lost the claim on chunk %s/%d; its results will not be written",
-                        self.work.job_id,
-                        self.work.seq,
-                    )
-                    return
-            except Exception as exc:
-                log.warning("could not renew the lease of chunk %d: %s", self.work.chunk_id, exc)
+    def _renew(self) -> bool:
+        if self.progress is not None and self.progress.stalled():
+            log.error(
+                "chunk %s/%d: no progress, its lease is let go (another worker takes it)",
+                self.work.job_id,
+                self.work.seq,
+            )
+            return False
+        with self.ctx.tx() as s:
+            held = chunks.renew_lease(s, self.work.chunk_id, self.work.owner, self.lease)
+        if not held:
+            log.warning(
+                "lost the claim on chunk %s/%d; its results will not be written",
+                self.work.job_id,
+                self.work.seq,
+            )
+        return held
 
 
 @dataclass

@@ -13,8 +13,9 @@ log = logging.getLogger(__name__)
 
 class KeepAlive:
     """Calls `renew()` every `period` seconds while the `with` block runs. `renew` returns
-    False when the lease is lost (another holds it now): renewal stops. A renewal that raises
-    (the database away) is tried again at the next period."""
+    False when the lease is lost (another holds it now) or let go: renewal stops (`renew` says
+    why in the log). A renewal that raises (the database away) is tried again at the next
+    period."""
 
     def __init__(self, renew: Callable[[], bool], period: float, what: str):
         self.renew, self.period, self.what = renew, period, what
@@ -35,7 +36,6 @@ class KeepAlive:
             try:
                 if not self.renew():
                     self.lost = True
-                    log.warning("%s: the lease was lost to another holder", self.what)
                     return
             except Exception as exc:
                 log.warning("%s: could not renew the lease: %s", self.what, exc)

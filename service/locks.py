@@ -3,9 +3,13 @@ sweeping, the one beat sending)."""
 
 from __future__ import annotations
 
+import logging
+
 from db import locks
 from service.context import Ctx
 from service.leases import KeepAlive
+
+log = logging.getLogger(__name__)
 
 
 def take(ctx: Ctx, name: str, owner: str, seconds: float) -> bool:
@@ -27,4 +31,11 @@ def release(ctx: Ctx, name: str, owner: str) -> None:
 
 def renewing(ctx: Ctx, name: str, owner: str, seconds: float) -> KeepAlive:
     """Renews the lock `name` for `owner` every third of `seconds` while the block runs."""
-    return KeepAlive(lambda: take(ctx, name, owner, seconds), seconds / 3, f"lock-{name}")
+
+    def renew() -> bool:
+        held = take(ctx, name, owner, seconds)
+        if not held:
+            log.warning("lock %s was taken by another while %s held it", name, owner)
+        return held
+
+    return KeepAlive(renew, seconds / 3, f"lock-{name}")

@@ -371,7 +371,10 @@ def _digest(fields: dict[str, Any]) -> str:
 
 def _renew(ctx: Ctx, run_id: int) -> bool:
     with ctx.tx() as s:
-        return rows.renew_run(s, run_id, db_now(s), ctx.settings.pipeline_run_lease)
+        held = rows.renew_run(s, run_id, db_now(s), ctx.settings.pipeline_run_lease)
+    if not held:
+        log.warning("pipeline run %d ended while it read (its lease ran out)", run_id)
+    return held
 
 
 class _RunIntake:
