@@ -139,6 +139,7 @@ def main() -> None:
             assert c.post("/v1/classifiers", json=classifier).status_code == 201
             assert c.post("/v1/pipelines", json=spec).status_code == 201, spec
             ctx = Ctx.system(c.app.state.labelq.services)
+            skipped = 0
             held: list[tuple[Any, Any]] = []  # open transactions, committed after a run
             nulls: list[tuple[int, int]] = []  # (id, tick to fill it at)
             down_from = args.ticks // 3
@@ -176,7 +177,27 @@ def main() -> None:
                                 text("UPDATE feed SET seen = id WHERE id = :i"), {"i": row}
                             )
                         nulls.remove((row, at))
-                c.post("/v1/pipelines/soak/run")
+                run = c.post("/v1/pipelines/soak/run").json()
+                skipped = skipped + 1 if run["state"] == "skipped" else 0
+                if skipped == 20:  # stuck: say on what
+                    every = c.get("/v1/pipelines/soak/runs", params={"limit": 500}).json()
+                    stuck = next(r for r in every if r["state"] == "running")
+                    job = c.get(f"/v1/jobs/{stuck['job_id']}").json() if stuck["job_id"] else {}
+                    from db.models import Chunk
+
+                    with factory() as s:
+                        chunk_rows = s.execute(
+                            select(
+                                Chunk.seq,
+                                Chunk.state,
+                                Chunk.attempts,
+                                Chunk.available_at,
+                                Chunk.dispatched_at,
+                                Chunk.last_error,
+                            ).where(Chunk.job_id == stuck["job_id"])
+                        ).all()
+                    print(f"tick {tick}: 20 ticks skipped behind run {stuck}, job {job}")
+                    print(chunk_rows)
                 for late, tx in held:
                     tx.commit()
                     late.close()

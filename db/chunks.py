@@ -132,10 +132,18 @@ def add_chunks(s: Session, job: Job, total: int, rejected: int, pending_seqs: se
 
 
 def mark_dispatched(s: Session, job_id: str, seqs: Sequence[int], when: datetime) -> None:
+    """Record that the chunks' tasks were sent at `when` (taken before sending). A chunk
+    claimed since is left as its claim made it: a worker quick enough to claim it and hand
+    it back (an engine that fails at once) cleared its send, so the reconciler sends it again
+    when it is due; recording this send over that would hide it for a stall period."""
     if seqs:
         s.execute(
             update(Chunk)
-            .where(Chunk.job_id == job_id, Chunk.seq.in_(list(seqs)))
+            .where(
+                Chunk.job_id == job_id,
+                Chunk.seq.in_(list(seqs)),
+                or_(Chunk.claimed_at.is_(None), Chunk.claimed_at < when),
+            )
             .values(dispatched_at=when)
         )
 

@@ -640,3 +640,26 @@ def test_a_host_whose_clock_runs_ahead_takes_no_live_lease(
         assert chunks.renew_lease(s, work.chunk_id, "a", LEASE)
         assert not locks.acquire(s, "beat", "b", LEASE)
         assert locks.holder(s, "beat") == "a"
+
+
+def test_a_chunk_handed_back_before_its_send_is_recorded_is_sent_again_when_due(
+    factory: Factory,
+) -> None:
+    """A worker quick enough to claim a chunk and hand it back (an engine that fails at once)
+    before the sender records the send: the late record must not cover the hand-back, or the
+    chunk waits a stall period (and, with no worker seen, for good) instead of its backoff.
+    Found by bench/pipeline_soak.py, where the dispatcher runs a task inside the send."""
+    from db.session import db_now
+
+    job, _ = _submit(factory, _items(2), chunk_size=2)
+    with factory() as s:
+        sent_at = db_now(s)  # taken before sending, as service.dispatch.send does
+    work = _claim(factory, job.id, 0)
+    with factory.begin() as s:
+        assert chunks.release_chunk(s, work, "engine down", retry_in=0, max_attempts=3)
+    with factory.begin() as s:
+        chunks.mark_dispatched(s, job.id, [0], sent_at)  # the sender's late record
+    later = utcnow() + timedelta(seconds=1)
+    with factory() as s:
+        due = chunks.chunks_to_send(s, later, later - timedelta(seconds=120), served=[])
+    assert [(r.job_id, r.seq) for r in due] == [(job.id, 0)]
