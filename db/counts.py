@@ -10,11 +10,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from db.models import Classifier, ScoredCount
+from db.session import upsert
 from labelq.dashboard import score_columns
 
 # Upper bounds of the Prometheus confidence histogram's buckets (+Inf is added).
@@ -41,9 +40,7 @@ def count_scored(s: Session, classifier_id: int, results: Iterable[dict[str, Any
         row[1] += float(confidence)
     if not sums:
         return
-    upsert = (pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert)(
-        ScoredCount
-    )
+    insert = upsert(s, ScoredCount)
     rows = [
         {
             "classifier_id": classifier_id,
@@ -55,11 +52,11 @@ def count_scored(s: Session, classifier_id: int, results: Iterable[dict[str, Any
         for (predicted, bucket), (n, total) in sorted(sums.items())
     ]
     s.execute(
-        upsert.values(rows).on_conflict_do_update(
+        insert.values(rows).on_conflict_do_update(
             index_elements=["classifier_id", "predicted", "bucket"],
             set_={
-                "count": ScoredCount.count + upsert.excluded.count,
-                "confidence_sum": ScoredCount.confidence_sum + upsert.excluded.confidence_sum,
+                "count": ScoredCount.count + insert.excluded.count,
+                "confidence_sum": ScoredCount.confidence_sum + insert.excluded.confidence_sum,
             },
         )
     )

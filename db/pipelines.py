@@ -14,8 +14,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -28,7 +26,7 @@ from db.models import (
     as_utc,
     utcnow,
 )
-from db.session import rowcount
+from db.session import rowcount, upsert
 from labelq.errors import Conflict, NotFound
 
 
@@ -158,32 +156,23 @@ def to_classify(s: Session, pipeline_id: int, run_id: int, read: list[tuple[str,
     if not read:
         return set()
     digests = dict(read)
-    delivered = {
-        key: digest
-        for key, digest in s.execute(
-            select(PipelineKey.key, PipelineKey.delivered_digest).where(
+    known = {  # one read: what was delivered, and what this run read already
+        key: (digest, reader)
+        for key, digest, reader in s.execute(
+            select(PipelineKey.key, PipelineKey.delivered_digest, PipelineKey.run_id).where(
                 PipelineKey.pipeline_id == pipeline_id, PipelineKey.key.in_(list(digests))
             )
         )
     }
-    this_run = set(
-        s.scalars(
-            select(PipelineKey.key).where(
-                PipelineKey.pipeline_id == pipeline_id,
-                PipelineKey.run_id == run_id,
-                PipelineKey.key.in_(list(digests)),
-            )
-        )
-    )  # read already by this run (by key, before its window): once a job
+    # A key this run read already (by key, before its window) is in its job once; one
+    # delivered with the same content is not classified again.
     wanted = {
         k
         for k, d in digests.items()
-        if k not in this_run and (k not in delivered or delivered[k] != d)
+        if k not in known or (known[k][1] != run_id and known[k][0] != d)
     }
     if wanted:
-        insert = (pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert)(
-            PipelineKey
-        )
+        insert = upsert(s, PipelineKey)
         rows = [
             {"pipeline_id": pipeline_id, "key": k, "digest": digests[k], "run_id": run_id}
             for k in sorted(wanted)

@@ -192,3 +192,12 @@ def rowcount(result: Any) -> int:
     """Rows an UPDATE or DELETE matched (typed: `Result` does not declare it)."""
     assert isinstance(result, CursorResult)
     return int(result.rowcount)
+
+
+def upsert(s: Session, model: Any) -> Any:
+    """An INSERT on `model` with ON CONFLICT, in the dialect of the session's database
+    (PostgreSQL or SQLite): `.on_conflict_do_update(...)` and `.excluded` as both have them."""
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return (pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert)(model)
