@@ -140,6 +140,65 @@ def last_started(s: Session) -> dict[tuple[str, str], datetime]:
     return {(tenant, name): as_utc(started) for tenant, name, started in rows}
 
 
+def failing(s: Session, at_least: int) -> list[tuple[str, str, int, str | None]]:
+    """(tenant, name, failed runs since its last success, the last one's error) of each
+    enabled pipeline with `at_least` failed runs since it last succeeded (skipped runs count
+    neither way). Two reads on the (pipeline, state) index, however long the history."""
+    ok = (
+        select(PipelineRun.pipeline_id.label("pid"), func.max(PipelineRun.id).label("ok"))
+        .where(PipelineRun.state == RunState.succeeded)
+        .group_by(PipelineRun.pipeline_id)
+        .subquery()
+    )
+    failed = func.count(PipelineRun.id)
+    rows = s.execute(
+        select(Pipeline.tenant, Pipeline.name, failed, func.max(PipelineRun.id))
+        .join(PipelineRun, PipelineRun.pipeline_id == Pipeline.id)
+        .outerjoin(ok, ok.c.pid == Pipeline.id)
+        .where(
+            Pipeline.enabled.is_(True),
+            PipelineRun.state == RunState.failed,
+            PipelineRun.id > func.coalesce(ok.c.ok, 0),
+        )
+        .group_by(Pipeline.id, Pipeline.tenant, Pipeline.name)
+        .having(failed >= at_least)
+        .order_by(Pipeline.tenant, Pipeline.name)
+    ).all()
+    ends = select(PipelineRun.id, PipelineRun.error).where(
+        PipelineRun.id.in_([last for *_, last in rows])
+    )
+    errors = {run_id: error for run_id, error in s.execute(ends)}
+    return [(tenant, name, n, errors.get(last)) for tenant, name, n, last in rows]
+
+
+def failures_in_a_row(s: Session, pipeline_id: int, up_to: int | None = None) -> int:
+    """How many runs of a pipeline failed since its last success (up to run `up_to`)."""
+    until = [] if up_to is None else [PipelineRun.id <= up_to]
+    last_ok = s.scalar(
+        select(func.max(PipelineRun.id)).where(
+            PipelineRun.pipeline_id == pipeline_id,
+            PipelineRun.state == RunState.succeeded,
+            *until,
+        )
+    )
+    return int(
+        s.scalar(
+            select(func.count(PipelineRun.id)).where(
+                PipelineRun.pipeline_id == pipeline_id,
+                PipelineRun.state == RunState.failed,
+                PipelineRun.id > (last_ok or 0),
+                *until,
+            )
+        )
+        or 0
+    )
+
+
+def standing(s: Session, pipeline_id: int) -> tuple[PipelineRun | None, int]:
+    """A pipeline's last run and how many runs failed in a row (what its listing shows)."""
+    return last_run(s, pipeline_id), failures_in_a_row(s, pipeline_id)
+
+
 def processed_files(s: Session, pipeline_id: int) -> set[tuple[str, str]]:
     """(path, sha256) of every file a pipeline's succeeded runs read."""
     rows = s.execute(

@@ -28,6 +28,7 @@ from db.models import (
     as_utc,
     utcnow,
 )
+from db.pipelines import failures_in_a_row
 from db.session import rowcount
 from labelq.errors import NotFound
 
@@ -79,7 +80,7 @@ def enqueue(s: Session) -> int:
         .where(Job.webhook_url.is_not(None), Job.state.in_(ENDED), WebhookDelivery.id.is_(None))
     ).all()
     for job in jobs:
-        payload = {
+        payload: dict[str, Any] = {
             "event": f"job.{job.state}",
             "job": {
                 "id": job.id,
@@ -119,6 +120,8 @@ def enqueue(s: Session) -> int:
             "event": "pipeline.run_failed",
             "pipeline": pipeline.name,
             "run": {"id": run.id, "error": run.error, "job_id": run.job_id},
+            # the receiver sees a pipeline that keeps failing, not one bad run
+            "failures_in_a_row": failures_in_a_row(s, run.pipeline_id, run.id),
         }
         _add(
             s,

@@ -112,11 +112,36 @@ class SqlSource(BaseModel):
         "the same content are not classified again. Default 1000 for a number, 600 (s) for a "
         "time; 0 turns it off; a text watermark has none.",
     )
+    lag: float | None = Field(
+        None,
+        ge=0,
+        description="a time watermark: each run reads only rows at least this many seconds "
+        "old by the source database's clock, so a writer whose transaction took its time "
+        "before a later one committed is not passed. Default 120; 0 turns it off; a number "
+        "watermark has none (the overlap covers it, or read by snapshot).",
+    )
+    consistency: Literal["overlap", "snapshot"] = Field(
+        "overlap",
+        description="`overlap`: the lag and the overlap window behind the watermark, "
+        "de-duplicated by key (any database). `snapshot` (PostgreSQL, exact): the watermark "
+        "column is an xid8 the writer's transaction sets (DEFAULT pg_current_xact_id(), and "
+        "on update by a trigger); a run reads only rows whose transaction ended before its "
+        "snapshot, so no late commit is passed and no overlap is read.",
+    )
 
     @model_validator(mode="after")
     def _table_or_query(self) -> SqlSource:
         if (self.table is None) == (self.query is None):
             raise ValueError("give either table or query")
+        return self
+
+    @model_validator(mode="after")
+    def _snapshot(self) -> SqlSource:
+        if self.consistency == "snapshot":
+            if self.watermark is None:
+                raise ValueError("consistency `snapshot` reads by a watermark column: name it")
+            if self.overlap or self.lag:
+                raise ValueError("consistency `snapshot` is exact: it takes no overlap or lag")
         return self
 
     @field_validator("query")

@@ -175,6 +175,12 @@ class Settings(BaseSettings):
         "row's fault) before it is written to the sink as an error row and the run fails "
         "naming it.",
     )
+    pipeline_failing_after: int = Field(
+        default=3,
+        ge=1,
+        description="Failed runs in a row (since its last success) after which a pipeline is "
+        "listed as failing in /readyz and counted in /metrics (the service stays ready).",
+    )
     pipeline_connect_timeout: float = Field(
         default=10, gt=0, description="Seconds a pipeline's database connection may take."
     )

@@ -7,10 +7,12 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import logging
+import re
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,10 @@ def load_value(data: dict[str, Any]) -> Any:
     if kind == "date":
         return date.fromisoformat(value)
     return value
+
+
+DEFAULT_LAG = 120.0  # seconds a time watermark's newest rows wait before a run reads them
+ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}.*)?$")
 
 
 def behind(value: Any, overlap: float | None) -> Any:
@@ -115,22 +121,94 @@ class SqlReader:
                 raise SpecError(
                     f"the source has no column {column!r}; it has {sorted(columns)}", field=field
                 )
+        if self.source.consistency == "snapshot":
+            self._check_snapshot()
+
+    def _check_snapshot(self) -> None:
+        """`snapshot` needs PostgreSQL and a watermark column of transaction ids (xid8)."""
+        from sqlalchemy import text
+        from sqlalchemy.exc import DBAPIError
+
+        if self.engine.dialect.name != "postgresql":
+            raise SpecError(
+                "consistency `snapshot` reads by transaction visibility: a PostgreSQL source "
+                f"only (this one is {self.engine.dialect.name}); use `overlap`",
+                field="source.consistency",
+            )
+        below, _ = self.horizon(None)
+        try:
+            with self.engine.connect() as connection:
+                self._read_only(connection)
+                connection.execute(text(f"SELECT 1 FROM {self._base()} WHERE {below} LIMIT 0"))
+        except DBAPIError:
+            raise SpecError(
+                f"consistency `snapshot` needs column {self.source.watermark!r} to be an xid8 "
+                "set by its writer: `xid8 NOT NULL DEFAULT pg_current_xact_id()` (and a trigger "
+                "that sets it on update)",
+                field="source.watermark",
+            ) from None
+
+    def _column_type(self, column: str) -> Any:
+        """A table column's declared SQLAlchemy type; None for a query's or one not found."""
+        if not self.source.table:
+            return None
+        from sqlalchemy import inspect
+        from sqlalchemy.exc import SAWarning
+
+        schema, _, name = self.source.table.rpartition(".")
+        with warnings.catch_warnings():  # a type SQLAlchemy does not know (xid8) is no match
+            warnings.simplefilter("ignore", SAWarning)
+            columns = inspect(self.engine).get_columns(name, schema or None)
+        return next((found["type"] for found in columns if found["name"] == column), None)
+
+    def _time_watermark(self, connection: Any) -> bool:
+        """Whether the watermark holds times: by the table column's declared type, else by a
+        value (SQLite hands times back as ISO text)."""
+        from sqlalchemy import text
+
+        if not self.source.watermark:
+            return False
+        declared = self._column_type(self.order)
+        try:
+            if declared is not None and declared.python_type in (datetime, date):
+                return True
+        except NotImplementedError:
+            pass
+        order = self._q(self.order)
+        value = connection.execute(
+            text(f"SELECT {order} FROM {self._base()} WHERE {order} IS NOT NULL LIMIT 1")
+        ).scalar()
+        if isinstance(value, str):
+            return bool(ISO_TIME.match(value))
+        return isinstance(value, date)
+
+    def horizon(self, connection: Any) -> tuple[str, dict[str, Any]]:
+        """The condition that keeps a run below its safety horizon, with its parameters ("" when
+        there is none). `snapshot`: rows whose writing transaction ended before the statement's
+        snapshot (every transaction below its xmin has ended: none can commit a lower value
+        later). A time watermark: rows `lag` seconds old by the source's own clock."""
+        s, order = self.source, self._q(self.order)
+        if s.consistency == "snapshot":
+            return f"{order} < pg_snapshot_xmin(pg_current_snapshot())", {}
+        lag = DEFAULT_LAG if s.lag is None else s.lag
+        if not lag or not self._time_watermark(connection):
+            return "", {}
+        dialect = self.engine.dialect.name
+        if dialect == "postgresql":
+            return f"{order} <= CURRENT_TIMESTAMP - make_interval(secs => :lag)", {"lag": lag}
+        if dialect == "sqlite":  # times as text, read as UTC (what SQLite's own clock gives)
+            return f"datetime({order}) <= datetime('now', :lag)", {"lag": f"-{lag} seconds"}
+        now = datetime.now(UTC).replace(tzinfo=None)  # another database: labelq's clock, UTC
+        return f"{order} <= :horizon", {"horizon": now - timedelta(seconds=lag)}
 
     def integer_keys(self) -> bool:
         """Whether the source's key column holds integers (a table's, by its declared type;
         a query's keys count as text), so a sink stores keys as the source has them."""
-        if not self.source.table:
+        declared = self._column_type(self.source.key)
+        try:
+            return declared is not None and bool(declared.python_type is int)
+        except NotImplementedError:
             return False
-        from sqlalchemy import inspect
-
-        schema, _, name = self.source.table.rpartition(".")
-        for column in inspect(self.engine).get_columns(name, schema or None):
-            if column["name"] == self.source.key:
-                try:
-                    return bool(column["type"].python_type is int)
-                except NotImplementedError:
-                    return False
-        return False
 
     def by_keys(self, keys: list[str]) -> Iterator[list[Record]]:
         """The rows of `keys` (read again: the engine failed on them), in pages; a key gone
@@ -181,26 +259,30 @@ class SqlReader:
         key, order = self._q(s.key), self._q(self.order)
         columns = {self._q(c) for c in (s.key, self.order, *s.fields.values())}
         position = None if after is None else (load_value(after["order"]), load_value(after["key"]))
-        back = None if position is None else behind(position[0], s.overlap)
+        exact = s.consistency == "snapshot"
+        back = None if position is None or exact else behind(position[0], s.overlap)
         with self.engine.connect() as connection:
             self._read_only(connection)
             self._no_nulls(connection)
+            below, params = self.horizon(connection)
+            params["limit"] = s.page_size
             while True:
-                where, params = "", {"limit": s.page_size}
+                past = ""
                 order_by = key if self.order == s.key else f"{order}, {key}"
                 if back is not None:  # the first page: the overlap window, then on from it
-                    where, params = f"WHERE {order} > :o", params | {"o": back}
+                    past, params["o"] = f"{order} > :o", back
                     back = None
                 elif position is not None and self.order == s.key:
-                    where, params = f"WHERE {key} > :k", params | {"k": position[0]}
+                    past, params["k"] = f"{key} > :k", position[0]
                 elif position is not None and position[1] is None:  # set by hand, no key
-                    where, params = f"WHERE {order} > :o", params | {"o": position[0]}
+                    past, params["o"] = f"{order} > :o", position[0]
                 elif position is not None:
-                    where = f"WHERE {order} > :o OR ({order} = :o AND {key} > :k)"
+                    past = f"({order} > :o OR ({order} = :o AND {key} > :k))"
                     params |= {"o": position[0], "k": position[1]}
+                where = " AND ".join(c for c in (past, below) if c)
                 sql = (
-                    f"SELECT {', '.join(sorted(columns))} FROM {self._base()} {where} "
-                    f"ORDER BY {order_by} LIMIT :limit"
+                    f"SELECT {', '.join(sorted(columns))} FROM {self._base()} "
+                    f"{'WHERE ' + where if where else ''} ORDER BY {order_by} LIMIT :limit"
                 )
                 rows = connection.execute(text(sql), params).mappings().all()
                 if not rows:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from db import counts
+from db import counts, pipelines
 from db.jobs import count_jobs_by_state
 from db.session import ping
 from service.context import Ctx
@@ -36,6 +36,7 @@ class Snapshot:
     jobs_by_state: dict[str, int]
     queues: list[QueueHealth]
     classifiers: list[ClassifierReadings]
+    failing_pipelines: list[FailingPipeline]
 
 
 def snapshot(ctx: Ctx) -> Snapshot:
@@ -50,7 +51,25 @@ def snapshot(ctx: Ctx) -> Snapshot:
             r.cumulative[k] += count
         r.confidence_sum += total
         r.predicted[predicted] = r.predicted.get(predicted, 0) + count
-    return Snapshot(by_state, queues(ctx), [found[k] for k in sorted(found)])
+    return Snapshot(
+        by_state, queues(ctx), [found[k] for k in sorted(found)], failing_pipelines(ctx)
+    )
+
+
+@dataclass(frozen=True)
+class FailingPipeline:
+    tenant: str
+    name: str
+    failures_in_a_row: int
+    last_error: str | None
+
+
+def failing_pipelines(ctx: Ctx) -> list[FailingPipeline]:
+    """Every tenant's enabled pipelines with LABELQ_PIPELINE_FAILING_AFTER failed runs in a row:
+    one unattended for weeks stops in plain sight."""
+    with ctx.reads() as s:
+        rows = pipelines.failing(s, ctx.settings.pipeline_failing_after)
+    return [FailingPipeline(*row) for row in rows]
 
 
 def unserved_queues(ctx: Ctx) -> list[str] | None:

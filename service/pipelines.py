@@ -86,17 +86,21 @@ class PipelineOut(BaseModel):
     spec: dict[str, Any]
     watermark: dict[str, Any] | None
     last_run: RunOut | None
+    failures_in_a_row: int = Field(description="failed runs since the last success")
     created_at: datetime
     updated_at: datetime
 
     @classmethod
-    def of(cls, row: Pipeline, last: PipelineRun | None) -> PipelineOut:
+    def of(cls, row: Pipeline, state: tuple[PipelineRun | None, int]) -> PipelineOut:
+        """`state`: its last run and failed runs in a row (`db.pipelines.standing`)."""
+        last, failures = state
         return cls(
             name=row.name,
             enabled=row.enabled,
             spec=spec_of(row).shown(),
             watermark=row.watermark,
             last_run=RunOut.of(last, row.name) if last else None,
+            failures_in_a_row=failures,
             created_at=row.created_at,
             updated_at=row.updated_at,
         )
@@ -179,7 +183,7 @@ def create(ctx: Ctx, data: Any) -> PipelineOut:
         row = rows.add_pipeline(
             s, spec.name, spec.model_dump(mode="json"), spec.enabled, tenant=ctx.owner
         )
-        return PipelineOut.of(row, None)
+        return PipelineOut.of(row, rows.standing(s, row.id))
 
 
 WatermarkChoice = Literal["keep", "reset"]
@@ -217,7 +221,7 @@ def update(
             moved=moved,
             reset=watermark == "reset",
         )
-        return PipelineOut.of(row, rows.last_run(s, row.id))
+        return PipelineOut.of(row, rows.standing(s, row.id))
 
 
 Scalar = StrictInt | StrictFloat | StrictStr | None
@@ -287,13 +291,13 @@ def delete(ctx: Ctx, name: str) -> None:
 def get(ctx: Ctx, name: str) -> PipelineOut:
     with ctx.reads() as s:
         row = rows.get_pipeline(s, name, tenant=ctx.owner)
-        return PipelineOut.of(row, rows.last_run(s, row.id))
+        return PipelineOut.of(row, rows.standing(s, row.id))
 
 
 def list_all(ctx: Ctx) -> list[PipelineOut]:
     with ctx.reads() as s:
         return [
-            PipelineOut.of(row, rows.last_run(s, row.id))
+            PipelineOut.of(row, rows.standing(s, row.id))
             for row in rows.list_pipelines(s, tenant=ctx.owner)
         ]
 

@@ -23,7 +23,7 @@ from labelq.pipeline import Schedule
 from service import webhooks
 from service.context import Ctx
 from service.reconcile import sweep
-from service.schedules import due
+from service.schedules import due, tick_expiry
 from tests.conftest import make_client
 
 CLASSIFIER = {
@@ -354,6 +354,32 @@ def test_schedules() -> None:
     cron = Schedule(cron="0 3 * * *", timezone="Asia/Tokyo")
     is_due, next_in = due(cron, now - timedelta(minutes=1), now)
     assert not is_due and 0 < next_in <= 24 * 3600
+    # A tick lives one period (at least a minute), so ticks queued while no worker takes them
+    # do not fire in a burst when one comes back.
+    assert tick_expiry(Schedule(every=3600)) == 3600 and tick_expiry(Schedule(every=5)) == 60
+    assert tick_expiry(cron) == 24 * 3600
+    assert tick_expiry(Schedule(cron="*/15 * * * *", timezone="Europe/Berlin")) == 900
+    assert tick_expiry(Schedule(cron="0 9 * * 1", timezone="UTC")) == 7 * 24 * 3600
+
+
+def test_beat_sends_each_pipeline_tick_with_its_expiry(
+    api: Any, source: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.keys import LOCAL
+    from worker.app import make_celery
+    from worker.scheduler import DatabaseScheduler
+
+    c, _, _ = api
+    monkeypatch.setenv("NEWS_DB_URL", source.url)
+    assert c.post("/v1/pipelines", json=_pipeline("ticking")).status_code == 201  # */15
+    services = c.app.state.labelq.services
+    settings = services.settings
+    monkeypatch.setattr(DatabaseScheduler, "settings", settings)
+    monkeypatch.setattr("worker.scheduler.wiring.build", lambda _: services)  # the test's db
+    beat = DatabaseScheduler(app=make_celery(settings), lazy=True)
+    beat.setup_schedule()
+    entry = beat.schedule[f"pipeline:{LOCAL.tenant}/ticking"]
+    assert entry.options["expires"] == 900 and entry.options["queue"] == "labelq.control"
 
 
 class Receiver:
@@ -807,19 +833,25 @@ def test_a_failing_sink_does_not_make_runs_read_and_score_again(
 ) -> None:
     """While the sink is down each run takes over the last run's scored job instead of
     reading and scoring its rows again (stored items grew quadratically: 100, 300, 600, ...);
-    once the sink is back that job is written, and the next run reads what came meanwhile."""
+    once the sink is back that job is written, and the next run reads what came meanwhile.
+    A pipeline that keeps failing says so: its own `failures_in_a_row`, a count in /readyz,
+    `labelq_pipelines_failing` on /metrics, and in each failure's webhook."""
     from sqlalchemy import func, select
 
-    from db.models import JobItem
+    from db.models import JobItem, WebhookDelivery
 
     c, d, factory = api
     monkeypatch.setenv("NEWS_DB_URL", source.url)
     monkeypatch.setenv("SINK_URL", "sqlite:////nonexistent/folder/sink.db")
     source.add(10)
-    spec = _pipeline("down", sink={"kind": "sql", "connection": "sink", "table": "article_labels"})
+    spec = _pipeline(
+        "down",
+        sink={"kind": "sql", "connection": "sink", "table": "article_labels"},
+        webhook="http://127.0.0.1:9/hook",
+    )
     assert c.post("/v1/pipelines", json=spec).status_code == 201
     jobs = set()
-    for added in (0, 5, 0):
+    for n, added in enumerate((0, 5, 0), start=1):
         if added:
             source.add(added)  # meanwhile: read once the sink is back
         run = c.post("/v1/pipelines/down/run").json()
@@ -827,15 +859,178 @@ def test_a_failing_sink_does_not_make_runs_read_and_score_again(
         jobs.add(run["job_id"])
         _settle(c, d, factory)
         assert c.get("/v1/pipelines/down/runs").json()[0]["state"] == "failed"
+        assert c.get("/v1/pipelines/down").json()["failures_in_a_row"] == n
+        # failing after LABELQ_PIPELINE_FAILING_AFTER (3) in a row: a count for the probe,
+        # the names on /metrics
+        assert c.get("/readyz").json()["failing_pipelines"] == (1 if n == 3 else 0)
     assert len(jobs) == 1, "every run took the first run's job over"
+    with factory() as s:
+        events = s.scalars(select(WebhookDelivery.payload).order_by(WebhookDelivery.id)).all()
+    assert [e["failures_in_a_row"] for e in events] == [1, 2, 3], "the receiver sees it too"
+    assert "labelq_pipelines_failing 1.0" in c.get("/metrics").text
     monkeypatch.setenv("SINK_URL", source.url)
     back = c.post("/v1/pipelines/down/run").json()
     assert back["job_id"] in jobs
     _settle(c, d, factory)
     assert len(source.sink_rows()) == 10
+    assert c.get("/v1/pipelines/down").json()["failures_in_a_row"] == 0
+    assert c.get("/readyz").json()["failing_pipelines"] == 0
     newer = c.post("/v1/pipelines/down/run").json()
     assert newer["rows_read"] == 5
     _settle(c, d, factory)
     assert sorted(int(r["key"]) for r in source.sink_rows()) == list(range(1, 16))
     with factory() as s:
         assert s.scalar(select(func.count()).select_from(JobItem)) == 15, "no row scored twice"
+
+
+def test_a_time_watermark_reads_only_rows_older_than_its_lag(
+    api: Any, source: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A time watermark waits `lag` (default 120 s, by the source's own clock) before it reads
+    a row: a writer whose `updated_at = now()` was taken before a later commit's is not
+    passed. Rows 30 s old wait; once they are older than the lag the next run reads them, and
+    every row reaches the sink once."""
+    c, d, factory = api
+    monkeypatch.setenv("NEWS_DB_URL", source.url)
+    zoned = "TIMESTAMPTZ" if source.url.startswith("postgresql") else "TIMESTAMP"
+    now = datetime.now(UTC)
+    with source.engine.begin() as conn:
+        conn.execute(text(f"CREATE TABLE posts (id INTEGER PRIMARY KEY, title TEXT, at {zoned})"))
+        conn.execute(
+            text("INSERT INTO posts (id, title, at) VALUES (:id, :t, :at)"),
+            [
+                {"id": i, "t": f"post {i}", "at": now - timedelta(minutes=20 - i)}
+                for i in range(1, 6)
+            ]
+            + [{"id": i, "t": f"fresh {i}", "at": now - timedelta(seconds=30)} for i in (6, 7)],
+        )
+    spec = _pipeline("timed")
+    spec["source"] = {
+        **spec["source"],
+        "table": "posts",
+        "watermark": "at",
+        "fields": {"title": "title", "description": "title"},
+    }
+    spec["sink"] = {"kind": "sql", "connection": "news", "table": "post_labels"}
+    assert c.post("/v1/pipelines", json=spec).status_code == 201, spec
+    first = c.post("/v1/pipelines/timed/run").json()
+    assert first["rows_read"] == 5, "the two 30 s old rows wait for the lag"
+    _settle(c, d, factory)
+    with source.engine.begin() as conn:  # time passes: they are older than the lag now
+        conn.execute(
+            text("UPDATE posts SET at = :at WHERE id IN (6, 7)"),
+            {"at": now - timedelta(minutes=3)},
+        )
+    second = c.post("/v1/pipelines/timed/run").json()
+    assert second["rows_read"] == 2, second
+    _settle(c, d, factory)
+    assert c.post("/v1/pipelines/timed/run").json()["rows_read"] == 0
+    with source.engine.connect() as conn:
+        keys = [int(r[0]) for r in conn.execute(text("SELECT key FROM post_labels"))]
+    assert sorted(keys) == list(range(1, 8))
+    no_lag = {**spec, "name": "at-once", "source": {**spec["source"], "lag": 0}}
+    no_lag["sink"] = {**spec["sink"], "table": "post_labels_2"}
+    with source.engine.begin() as conn:
+        conn.execute(text("UPDATE posts SET at = :at WHERE id = 7"), {"at": now})
+    assert c.post("/v1/pipelines", json=no_lag).status_code == 201
+    assert c.post("/v1/pipelines/at-once/run").json()["rows_read"] == 7, "lag 0: no wait"
+
+
+def test_snapshot_consistency_is_postgresql_only_and_named_when_refused(
+    api: Any, source: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c, _, _ = api
+    monkeypatch.setenv("NEWS_DB_URL", source.url)
+    spec = _pipeline("exact")
+    spec["source"] = {**spec["source"], "consistency": "snapshot"}
+    refused = c.post("/v1/pipelines", json=spec)
+    assert refused.status_code == 422
+    if source.url.startswith("sqlite"):
+        assert refused.json()["field"] == "source.consistency", refused.text
+    else:  # an integer id is not a transaction id
+        assert refused.json()["field"] == "source.watermark", refused.text
+        assert "xid8" in refused.text
+    with_overlap = {**spec, "source": {**spec["source"], "overlap": 100}}
+    assert "exact" in c.post("/v1/pipelines", json=with_overlap).text
+
+
+@pytest.mark.slow
+def test_snapshot_consistency_reads_a_late_commit_exactly_once_without_an_overlap(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL, real, the exact mode: the watermark is the writer's transaction id (xid8).
+    A transaction holds row 21 open while 22..26 commit: the run reads 1..20 only (22..26's
+    transactions began after 21's, which had not ended), then 21..26 once it commits; an
+    update (its trigger sets a new transaction id) is read again. Nothing is read twice: no
+    overlap window, no de-duplication needed."""
+    c, d, factory = api
+    with scratch_postgres() as url:
+        monkeypatch.setenv("NEWS_DB_URL", url)
+        engine = create_engine(url)
+        try:
+            with engine.begin() as conn:
+                conn.execute(
+                    text(
+                        "CREATE TABLE feed (id SERIAL PRIMARY KEY, title TEXT,"
+                        " txid xid8 NOT NULL DEFAULT pg_current_xact_id())"
+                    )
+                )
+                conn.execute(
+                    text(
+                        "CREATE FUNCTION feed_txid() RETURNS trigger AS $$ BEGIN"
+                        " NEW.txid := pg_current_xact_id(); RETURN NEW; END $$ LANGUAGE plpgsql"
+                    )
+                )
+                conn.execute(
+                    text(
+                        "CREATE TRIGGER feed_txid BEFORE UPDATE ON feed"
+                        " FOR EACH ROW EXECUTE FUNCTION feed_txid()"
+                    )
+                )
+                conn.execute(
+                    text(
+                        "INSERT INTO feed (title)"
+                        " SELECT 'early ' || g FROM generate_series(1, 20) g"
+                    )
+                )
+            spec = _pipeline("exact")
+            spec["source"] = {
+                **spec["source"],
+                "table": "feed",
+                "watermark": "txid",
+                "consistency": "snapshot",
+                "fields": {"title": "title", "description": "title"},
+            }
+            spec["sink"] = {"kind": "sql", "connection": "news", "table": "feed_labels"}
+            created = c.post("/v1/pipelines", json=spec)
+            assert created.status_code == 201, created.text
+            held = engine.connect()
+            slow = held.begin()
+            held.execute(text("INSERT INTO feed (title) VALUES ('late')"))
+            with engine.begin() as conn:
+                conn.execute(
+                    text(
+                        "INSERT INTO feed (title)"
+                        " SELECT 'on time ' || g FROM generate_series(1, 5) g"
+                    )
+                )
+            first = c.post("/v1/pipelines/exact/run").json()
+            assert first["rows_read"] == 20, first
+            _settle(c, d, factory)
+            slow.commit()
+            held.close()
+            second = c.post("/v1/pipelines/exact/run").json()
+            assert second["rows_read"] == 6, second
+            _settle(c, d, factory)
+            with engine.begin() as conn:
+                conn.execute(text("UPDATE feed SET title = 'edited' WHERE id = 3"))
+            third = c.post("/v1/pipelines/exact/run").json()
+            assert third["rows_read"] == 1, third
+            _settle(c, d, factory)
+            for _ in range(3):
+                assert c.post("/v1/pipelines/exact/run").json()["rows_read"] == 0
+            with engine.connect() as conn:
+                keys = [int(r[0]) for r in conn.execute(text("SELECT key FROM feed_labels"))]
+            assert sorted(keys) == list(range(1, 27))
+        finally:
+            engine.dispose()

@@ -22,7 +22,7 @@ from labelq.settings import Settings
 from service import locks, pipelines, wiring
 from service.context import Ctx
 from service.dispatch import CONTROL_QUEUE, TASK_RUN_PIPELINE
-from service.schedules import celery_schedule
+from service.schedules import celery_schedule, tick_expiry
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class DatabaseScheduler(Scheduler):  # type: ignore[misc]
                 "task": TASK_RUN_PIPELINE,
                 "schedule": celery_schedule(spec.schedule),
                 "args": [spec.name, tenant],
-                "options": {"queue": CONTROL_QUEUE},
+                "options": {"queue": CONTROL_QUEUE, "expires": tick_expiry(spec.schedule)},
             }
         previous = dict(self.schedule)
         self.merge_inplace(wanted)

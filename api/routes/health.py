@@ -32,9 +32,11 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz")
 async def readyz(response: Response, st: StateDep, call: Monitoring) -> dict[str, Any]:
     """Ready when the database and the broker answer. Queues with unfinished jobs and no live
-    worker are listed under `unserved_queues` (the service is still ready: it takes jobs)."""
+    worker are listed under `unserved_queues`, and how many pipelines keep failing under
+    `failing_pipelines` (the service is still ready: it takes jobs; these need an operator)."""
     unserved = await call(monitoring.unserved_queues)
     broker = await call(monitoring.broker_answers)
+    failing = await call(monitoring.failing_pipelines) if unserved is not None else []
     checks = {"database": unserved is not None, "broker": broker}
     ready = all(checks.values())
     response.status_code = 200 if ready else 503
@@ -42,6 +44,8 @@ async def readyz(response: Response, st: StateDep, call: Monitoring) -> dict[str
         "status": "ready" if ready else "not ready",
         "checks": checks,
         "unserved_queues": unserved or [],
+        # a count: this probe answers anyone, the names are /metrics' and each tenant's own
+        "failing_pipelines": len(failing),
     }
 
 
@@ -107,4 +111,18 @@ class _DatabaseCollector(Collector):
                     predicted.add_metric([*key, label], count)
             else:
                 predicted.add_metric([], c.count)
-        yield from (jobs, live, waiting, confidence, predicted)
+        failing = GaugeMetricFamily(
+            "labelq_pipelines_failing",
+            "Enabled pipelines with LABELQ_PIPELINE_FAILING_AFTER or more failed runs in a row",
+        )
+        failing.add_metric([], len(self.snap.failing_pipelines))
+        yield from (jobs, live, waiting, confidence, predicted, failing)
+        if self.per_classifier:
+            in_a_row = GaugeMetricFamily(
+                "labelq_pipeline_failed_runs_in_a_row",
+                "Failed runs since the pipeline last succeeded (failing pipelines only)",
+                labels=["tenant", "pipeline"],
+            )
+            for p in self.snap.failing_pipelines:
+                in_a_row.add_metric([p.tenant, p.name], p.failures_in_a_row)
+            yield in_a_row
