@@ -43,7 +43,40 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _tenants(args: argparse.Namespace, settings: Settings) -> int:
+    from service import erase, wiring
+    from service.context import Ctx
+
+    if args.tenant_name != args.confirm:
+        print(f"error: erasing removes every row of {args.tenant_name!r}; say it again with "
+              f"--confirm {args.tenant_name}", file=sys.stderr)  # fmt: skip
+        return 2
+    services = wiring.build(settings)
+    try:
+        done = erase.erase_tenant(Ctx.of(services, args.tenant_name), wait=args.wait)
+    finally:
+        wiring.close(services)
+    print(done.model_dump_json(indent=2))
+    if not done.done:
+        print(f"jobs still scoring: {', '.join(done.waiting_on)}; run it again",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
 def register(sub: argparse._SubParsersAction[Any]) -> None:
+    tenants = sub.add_parser("tenants", help="tenants' data").add_subparsers(
+        dest="tenants_command", required=True
+    )
+    p = tenants.add_parser(
+        "erase",
+        help="erase every row of a tenant: keys, jobs, items, results, classifiers, "
+        "calibrations, pipelines, webhooks (idempotent: run again to go on)",
+    )
+    p.add_argument("tenant_name", metavar="NAME")
+    p.add_argument("--confirm", required=True, metavar="NAME", help="the same name again")
+    p.add_argument("--wait", type=float, default=300, help="seconds to wait for jobs still scoring")
+    p.set_defaults(handler=_tenants)
     keys = sub.add_parser("keys", help="API keys").add_subparsers(
         dest="keys_command", required=True
     )

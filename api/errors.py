@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from labelq.errors import (
     Conflict,
+    Gone,
     InputError,
     LabelqError,
     NotFound,
@@ -35,6 +36,7 @@ STATUS: dict[type[LabelqError], int] = {
     InputError: 422,
     NotFound: 404,
     Conflict: 409,
+    Gone: 410,
     Unauthorized: 401,
     Forbidden: 403,
     TooLarge: 413,

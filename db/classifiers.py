@@ -81,6 +81,13 @@ def classifier_versions(s: Session, name: str, *, tenant: str) -> list[Classifie
     return rows
 
 
+def classifier_ids(s: Session, name: str, *, tenant: str) -> list[int]:
+    """The row ids of every version of a classifier (none when it does not exist)."""
+    return list(
+        s.scalars(select(Classifier.id).where(Classifier.tenant == tenant, Classifier.name == name))
+    )
+
+
 def latest_classifiers(s: Session, *, tenant: str) -> list[Classifier]:
     latest = (
         select(Classifier.name, func.max(Classifier.version).label("v"))

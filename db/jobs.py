@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from db.models import Classifier, FailureKind, ItemStatus, Job, JobItem, JobState, utcnow
 from db.session import db_now, rowcount
 from labelq.dashboard import gold_columns
-from labelq.errors import Conflict, NotFound
+from labelq.errors import Conflict, Gone, NotFound
 
 INSERT_BATCH = 1000
 
@@ -149,6 +149,13 @@ def get_job(s: Session, job_id: str, *, tenant: str | None, for_update: bool = F
 def _visible(job: Job | None, job_id: str, *, tenant: str | None) -> Job:
     if job is None or (tenant is not None and job.tenant != tenant):
         raise NotFound(f"job {job_id} does not exist", field="job_id")
+    return job
+
+
+def readable(job: Job) -> Job:
+    """`job`, unless an erasure was asked for: then its content is (or is being) gone."""
+    if job.erase is not None:
+        raise Gone(f"job {job.id} was erased ({job.erase})", field="job_id")
     return job
 
 

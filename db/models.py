@@ -95,6 +95,21 @@ ENDED_STATES = frozenset(
 )
 
 
+class Erase(enum.StrEnum):
+    """How much of a job an erasure removes, each level including the one before: `content`
+    (inputs, results, custom ids, errors, metadata, webhook deliveries: the job and its items'
+    numbers stay, so the dashboard and /metrics keep counting them), `items` (the item rows
+    too: the job stays as a tombstone with its counts) and `job` (nothing is left)."""
+
+    content = "content"
+    items = "items"
+    job = "job"
+
+    @property
+    def level(self) -> int:
+        return list(Erase).index(self)
+
+
 class FailureKind(enum.StrEnum):
     """Why an item failed: `input`, the item itself (a missing field, a bad line, too long: it
     fails again whenever it is sent); `engine`, the model or the worker (it may score on
@@ -148,6 +163,13 @@ class Job(Base):
         Index("ix_jobs_created_at", "created_at"),
         # An Idempotency-Key is the tenant's own: another tenant's use of it is not told.
         UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
+        # The erasures still to do: what each sweep looks up.
+        Index(
+            "ix_jobs_erase_pending",
+            "erase",
+            postgresql_where=text("erase IS NOT NULL AND erased_at IS NULL"),
+            sqlite_where=text("erase IS NOT NULL AND erased_at IS NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -174,6 +196,10 @@ class Job(Base):
     upload_expires_at: Mapped[datetime | None]
     # Its deadline: not ended by then, it ends `expired` (`db.chunks.expire_jobs`).
     expires_at: Mapped[datetime | None]
+    # An erasure asked for (an `Erase`: by DELETE, a tenant's erasure or retention), done in
+    # bounded batches by the sweep once the job has ended; `erased_at` set when it is complete.
+    erase: Mapped[str | None] = mapped_column(String(16))
+    erased_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]

@@ -136,8 +136,9 @@ _RESULTS = (
 )
 _STORED = _RESULTS.with_only_columns(*RESULT_TEXT_COLUMNS)
 _TENANT_STORED = DriverRead(
+    # A job being erased shows no rows (the caller then finds it and says it is gone).
     _STORED.join_from(_items, _jobs, _jobs.c.id == _items.c.job_id).where(
-        _jobs.c.tenant == bindparam("tenant")
+        _jobs.c.tenant == bindparam("tenant"), _jobs.c.erase.is_(None)
     )
 )
 _ANY_STORED = DriverRead(_STORED)

@@ -52,6 +52,10 @@ class Conflict(LabelqError):
     """The request contradicts the current state (e.g. cancelling a finished job)."""
 
 
+class Gone(LabelqError):
+    """The thing was there and was erased (by its owner, a tenant's erasure or retention)."""
+
+
 class TooLarge(LabelqError):
     """A request or an upload is over a configured limit."""
 

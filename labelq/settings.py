@@ -6,11 +6,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from labelq.outbound import Policy
 from labelq.targets import Connection, Limits, Root
+
+
+class Retention(BaseModel):
+    """How long a job keeps what it holds, in days from its creation (None: for good).
+    `results_days`: its inputs, results, custom ids and errors (the numbers the dashboard and
+    /metrics count stay); `items_days`: its item rows (the job stays, with its counts)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    results_days: float | None = Field(None, gt=0)
+    items_days: float | None = Field(None, gt=0)
+    classifiers: dict[str, Retention] = Field(
+        default_factory=dict, description="by classifier name: overrides for its jobs"
+    )
 
 
 class Settings(BaseSettings):
@@ -150,6 +164,23 @@ class Settings(BaseSettings):
         ge=1,
         description="Webhook requests in flight to one receiver host at once, across "
         "deliverers: a slow receiver holds these, never the others' deliveries.",
+    )
+    retention: dict[str, Retention] = Field(
+        default_factory=dict,
+        description="Retention by tenant name (JSON; `*` for every other tenant): "
+        '{"*": {"results_days": 30, "items_days": 365, "classifiers": {"chat": '
+        '{"results_days": 7}}}}. Enforced by the reconciler in batches. Off by default.',
+    )
+    erase_batch: int = Field(
+        default=1000,
+        ge=1,
+        description="Item rows an erasure (or retention) changes in one transaction.",
+    )
+    erase_per_sweep: int = Field(
+        default=20_000,
+        ge=1,
+        description="Item rows erasures and retention change in one reconciler sweep at most; "
+        "the rest go on in the next.",
     )
     pipeline_connections: dict[str, Connection] = Field(
         default_factory=dict,

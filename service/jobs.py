@@ -125,7 +125,7 @@ def items(ctx: Ctx, job_id: str) -> Iterator[JobItem]:
     """Every item of a job (found visible to the caller first) in input order, a page at a
     time."""
     with ctx.reads() as s:
-        job_rows.get_job(s, job_id, tenant=ctx.tenant)
+        job_rows.readable(job_rows.get_job(s, job_id, tenant=ctx.tenant))
     return ctx.pages(
         lambda s, after, size: job_rows.items_page(s, job_id, after, size),
         -1,
@@ -148,7 +148,7 @@ def start_retry(ctx: Ctx, job_id: str) -> Retry:
     again, the same job comes back (the retry is the original job's Idempotency-Key
     `retry:<id>`). Its items are ingested by `fill_retry`, which the caller may run later."""
     with ctx.reads() as s:
-        original = job_rows.get_job(s, job_id, tenant=ctx.tenant)
+        original = job_rows.readable(job_rows.get_job(s, job_id, tenant=ctx.tenant))
         classifier = job_rows.job_classifier(s, original)
     if not JobState(original.state).finished:
         raise Conflict(

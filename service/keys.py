@@ -166,8 +166,9 @@ class TrustedKeys:
             with self._lock:
                 self._keys[fingerprint(token)] = who
 
-    def forget(self, key_id: int) -> None:
+    def forget(self, key_id: int | None = None, *, of_tenant: str | None = None) -> None:
+        """Trust a key (or every key of tenant `of_tenant`) no more."""
         with self._lock:
             for digest, who in list(self._keys.items()):
-                if who.key_id == key_id:
+                if who.key_id == key_id or (of_tenant is not None and who.tenant == of_tenant):
                     del self._keys[digest]

@@ -57,7 +57,7 @@ def set_labels(ctx: Ctx, job_id: str, body: bytes, jsonl: bool) -> LabelsReport:
     the job's labels and items, the good ones stored in one transaction."""
     entries, rejected = parse_labels(body, jsonl)
     with ctx.tx() as s:
-        job = job_rows.get_job(s, job_id, tenant=ctx.tenant)
+        job = job_rows.readable(job_rows.get_job(s, job_id, tenant=ctx.tenant))
         valid = set(spec_of(job_rows.job_classifier(s, job)).label_names)
         wanted = _wanted(entries, valid, rejected)
         found = job_rows.item_ids_by_custom_id(s, job_id, list(wanted))

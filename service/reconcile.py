@@ -18,7 +18,9 @@ one), needs nothing from the broker's memory:
   to a job), so the next tick runs instead of being `skipped` for good;
 - queues a webhook delivery for every event that has none (deliverers POST them: never the
   sweep, so a slow receiver cannot hold it);
-- forgets workers that stopped beating.
+- forgets workers that stopped beating;
+- marks jobs past their retention (LABELQ_RETENTION) and goes on with erasures asked for, a
+  bounded number of rows a sweep (`service.erase`).
 
 A task sent twice is harmless: a chunk is claimed under a lease and written once.
 """
@@ -35,9 +37,10 @@ from db import calibrations, chunks, workers
 from db import jobs as job_rows
 from db import pipelines as pipeline_rows
 from db.session import db_now
-from service import locks, pipelines, webhooks
+from service import erase, locks, pipelines, webhooks
 from service.context import Ctx
 from service.dispatch import queue_for, send, send_fit
+from service.erase import ErasureReport
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ class SweepReport(BaseModel):
     webhooks_queued: int = 0
     fits_sent: int = 0
     fits_expired: list[int] = []
+    erased: ErasureReport = ErasureReport()
 
 
 LOCK = "reconciler"
@@ -107,6 +111,7 @@ def sweep(ctx: Ctx) -> SweepReport:
     # Pipeline runs whose job ended: sink, then watermark. Then the notifications.
     report.runs_ended = pipelines.finish_runs(ctx)
     report.webhooks_queued = webhooks.enqueue(ctx)
+    report.erased = erase.sweep(ctx)  # retention, then erasures asked for, in batches
     if report.sent or report.unsent or report.jobs_ended:
         log.info(
             "reconciler: sent %d chunk(s), %d could not be sent, ended %d job(s)",

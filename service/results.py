@@ -124,6 +124,7 @@ def resolve_view(ctx: Ctx, job_id: str, choice: str | None) -> View:
     version. NotFound for a job the caller cannot see."""
     with ctx.reads() as s:
         job, classifier = job_rows.get_job_and_classifier(s, job_id, tenant=ctx.tenant)
+        job_rows.readable(job)
         spec = spec_of(classifier)
         view = View(choice is None, spec.label_names, spec.bias_vector())
         if choice is None or choice == "none":
@@ -200,8 +201,8 @@ def page(ctx: Ctx, job_id: str, choice: str | None, cursor: str | None, limit: i
         # page past the end.
         with ctx.reads() as s:
             stored = reads.stored_result_rows(s, job_id, after, limit + 1, tenant=ctx.tenant)
-            if not stored:
-                job_rows.get_job(s, job_id, tenant=ctx.tenant)
+            if not stored:  # a missing job, a job erased, or a page past the end
+                job_rows.readable(job_rows.get_job(s, job_id, tenant=ctx.tenant))
         rows = [stored_record(i) for i in stored[:limit]]
         more = len(stored) > limit
         last = stored[limit - 1][_IDX] if more else None

@@ -11,13 +11,14 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Request,
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from api.deps import Call, Reading, StateDep, Submitting, submission_quota
+from api.deps import Administering, Call, Reading, StateDep, Submitting, submission_quota
 from api.errors import capped_body, input_error
 from api.schemas import JobCreate, JobList, model_json, page_json
 from labelq.errors import InputError, LabelqError
 from labelq.jsonl import JSONL_TYPES, NDJSON, read_items
 from labelq.scoring import Item as ScoreItem
-from service import ingest, jobs, labels, results, webhooks
+from service import erase, ingest, jobs, labels, results, webhooks
+from service.erase import Erasure, Keep
 from service.jobs import JobStatus
 from service.labels import LabelsReport
 from service.results import JobMetrics, ResultsPage
@@ -193,6 +194,25 @@ async def get_job(job_id: str, call: Reading) -> Response:
 async def cancel_job(job_id: str, call: Submitting) -> JobStatus:
     """Pending chunks stop at once; a chunk being scored finishes and keeps its results."""
     return await call(jobs.cancel, job_id)
+
+
+@router.delete("/{job_id}", response_model=Erasure)
+async def delete_job(
+    job_id: str,
+    call: Administering,
+    response: Response,
+    keep: Keep = Query(
+        description="`tombstone`: the job and its items' numbers stay (counts, dashboard, "
+        "/metrics), every input, result, id and error goes; `nothing`: every row goes",
+    ),
+) -> Erasure:
+    """Erase a job: its items' inputs and results, its chunks and webhook deliveries, and (by
+    `keep`) its row (admin: a submit key cannot erase). A job still going is cancelled first
+    and erased once it has ended. 200 when done; 202 when the reconciler goes on with it (a
+    large job, batch by batch, or one still scoring)."""
+    done = await call(erase.erase_job, job_id, keep)
+    response.status_code = 200 if done.done else 202
+    return done
 
 
 @router.post(

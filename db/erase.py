@@ -1,0 +1,212 @@
+"""Erasure and retention, on a caller's Session: a job's erasure is asked for in one statement
+(`request`) and done by `step` in bounded batches, each in its own short transaction, so a
+million-item job never holds locks for long and an erasure cut off halfway goes on at the
+next step. A tenant's erasure (`tenant_rows`) removes what is not a job's.
+
+What each level removes is `db.models.Erase`'s docstring. The numbers kept by `content`
+(a scored item's predicted label, confidence, correctness, Brier score, times) are what the
+dashboard and `/metrics` aggregate; `scored_counts` is never decremented.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from db.models import (
+    ENDED_STATES,
+    ApiKey,
+    Calibration,
+    Chunk,
+    Classifier,
+    Erase,
+    Job,
+    JobItem,
+    JobState,
+    Pipeline,
+    PipelineRun,
+    ScoredCount,
+    WebhookDelivery,
+    WebhookSecret,
+    utcnow,
+)
+from db.session import rowcount
+
+ENDED = [state.value for state in JobState if state in ENDED_STATES]
+_CONTENT = (
+    JobItem.input.is_not(None),
+    JobItem.result.is_not(None),
+    JobItem.custom_id.is_not(None),
+    JobItem.error.is_not(None),
+)
+
+
+def request(s: Session, job: Job, level: Erase) -> bool:
+    """Ask for `level` on `job` (a stronger one than asked before wins; a job erased at a
+    weaker level is erased again). False when it asks nothing new."""
+    current = Erase(job.erase) if job.erase else None
+    if current is not None and current.level >= level.level:
+        return False
+    job.erase = level
+    job.erased_at = None
+    return True
+
+
+@dataclass(frozen=True)
+class Step:
+    job_id: str
+    level: Erase
+    rows: int  # item rows changed or deleted
+    done: bool  # the job's erasure is complete (its row is gone at level `job`)
+
+
+def pending(s: Session, limit: int, *, tenant: str | None) -> list[tuple[str, Erase]]:
+    """Ended jobs with an erasure still to do, oldest first (a job still scoring waits: its
+    chunks write their results first, then it is erased)."""
+    query = (
+        select(Job.id, Job.erase)
+        .where(Job.erase.is_not(None), Job.erased_at.is_(None), Job.state.in_(ENDED))
+        .order_by(Job.created_at)
+        .limit(limit)
+    )
+    if tenant is not None:
+        query = query.where(Job.tenant == tenant)
+    return [(job_id, Erase(str(level))) for job_id, level in s.execute(query)]
+
+
+def step(s: Session, job_id: str, level: Erase, batch: int) -> Step:
+    """One batch of a job's erasure: up to `batch` item rows scrubbed (`content`) or deleted;
+    when none is left, its chunks and deliveries, then the job row's own content (or the row,
+    at `job`)."""
+    items = select(JobItem.id).where(JobItem.job_id == job_id)
+    if level == Erase.content:
+        ids = items.where(or_(*_CONTENT)).limit(batch).scalar_subquery()
+        changed = s.execute(
+            update(JobItem)
+            .where(JobItem.id.in_(ids))
+            .values(input=None, result=None, custom_id=None, error=None, error_field=None)
+            .execution_options(synchronize_session=False)
+        )
+    else:
+        ids = items.limit(batch).scalar_subquery()
+        changed = s.execute(
+            delete(JobItem).where(JobItem.id.in_(ids)).execution_options(synchronize_session=False)
+        )
+    rows = rowcount(changed)
+    if rows == batch:
+        return Step(job_id, level, rows, done=False)
+    s.execute(delete(WebhookDelivery).where(WebhookDelivery.job_id == job_id))
+    if level != Erase.content:
+        s.execute(delete(Chunk).where(Chunk.job_id == job_id))
+    s.execute(update(PipelineRun).where(PipelineRun.job_id == job_id).values(job_id=None))
+    if level == Erase.job:
+        s.execute(delete(Job).where(Job.id == job_id))
+    else:
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                metadata_={},
+                error=None,
+                webhook_url=None,
+                idempotency_key=None,
+                erased_at=utcnow(),
+            )
+        )
+    return Step(job_id, level, rows, done=True)
+
+
+def expired_jobs(
+    s: Session,
+    classifier_ids: list[int] | None,
+    before: datetime,
+    level: Erase,
+    limit: int,
+    *,
+    tenant: str,
+) -> int:
+    """Mark for `level` the ended jobs of `tenant` (of `classifier_ids`, or all) created before
+    `before` that no erasure of that level was asked for; how many."""
+    weaker = [e.value for e in Erase if e.level < level.level]
+    chosen = (
+        select(Job.id)
+        .where(
+            Job.tenant == tenant,
+            Job.created_at < before,
+            Job.state.in_(ENDED),
+            or_(Job.erase.is_(None), Job.erase.in_(weaker)),
+        )
+        .limit(limit)
+    )
+    if classifier_ids is not None:
+        chosen = chosen.where(Job.classifier_id.in_(classifier_ids))
+    return rowcount(
+        s.execute(
+            update(Job)
+            .where(Job.id.in_(chosen.scalar_subquery()))
+            .values(erase=level, erased_at=None)
+            .execution_options(synchronize_session=False)
+        )
+    )
+
+
+def tenants_with_jobs(s: Session) -> list[str]:
+    return list(s.scalars(select(Job.tenant).distinct().order_by(Job.tenant)))
+
+
+def other_classifiers(s: Session, but: list[int], *, tenant: str) -> list[int]:
+    """The tenant's classifier rows other than `but`."""
+    return list(
+        s.scalars(
+            select(Classifier.id).where(Classifier.tenant == tenant, Classifier.id.not_in(but))
+        )
+    )
+
+
+def unfinished_jobs(s: Session, *, tenant: str) -> list[str]:
+    return list(s.scalars(select(Job.id).where(Job.tenant == tenant, Job.state.not_in(ENDED))))
+
+
+def mark_tenant_jobs(s: Session, *, tenant: str) -> int:
+    """Every job of `tenant` to be erased whole."""
+    return rowcount(
+        s.execute(
+            update(Job)
+            .where(Job.tenant == tenant, or_(Job.erase.is_(None), Job.erase != Erase.job))
+            .values(erase=Erase.job, erased_at=None)
+        )
+    )
+
+
+def revoke_keys(s: Session, *, tenant: str) -> int:
+    """The tenant's keys first: nothing new arrives while its data goes."""
+    return rowcount(s.execute(delete(ApiKey).where(ApiKey.tenant == tenant)))
+
+
+def disable_pipelines(s: Session, *, tenant: str) -> None:
+    s.execute(update(Pipeline).where(Pipeline.tenant == tenant).values(enabled=False))
+
+
+def jobs_left(s: Session, *, tenant: str) -> int:
+    return int(s.scalar(select(func.count()).select_from(Job).where(Job.tenant == tenant)) or 0)
+
+
+def tenant_rows(s: Session, *, tenant: str) -> dict[str, int]:
+    """What is the tenant's but no job's: pipelines (their runs, files and keys cascade),
+    deliveries, its webhook secret, calibrations, counts and classifiers. Call once its jobs
+    are gone (a job refers to its classifier)."""
+    classifiers = select(Classifier.id).where(Classifier.tenant == tenant).scalar_subquery()
+    removed: dict[str, int] = {}
+    for name, statement in (
+        ("pipelines", delete(Pipeline).where(Pipeline.tenant == tenant)),
+        ("webhook_deliveries", delete(WebhookDelivery).where(WebhookDelivery.tenant == tenant)),
+        ("webhook_secrets", delete(WebhookSecret).where(WebhookSecret.tenant == tenant)),
+        ("calibrations", delete(Calibration).where(Calibration.classifier_id.in_(classifiers))),
+        ("scored_counts", delete(ScoredCount).where(ScoredCount.classifier_id.in_(classifiers))),
+        ("classifiers", delete(Classifier).where(Classifier.tenant == tenant)),
+    ):
+        removed[name] = rowcount(s.execute(statement.execution_options(synchronize_session=False)))
+    return removed
