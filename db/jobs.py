@@ -213,6 +213,18 @@ def engine_failed_keys(s: Session, job_id: str) -> list[str]:
     ]
 
 
+def in_flight(s: Session, *, tenant: str) -> tuple[int, int]:
+    """(unfinished jobs, their items not yet scored) of `tenant`."""
+    waiting = func.coalesce(func.sum(Job.total - Job.succeeded - Job.failed), 0)
+    jobs, items = s.execute(
+        select(func.count(), waiting).where(
+            Job.tenant == tenant,
+            Job.state.in_([JobState.queued, JobState.running, JobState.cancelling]),
+        )
+    ).one()
+    return int(jobs), int(items)
+
+
 def count_jobs_by_state(s: Session) -> dict[str, int]:
     """Jobs by state, over every tenant (what `/metrics` shows)."""
     return {state: n for state, n in s.execute(select(Job.state, func.count()).group_by(Job.state))}

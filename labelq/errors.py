@@ -81,6 +81,19 @@ class RateLimited(LabelqError):
         self.retry_after = retry_after
 
 
+class OverLimit(RateLimited):
+    """A tenant is at a limit on what it has in flight: the answer names the limits and what
+    is in flight, so a client knows how much to wait for."""
+
+    def __init__(self, message: str, limits: dict[str, Any], in_flight: dict[str, int]):
+        super().__init__(message, retry_after=30, field="tenant")
+        self.limits = limits
+        self.in_flight = in_flight
+
+    def to_dict(self) -> dict[str, object]:
+        return {**super().to_dict(), "limits": self.limits, "in_flight": self.in_flight}
+
+
 def field_of(error: Mapping[str, Any]) -> str | None:
     """The dotted field path of one pydantic error (`error["loc"]`), without the `body` root
     FastAPI adds; None for an error on the whole value."""

@@ -27,6 +27,15 @@ class Retention(BaseModel):
     )
 
 
+class Admission(BaseModel):
+    """What one tenant may have in flight (None: no limit)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: int | None = Field(None, ge=1, description="unfinished jobs")
+    items: int | None = Field(None, ge=1, description="items of unfinished jobs not yet scored")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LABELQ_", env_file=".env", extra="ignore")
 
@@ -242,6 +251,23 @@ class Settings(BaseSettings):
     submissions_per_minute: int = Field(
         default=120, ge=1, description="Job submissions per API key (or client) per minute."
     )
+    tenant_max_jobs: int | None = Field(
+        default=200,
+        ge=1,
+        description="Unfinished jobs one tenant may have; a new job past it is refused (429, "
+        "naming the limit and what is in flight). Empty: no limit.",
+    )
+    tenant_max_items: int | None = Field(
+        default=5_000_000,
+        ge=1,
+        description="Items of one tenant's unfinished jobs not yet scored; a JSON job that "
+        "would pass it, or any job once it is reached, is refused (429). Empty: no limit.",
+    )
+    tenant_admission: dict[str, Admission] = Field(
+        default_factory=dict,
+        description='Per-tenant limits over the two above (JSON): {"acme": {"jobs": 1000, '
+        '"items": 50000000}}.',
+    )
     key_cache_seconds: float = Field(
         default=5,
         ge=0,
@@ -278,6 +304,13 @@ class Settings(BaseSettings):
         "connections (one each, held open); on PostgreSQL as many again for reads on its "
         "event loop.",
     )
+
+    def admission(self, tenant: str) -> Admission:
+        """The limits of `tenant`: its own where set, else the service's."""
+        own = self.tenant_admission.get(tenant, Admission())
+        return Admission(
+            jobs=own.jobs or self.tenant_max_jobs, items=own.items or self.tenant_max_items
+        )
 
     @model_validator(mode="after")
     def _own_database_is_no_connection(self) -> Settings:

@@ -28,6 +28,19 @@ TASK_RUN_PIPELINE = "labelq.run_pipeline"
 CONTROL_QUEUE = "labelq.control"
 
 
+# A job's first chunks go first: a chunk's priority by its place in its job (0 is served
+# first; Redis keeps one list per step, and a worker pops the lists in step order). A small
+# job queued behind a 10M-item job waits for the big job's chunks of its own step, not for
+# all of them: its chunks 0-3 are step 0, which holds at most 4 chunks of every job queued.
+PRIORITY_BANDS = ((4, 0), (32, 3), (256, 6))  # (chunks before this seq, priority)
+LAST_PRIORITY = 9
+
+
+def chunk_priority(seq: int) -> int:
+    """The priority a chunk task is sent with (0 first, 9 last; Redis' steps 0, 3, 6, 9)."""
+    return next((priority for below, priority in PRIORITY_BANDS if seq < below), LAST_PRIORITY)
+
+
 def queue_for(model: str) -> str:
     """One Celery queue per model, so workers with different models serve one deployment."""
     digest = hashlib.sha1(model.encode()).hexdigest()[:10]
@@ -58,12 +71,18 @@ class CeleryDispatcher:
         with self.app.producer_or_acquire() as producer:
             for seq in seqs:
                 self.app.send_task(
-                    TASK_SCORE_CHUNK, args=[job_id, seq], queue=queue_name, producer=producer
+                    TASK_SCORE_CHUNK,
+                    args=[job_id, seq],
+                    queue=queue_name,
+                    producer=producer,
+                    priority=chunk_priority(seq),
                 )
 
     def dispatch_fit(self, calibration_id: int, queue_name: str) -> None:
         """Fitting runs on the model's queue: contextual calibration needs the model."""
-        self.app.send_task(TASK_FIT_CALIBRATION, args=[calibration_id], queue=queue_name)
+        self.app.send_task(
+            TASK_FIT_CALIBRATION, args=[calibration_id], queue=queue_name, priority=0
+        )
 
     def ping(self) -> bool:
         try:

@@ -31,10 +31,10 @@ from db.classifiers import get_classifier, spec_of
 from db.jobs import INSERT_BATCH
 from db.models import Classifier, FailureKind, ItemStatus, Job
 from labelq import outbound
-from labelq.errors import InputError, TooLarge
+from labelq.errors import InputError, OverLimit, TooLarge
 from labelq.jsonl import depth
 from labelq.scoring import Item
-from labelq.settings import Settings
+from labelq.settings import Admission, Settings
 from labelq.spec import ClassifierSpec
 from service.context import Ctx
 from service.dispatch import queue_for, send
@@ -57,6 +57,28 @@ class JobRequest(BaseModel):
         gt=0,
         description="seconds to end by, else `expired`; default LABELQ_JOB_EXPIRES_AFTER",
     )
+    items: int | None = Field(None, description="how many items, when known before they come")
+
+
+def admit(limits: Admission, in_flight: tuple[int, int], adding: int | None) -> None:
+    """Refuse a new job of a tenant at its limits (`OverLimit`, a 429): `in_flight` is its
+    (unfinished jobs, items not yet scored); `adding` the new job's items when known (a
+    streamed upload's are not: it is admitted while the tenant is under its item limit)."""
+    jobs, items = in_flight
+    over = []
+    if limits.jobs is not None and jobs >= limits.jobs:
+        over.append(f"{jobs} unfinished jobs (limit {limits.jobs})")
+    cap = limits.items
+    if cap is not None and (items + adding > cap if adding else items >= cap):
+        more = f" + {adding} in this job" if adding else ""
+        over.append(f"{items} items waiting{more} (limit {limits.items})")
+    if over:
+        raise OverLimit(
+            f"this tenant is at its limit: {' and '.join(over)}; submit once jobs in flight "
+            "have ended (LABELQ_TENANT_MAX_JOBS, LABELQ_TENANT_MAX_ITEMS)",
+            limits=limits.model_dump(),
+            in_flight={"jobs": jobs, "items": items},
+        )
 
 
 @dataclass
@@ -187,6 +209,8 @@ def open_job(ctx: Ctx, request: JobRequest) -> Opened:
                 found = job_rows.find_job_by_idempotency_key(s, key, tenant=ctx.owner)
                 if found is not None:
                     return Opened(found.id, None)
+            limits = ctx.settings.admission(ctx.owner)
+            admit(limits, job_rows.in_flight(s, tenant=ctx.owner), request.items)
             job = job_rows.add_job(
                 s,
                 classifier,
@@ -219,6 +243,7 @@ def open_for(
             found = job_rows.find_job_by_idempotency_key(s, key, tenant=ctx.owner)
             if found is not None:
                 return Opened(found.id, None)
+            admit(ctx.settings.admission(ctx.owner), job_rows.in_flight(s, tenant=ctx.owner), None)
             job = job_rows.add_job(
                 s,
                 classifier,

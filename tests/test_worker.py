@@ -1,4 +1,5 @@
-"""The worker's Celery app, without a broker."""
+"""The worker's Celery app (without a broker), and the order chunk tasks are taken in (the
+embedded queue, and real Redis in the slow tier)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,48 @@ def test_a_channel_closed_after_the_broker_went_away_is_a_connection_error() -> 
     # What Celery's consumer does on a lost connection: the error is ignored, not raised
     # (this raised AttributeError before).
     ignore_errors(connection, kombu_redis.Channel._connparams, gone)
+
+
+def test_the_embedded_dispatcher_runs_a_jobs_first_chunks_first() -> None:
+    """A 40-chunk job queued first, then a 3-chunk one: the small job's chunks run after the
+    big job's first 4 (priority step 0), not after all 40."""
+    from worker.loops import ChunkTask, ThreadDispatcher
+
+    d = ThreadDispatcher()  # not started: its queue alone
+    d.dispatch("big", "q", list(range(40)))
+    d.dispatch("small", "q", [0, 1, 2])
+    order = [d.take() for _ in range(43)]
+    assert all(isinstance(t, ChunkTask) for t in order)
+    jobs = [(t.job_id, t.seq) for t in order if isinstance(t, ChunkTask)]
+    assert jobs[:7] == [("big", 0), ("big", 1), ("big", 2), ("big", 3)] + [
+        ("small", s) for s in range(3)
+    ]
+    assert [seq for job, seq in jobs if job == "big"] == list(range(40)), "each job in order"
+
+
+@pytest.mark.slow
+def test_on_redis_a_small_job_behind_a_large_one_is_taken_within_a_bounded_wait() -> None:
+    """Real Redis, as a worker pops it: a 100k-item job (391 chunks of 256) is queued first,
+    then a 10-item job of another tenant. The small job's chunk is taken after at most the
+    big job's 4 step-0 chunks: its wait is bounded by 4 chunks per job queued ahead (and the
+    chunks being scored), not by the 391."""
+    import uuid
+
+    from labelq.settings import Settings
+    from service.dispatch import CeleryDispatcher
+
+    d = CeleryDispatcher(Settings().broker_url)
+    queue = f"labelq.test-fairness.{uuid.uuid4().hex[:8]}"
+    d.dispatch("big", queue, list(range(391)))
+    d.dispatch("small", queue, [0])
+    taken: list[str] = []
+    with d.app.connection_for_read() as conn:
+        simple = conn.SimpleQueue(queue, no_ack=True)
+        try:
+            while len(taken) < 392:
+                taken.append(simple.get(timeout=5).headers["argsrepr"])
+        finally:
+            simple.close()
+    assert taken.index("['small', 0]") == 4, taken[:8]
+    big = [int(t.split(", ")[1].rstrip("]")) for t in taken if "big" in t]
+    assert sorted(big) == list(range(391)), "nothing lost"

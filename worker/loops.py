@@ -4,12 +4,14 @@ pipelines' schedule, on a `WorkerRuntime` (no broker)."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
 from dataclasses import dataclass
 
 from labelq.settings import Settings
+from service.dispatch import chunk_priority
 from worker.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -30,12 +32,14 @@ Task = ChunkTask | FitTask
 
 
 class ThreadDispatcher:
-    """Runs dispatched chunks and fits in one background thread, in order. Its queue lives in
-    memory: what a crash loses, the reconciler (a second thread, and a sweep at start-up)
-    sends again from the database."""
+    """Runs dispatched chunks and fits in one background thread, by priority (a job's first
+    chunks first, as the Redis queues do: `service.dispatch.chunk_priority`), then in order.
+    Its queue lives in memory: what a crash loses, the reconciler (a second thread, and a sweep
+    at start-up) sends again from the database."""
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[Task | None] = queue.Queue()
+        self._queue: queue.PriorityQueue[tuple[int, int, Task | None]] = queue.PriorityQueue()
+        self._sent = itertools.count()
         self._stopping = threading.Event()
         self.runtime: WorkerRuntime | None = None
         self._worker = threading.Thread(target=self._run, name="labelq-worker", daemon=True)
@@ -54,10 +58,17 @@ class ThreadDispatcher:
     # -- Dispatcher ------------------------------------------------------------------------
     def dispatch(self, job_id: str, queue_name: str, seqs: list[int]) -> None:
         for seq in seqs:
-            self._queue.put(ChunkTask(job_id, seq))
+            self._put(chunk_priority(seq), ChunkTask(job_id, seq))
 
     def dispatch_fit(self, calibration_id: int, queue_name: str) -> None:
-        self._queue.put(FitTask(calibration_id))
+        self._put(0, FitTask(calibration_id))
+
+    def _put(self, priority: int, task: Task | None) -> None:
+        self._queue.put((priority, next(self._sent), task))
+
+    def take(self) -> Task | None:
+        """The next task to run (None: stop)."""
+        return self._queue.get()[2]
 
     def ping(self) -> bool:
         return self._worker.is_alive()
@@ -67,7 +78,7 @@ class ThreadDispatcher:
         """Stop taking tasks; the chunk in flight finishes (or, past `timeout`, its lease is
         left to expire and the chunk runs again after a restart). Then stop the engines."""
         self._stopping.set()
-        self._queue.put(None)
+        self._put(-1, None)
         if self._worker.is_alive():
             self._worker.join(timeout=timeout)
         for thread in (self._sweeper, self._scheduler):
@@ -78,7 +89,7 @@ class ThreadDispatcher:
 
     def _run(self) -> None:
         assert self.runtime is not None
-        while (task := self._queue.get()) is not None and not self._stopping.is_set():
+        while (task := self.take()) is not None and not self._stopping.is_set():
             try:
                 if isinstance(task, FitTask):
                     self.runtime.fit_calibration(task.calibration_id)

@@ -140,6 +140,7 @@ async def create_job(
             metadata=body.metadata,
             webhook_url=body.webhook_url,
             expires_after=body.expires_after,
+            items=len(body.items),
         )
         entries = _json_entries(body.items)
     wanted.idempotency_key = idempotency_key
