@@ -19,6 +19,7 @@ from sqlalchemy import (
     Select,
     Subquery,
     and_,
+    case,
     exists,
     func,
     insert,
@@ -26,7 +27,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from db.classifiers import spec_of
 from db.counts import count_scored
@@ -450,6 +451,24 @@ def _unfinished_chunks() -> Select[str, str, int]:
     )
 
 
+# A chunk task's priority by its place in its job (0 is served first; Redis keeps one list
+# per step and a worker pops them in step order, the embedded queue likewise): a job's first
+# chunks go first, so a small job is not held behind a large one (`service.dispatch`).
+PRIORITY_BANDS = ((4, 0), (32, 3), (256, 6))  # (chunks before this seq, priority)
+LAST_PRIORITY = 9
+
+
+def chunk_priority(seq: int) -> int:
+    """The priority a chunk task is sent with (0 first, 9 last; Redis' steps 0, 3, 6, 9)."""
+    return next((priority for below, priority in PRIORITY_BANDS if seq < below), LAST_PRIORITY)
+
+
+def _priority_of(seq: Any) -> ColumnElement[int]:
+    """`chunk_priority` in SQL."""
+    bands = [(seq < below, priority) for below, priority in PRIORITY_BANDS]
+    return case(*bands, else_=LAST_PRIORITY)
+
+
 def chunks_to_send(
     s: Session, now: datetime, stalled_before: datetime, *, served: Collection[str]
 ) -> list[ChunkRef]:
@@ -459,10 +478,12 @@ def chunks_to_send(
     - never sent, or handed back after an engine failure and now due;
     - running under an expired lease, not sent again since it was claimed (or sent, and
       still unclaimed a stall period later);
-    - pending, sent before `stalled_before`, and overtaken: a chunk of its queue sent after it
-      was claimed (from that send) before `stalled_before`. The broker hands a queue's tasks
-      out in the order they were sent, so a task the queue went past a stall period ago is
-      lost, however busy the queue is with other jobs;
+    - pending, sent before `stalled_before`, and overtaken: a chunk of its queue, of its
+      priority or a later one, sent after it was claimed (from that send) before
+      `stalled_before`. The broker hands out a priority's tasks in the order they were sent,
+      and a later priority's only once the earlier ones' are all out, so a task the queue went
+      past a stall period ago is lost, however busy the queue is with other jobs (a chunk of
+      an earlier priority sent after it may overtake it, and says nothing);
     - pending, sent before `stalled_before`, in a queue that made no progress since then (no
       live lease, no claim) although a worker in `served` serves it: its tasks were lost with
       the broker's memory. A queue no worker serves is left alone (its tasks wait in the
@@ -482,10 +503,16 @@ def chunks_to_send(
     )
     waiting = and_(Chunk.state == ChunkState.pending, Chunk.dispatched_at < stalled_before, due)
     passed = _queues_passed(stalled_before)
-    overtaken = and_(waiting, Chunk.dispatched_at < passed.c.sent)
+    overtaken = and_(
+        waiting,
+        exists().where(
+            passed.c.queue == Job.queue,
+            passed.c.priority >= _priority_of(Chunk.seq),
+            Chunk.dispatched_at < passed.c.sent,
+        ),
+    )
     found = s.execute(
         _unfinished_chunks()
-        .outerjoin(passed, passed.c.queue == Job.queue)
         .where(or_(never_sent, expired, overtaken))
         .order_by(Job.created_at, Chunk.seq)
     )
@@ -509,18 +536,24 @@ def chunks_to_send(
 
 
 def _queues_passed(before: datetime) -> Subquery:
-    """Per queue, the latest send of a chunk of an unfinished job that was claimed from that
-    send (or a later one) before `before`: every task of the queue sent earlier has been
-    handed out by then."""
+    """Per queue and priority, the latest send of a chunk of an unfinished job that was
+    claimed from that send (or a later one) before `before`: every task of the queue of that
+    priority or an earlier one sent before it has been handed out by then."""
+    job, chunk = aliased(Job), aliased(Chunk)
+    priority = _priority_of(chunk.seq)
     return (
-        select(Job.queue.label("queue"), func.max(Chunk.dispatched_at).label("sent"))
-        .join(Chunk, Chunk.job_id == Job.id)
-        .where(
-            Job.state.in_(UNFINISHED),
-            Chunk.claimed_at >= Chunk.dispatched_at,
-            Chunk.claimed_at < before,
+        select(
+            job.queue.label("queue"),
+            priority.label("priority"),
+            func.max(chunk.dispatched_at).label("sent"),
         )
-        .group_by(Job.queue)
+        .join(chunk, chunk.job_id == job.id)
+        .where(
+            job.state.in_(UNFINISHED),
+            chunk.claimed_at >= chunk.dispatched_at,
+            chunk.claimed_at < before,
+        )
+        .group_by(job.queue, priority)
         .subquery()
     )
 

@@ -12,6 +12,7 @@ import logging
 from typing import TYPE_CHECKING, Protocol
 
 from db import calibrations, chunks
+from db.chunks import chunk_priority
 from db.session import db_now
 
 if TYPE_CHECKING:
@@ -28,17 +29,11 @@ TASK_RUN_PIPELINE = "labelq.run_pipeline"
 CONTROL_QUEUE = "labelq.control"
 
 
-# A job's first chunks go first: a chunk's priority by its place in its job (0 is served
-# first; Redis keeps one list per step, and a worker pops the lists in step order). A small
-# job queued behind a 10M-item job waits for the big job's chunks of its own step, not for
-# all of them: its chunks 0-3 are step 0, which holds at most 4 chunks of every job queued.
-PRIORITY_BANDS = ((4, 0), (32, 3), (256, 6))  # (chunks before this seq, priority)
-LAST_PRIORITY = 9
-
-
-def chunk_priority(seq: int) -> int:
-    """The priority a chunk task is sent with (0 first, 9 last; Redis' steps 0, 3, 6, 9)."""
-    return next((priority for below, priority in PRIORITY_BANDS if seq < below), LAST_PRIORITY)
+def priority_of_chunk(seq: int) -> int:
+    """A chunk task's priority by its place in its job: a job's first chunks go first, so a
+    small job is not held behind a large one (`db.chunks.PRIORITY_BANDS`, where the reconciler
+    reads the same)."""
+    return chunk_priority(seq)
 
 
 def queue_for(model: str) -> str:
@@ -75,7 +70,7 @@ class CeleryDispatcher:
                     args=[job_id, seq],
                     queue=queue_name,
                     producer=producer,
-                    priority=chunk_priority(seq),
+                    priority=priority_of_chunk(seq),
                 )
 
     def dispatch_fit(self, calibration_id: int, queue_name: str) -> None:

@@ -334,6 +334,45 @@ def test_a_lost_task_on_a_busy_queue_is_sent_again_by_itself(factory: Factory) -
         )
 
 
+def test_a_chunk_of_a_later_priority_is_not_lost_when_an_earlier_one_overtakes_it(
+    factory: Factory,
+) -> None:
+    """Tasks carry a priority by their place in their job, so a small job's first chunk sent
+    after a big job's sixth is taken before it: that says nothing of the sixth's task (it is
+    not sent again). A chunk of the sixth's own priority (b's fifth) claimed from a later
+    send does: the sixth was passed, and is sent again, alone."""
+    a, _ = _submit(factory, _items(6), chunk_size=1)
+    b, _ = _submit(factory, _items(6), chunk_size=1, key="b")
+    assert [chunks.chunk_priority(seq) for seq in (0, 3, 4, 5, 31, 32, 255, 256)] == [
+        0, 0, 3, 3, 3, 6, 6, 9,
+    ]  # fmt: skip
+
+    def done(job_id: str, seq: int) -> None:
+        work = _claim(factory, job_id, seq)
+        assert _complete(factory, work, {item_id: ItemOutcome({}) for item_id, _ in work.items})
+
+    for seq in range(5):
+        done(a.id, seq)  # a's sixth (seq 5, priority 3) waits
+    done(b.id, 0)  # priority 0, sent after a's sixth
+    held = _claim(factory, b.id, 1)  # a live lease: the queue is not stalled
+    assert held is not None
+    later = utcnow() + timedelta(seconds=121)
+    with factory.begin() as s:
+        s.execute(
+            update(Chunk)
+            .where(Chunk.job_id == b.id, Chunk.seq == 1)
+            .values(lease_expires_at=later + timedelta(seconds=600))
+        )
+    with factory() as s:
+        refs = chunks.chunks_to_send(s, later, later - timedelta(seconds=120), served=[a.queue])
+    assert refs == [], "an earlier priority's chunk overtook it: its task is not lost"
+    done(b.id, 4)  # priority 3, as a's sixth, sent after it
+    later = later + timedelta(seconds=121)
+    with factory() as s:
+        refs = chunks.chunks_to_send(s, later, later - timedelta(seconds=120), served=[a.queue])
+    assert [(r.job_id, r.seq) for r in refs] == [(a.id, 5)]
+
+
 def test_the_sweep_sends_a_lost_task_again_only_where_a_worker_serves(factory: Factory) -> None:
     """The reconciler reads which queues a live worker serves from the heartbeats."""
     from db import workers
