@@ -236,11 +236,14 @@ def to_classify(s: Session, pipeline_id: int, run_id: int, read: list[tuple[str,
             {"pipeline_id": pipeline_id, "key": k, "digest": digests[k], "run_id": run_id}
             for k in sorted(wanted)
         ]
+        # Many parameter sets, not one statement with VALUES for each: compiled once and
+        # cached (a 1000-row VALUES list was compiled anew for every page, 0.4 s of 0.5).
         s.execute(
-            insert.values(rows).on_conflict_do_update(
+            insert.on_conflict_do_update(
                 index_elements=["pipeline_id", "key"],
                 set_={"digest": insert.excluded.digest, "run_id": insert.excluded.run_id},
-            )
+            ),
+            rows,
         )
     return wanted
 
