@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -44,21 +45,37 @@ def require_current(url: str) -> None:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the database at `url` to `revision` (the newest by default). On SQLite, with
-    foreign keys off while tables are rebuilt, and checked after."""
-    from sqlalchemy import text
+    """Bring the database at `url` to `revision` (the newest by default), one transaction per
+    revision: a revision that fails is rolled back whole and leaves the ones before it done,
+    and the next upgrade starts from there. On SQLite too: its DDL runs inside the revision's
+    transaction (the driver would otherwise commit each statement on its own, leaving half a
+    revision that the next upgrade cannot pass), with foreign keys off while tables are
+    rebuilt, and checked after each revision."""
+    from sqlalchemy import event, text
 
-    from db.session import make_engine, without_foreign_keys
+    from db.session import make_engine
 
     engine = make_engine(url)  # creates the SQLite folder if needed
-    with engine.connect() as connection:
-        without_foreign_keys(connection)
-        with connection.begin():
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _transactional_ddl(dbapi_conn: Any, _: Any) -> None:
+            dbapi_conn.execute("PRAGMA foreign_keys=OFF")  # before any transaction begins
+            dbapi_conn.isolation_level = None  # the driver begins nothing on its own...
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN")  # ...labelq does, DDL included
+
+    try:
+        with engine.connect() as connection:
             config = alembic_config(url)
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
             if connection.dialect.name == "sqlite":
                 broken = connection.execute(text("PRAGMA foreign_key_check")).all()
+                connection.rollback()
                 if broken:
                     raise RuntimeError(f"the migration broke foreign keys: {broken[:5]}")
-    engine.dispose()
+    finally:
+        engine.dispose()

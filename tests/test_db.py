@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, make_url, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import chunks, jobs, keys, reads
@@ -647,6 +648,54 @@ def test_migration_0009_moves_pipelines_to_operator_names_and_keys_to_tenants(
     PipelineSpec.model_validate(definition)  # the new shape, readable by the service
     command.downgrade(alembic_config(db_url), "0008")
     upgrade(db_url)
+
+
+def test_a_revision_that_fails_leaves_the_one_before_and_the_next_upgrade_passes(
+    db_url: str,
+) -> None:
+    """One transaction per revision, DDL included (SQLite's driver would commit each
+    statement by itself): 0018 fails at its second column (one of that name is in the way),
+    after it added its first. The database stays at 0017 without it (before, SQLite kept it
+    and every later upgrade failed on "duplicate column name"); once the way is clear the same
+    upgrade completes, 0019's concurrent index included, and runs again after a downgrade."""
+    from alembic import command
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import inspect, text
+
+    from db.migrate import alembic_config, upgrade
+    from tests.conftest import engine_at
+
+    def state() -> tuple[str, list[str], bool]:
+        engine = engine_at(db_url)
+        try:
+            with engine.connect() as conn:
+                version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                columns = [c["name"] for c in inspect(conn).get_columns("jobs")]
+                indexes = [i["name"] for i in inspect(conn).get_indexes("jobs")]
+            erase = [c for c in columns if c.startswith("erase")]
+            return str(version), erase, "ix_jobs_erase_pending" in indexes
+        finally:
+            engine.dispose()
+
+    def run(sql: str) -> None:
+        engine = engine_at(db_url)
+        with engine.begin() as conn:
+            conn.execute(text(sql))
+        engine.dispose()
+
+    command.downgrade(alembic_config(db_url), "0017")
+    run("ALTER TABLE jobs ADD COLUMN erased_at TIMESTAMP")
+    with pytest.raises(DBAPIError, match="erased_at"):
+        upgrade(db_url)
+    assert state() == ("0017", ["erased_at"], False), "the failed revision left nothing"
+    run("ALTER TABLE jobs DROP COLUMN erased_at")
+    upgrade(db_url)
+    head = ScriptDirectory.from_config(alembic_config(db_url)).get_current_head()
+    assert state() == (head, ["erase", "erased_at"], True)
+    command.downgrade(alembic_config(db_url), "0018")
+    assert state()[2] is False
+    upgrade(db_url)
+    assert state() == (head, ["erase", "erased_at"], True)
 
 
 def test_a_host_whose_clock_runs_ahead_takes_no_live_lease(

@@ -18,6 +18,11 @@ def _run(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        # One transaction per revision: a failure rolls back that revision alone, and a
+        # revision may step out of it (`op.get_context().autocommit_block()`) to build an
+        # index CONCURRENTLY on PostgreSQL, where a large table must stay writable.
+        transaction_per_migration=True,
+        transactional_ddl=True,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -30,6 +35,5 @@ else:
     engine = make_engine(config.get_main_option("sqlalchemy.url") or "")
     with engine.connect() as conn:
         without_foreign_keys(conn)
-        with conn.begin():
-            _run(conn)
+        _run(conn)
     engine.dispose()
