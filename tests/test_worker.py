@@ -76,3 +76,48 @@ def test_on_redis_a_small_job_behind_a_large_one_is_taken_within_a_bounded_wait(
     assert taken.index("['small', 0]") == 4, taken[:8]
     big = [int(t.split(", ")[1].rstrip("]")) for t in taken if "big" in t]
     assert sorted(big) == list(range(391)), "nothing lost"
+
+
+def test_a_task_of_a_shape_this_release_does_not_know_is_refused_with_a_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Across a rolling upgrade a worker may get a task an older or newer sender shaped: a
+    known one runs, by position or by name; extra arguments, a wrong type or a newer shape
+    version are refused with a log line naming the task (acknowledged: the database still
+    holds the work, and the reconciler sends it again as this release knows it)."""
+    from labelq.settings import Settings
+    from service.dispatch import TASK_FIT_CALIBRATION, TASK_RUN_PIPELINE, TASK_SCORE_CHUNK
+    from worker.app import worker_app
+
+    calls: list[tuple[str, tuple[object, ...]]] = []
+    runtime = SimpleNamespace(
+        settings=Settings(),
+        score_chunk=lambda *a: calls.append(("chunk", a)),
+        fit_calibration=lambda *a: calls.append(("fit", a)),
+        run_pipeline=lambda name, tenant: calls.append(("pipeline", (name, tenant))),
+    )
+    app = worker_app(runtime)  # type: ignore[arg-type]
+    chunk, fit, pipeline = (app.tasks[n] for n in (TASK_SCORE_CHUNK, TASK_FIT_CALIBRATION,
+                                                      TASK_RUN_PIPELINE))  # fmt: skip
+    chunk.run("j1", 3)
+    chunk.run(job_id="j2", seq=0, v=1)
+    fit.run(7)
+    pipeline.run("nightly")
+    pipeline.run("nightly", tenant="acme")
+    assert calls == [
+        ("chunk", ("j1", 3)),
+        ("chunk", ("j2", 0)),
+        ("fit", (7,)),
+        ("pipeline", ("nightly", "default")),
+        ("pipeline", ("nightly", "acme")),
+    ]
+    calls.clear()
+    with caplog.at_level("ERROR", logger="worker.app"):
+        chunk.run("j1", 3, "an argument from a newer release")
+        chunk.run("j1", seq="first")
+        chunk.run("j1", 3, v=2)
+        pipeline.run("nightly", priority="high")
+    assert calls == [], "nothing ran"
+    refused = [r.getMessage() for r in caplog.records]
+    assert len(refused) == 4 and all("refused labelq." in m for m in refused), refused
+    assert "3 arguments, this release takes 2" in refused[0] and "seq" in refused[1]

@@ -3,11 +3,13 @@ bound to a `WorkerRuntime` built from settings passed in (no settings at import 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
+from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from labelq.settings import Settings
@@ -19,6 +21,8 @@ from service.dispatch import (
     TASK_SCORE_CHUNK,
 )
 from worker.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
 
 
 def make_celery(settings: Settings, name: str = "labelq") -> Celery:
@@ -81,6 +85,50 @@ def survive_broker_restarts() -> None:
     channel._connparams = _connparams  # type: ignore[method-assign]
 
 
+class _TaskArgs(BaseModel):
+    """A task's arguments as this release sends them; `v`, the shape's version, is 1 (none
+    sent so far: a task without it is version 1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    v: Literal[1] = 1
+
+
+T = TypeVar("T", bound=_TaskArgs)
+
+
+class ChunkTaskArgs(_TaskArgs):
+    job_id: str
+    seq: int
+
+
+class FitTaskArgs(_TaskArgs):
+    calibration_id: int
+
+
+class ReconcileTaskArgs(_TaskArgs):
+    pass
+
+
+class PipelineTaskArgs(_TaskArgs):
+    name: str
+    tenant: str = "default"
+
+
+def _shaped(model: type[T], task: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> T | None:
+    """`args` and `kwargs` as `model` (positional in its field order), or None, logged."""
+    fields = [name for name in model.model_fields if name != "v"]
+    if len(args) > len(fields):
+        log.error("refused %s: %d arguments, this release takes %d", task, len(args), len(fields))
+        return None
+    try:
+        return model.model_validate({**dict(zip(fields, args, strict=False)), **kwargs})
+    except ValidationError as exc:
+        shown = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        log.error("refused %s of a shape this release does not know (%s)", task, shown)
+        return None
+
+
 def worker_app(runtime: WorkerRuntime, ready_file: Path | None = None) -> Celery:
     """The Celery app whose tasks run on `runtime`; it starts the runtime when the worker is
     ready (and touches `ready_file`) and stops it (engines included) when it shuts down."""
@@ -94,21 +142,29 @@ def worker_app(runtime: WorkerRuntime, ready_file: Path | None = None) -> Celery
         "max_retries": 8,
     }
 
+    # Tasks take any shape and check it: one this release does not know (a newer sender's, or
+    # an older one's) is refused with a log line and acknowledged, never a crash or a retry
+    # loop. What it stood for is in the database, and the reconciler sends it again as this
+    # release knows it (a chunk, a fit) or the next tick comes (a pipeline).
     @app.task(name=TASK_SCORE_CHUNK, **retry_db)
-    def score_chunk(job_id: str, seq: int) -> None:
-        runtime.score_chunk(job_id, seq)
+    def score_chunk(*args: Any, **kwargs: Any) -> None:
+        if (task := _shaped(ChunkTaskArgs, TASK_SCORE_CHUNK, args, kwargs)) is not None:
+            runtime.score_chunk(task.job_id, task.seq)
 
     @app.task(name=TASK_FIT_CALIBRATION, **retry_db)
-    def fit_calibration(calibration_id: int) -> None:
-        runtime.fit_calibration(calibration_id)
+    def fit_calibration(*args: Any, **kwargs: Any) -> None:
+        if (task := _shaped(FitTaskArgs, TASK_FIT_CALIBRATION, args, kwargs)) is not None:
+            runtime.fit_calibration(task.calibration_id)
 
     @app.task(name=TASK_RECONCILE, ignore_result=True)
-    def reconcile() -> None:
-        runtime.reconcile()
+    def reconcile(*args: Any, **kwargs: Any) -> None:
+        if _shaped(ReconcileTaskArgs, TASK_RECONCILE, args, kwargs) is not None:
+            runtime.reconcile()
 
     @app.task(name=TASK_RUN_PIPELINE, ignore_result=True, **retry_db)
-    def run_pipeline(name: str, tenant: str = "default") -> None:
-        runtime.run_pipeline(name, tenant=tenant)
+    def run_pipeline(*args: Any, **kwargs: Any) -> None:
+        if (task := _shaped(PipelineTaskArgs, TASK_RUN_PIPELINE, args, kwargs)) is not None:
+            runtime.run_pipeline(task.name, tenant=task.tenant)
 
     def _ready(**_: Any) -> None:
         runtime.start()
