@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, func, null, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -87,7 +87,9 @@ def step(s: Session, job_id: str, level: Erase, batch: int) -> Step:
         changed = s.execute(
             update(JobItem)
             .where(JobItem.id.in_(ids))
-            .values(input=None, result=None, custom_id=None, error=None, error_field=None)
+            # null(): SQL NULL; None would store JSON `null` in a JSON column, a row that
+            # still matches "has content" and an erasure that never ends
+            .values(input=null(), result=null(), custom_id=None, error=None, error_field=None)
             .execution_options(synchronize_session=False)
         )
     else:

@@ -1,0 +1,220 @@
+"""How labelq grows on PostgreSQL: N days of traffic at a chosen rate, seeded straight into
+the real tables (as `bench/dashboard.py` does: jobs of scored items with result JSON and the
+dashboard's columns, 30% gold-labelled), then
+
+- table and index sizes, and bytes per item;
+- the time of the dashboard's queries, /metrics, a results page, the reconciler's chunk
+  query and a chunk claim (median of `--runs`), before and after one retention pass
+  (LABELQ_RETENTION results_days = half the days: the older half's inputs and results go);
+- the retention pass itself (rows a second);
+- `labelq db upgrade` across every revision on that table: the database taken down to 0004
+  (the revision before the dashboard columns' fill) and up again.
+
+    .venv/bin/python bench/growth.py [--days 30] [--items-per-day 33000] [--runs 3]
+
+Times are absolute (one machine, one run): read them against each other, not as targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from dashboard import seed  # noqa: E402
+from pipeline import scratch_database  # noqa: E402
+
+TABLES = ("items", "jobs", "chunks", "scored_counts")
+
+
+class NoBroker:
+    """Chunks are recorded, never sent: the claim below takes one by hand."""
+
+    def dispatch(self, job_id: str, queue_name: str, seqs: list[int]) -> None:
+        pass
+
+    def dispatch_fit(self, calibration_id: int, queue_name: str) -> None:
+        pass
+
+    def ping(self) -> bool:
+        return True
+
+
+def timed(call: Any, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def sizes(engine: Any) -> dict[str, tuple[int, int]]:
+    """table -> (table bytes with TOAST, index bytes)."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        return {
+            t: (
+                int(conn.execute(text(f"SELECT pg_table_size('{t}')")).scalar_one()),
+                int(conn.execute(text(f"SELECT pg_indexes_size('{t}')")).scalar_one()),
+            )
+            for t in TABLES
+        }
+
+
+def spread(engine: Any, days: int) -> None:
+    """The seeded jobs (and their items' scored_at) spread evenly over `days`, oldest first."""
+    from sqlalchemy import text
+
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "WITH ranked AS (SELECT id, row_number() OVER (ORDER BY created_at) - 1 AS k,"
+                " count(*) OVER () AS n FROM jobs)"
+                " UPDATE jobs SET created_at = now() - make_interval(days => :days)"
+                " + (ranked.k::float / ranked.n) * make_interval(days => :days),"
+                " finished_at = now() FROM ranked WHERE jobs.id = ranked.id"
+            ),
+            {"days": days},
+        )
+        conn.execute(
+            text(
+                "UPDATE items SET scored_at = jobs.created_at"
+                " FROM jobs WHERE items.job_id = jobs.id"
+            )
+        )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE"))
+
+
+def measure(c: Any, ctx: Any, job_ids: list[str], runs: int) -> dict[str, float]:
+    from db import chunks
+    from db.session import db_now
+    from service import ingest
+    from service.context import Ctx
+
+    base = "/v1/classifiers/bench"
+
+    def get(path: str) -> None:
+        r = c.get(path)
+        assert r.status_code == 200, (path, r.status_code, r.text[:300])
+
+    out = {
+        "reliability": timed(lambda: get(f"{base}/reliability"), runs),
+        "timeseries (day)": timed(lambda: get(f"{base}/timeseries?bucket=day"), runs),
+        "label distribution": timed(lambda: get(f"{base}/label-distribution?bucket=day"), runs),
+        "/metrics": timed(lambda: get("/metrics"), runs),
+        "results page (100)": timed(lambda: get(f"/v1/jobs/{job_ids[-1]}/results?limit=100"), runs),
+    }
+    system: Ctx = ctx
+
+    def to_send() -> None:
+        with system.reads() as s:
+            now = db_now(s)
+            chunks.chunks_to_send(s, now, now, served=["labelq.bench"])
+
+    out["reconciler chunk query"] = timed(to_send, runs)
+    tenant = Ctx.of(system.services, "default")
+    request = ingest.JobRequest(classifier="bench")
+    claims = []
+    for _ in range(runs):
+        from labelq.scoring import Item
+
+        job_id = ingest.submit(tenant, request, [Item(fields={"text": "x"})])
+        start = time.perf_counter()
+        with system.tx() as s:
+            assert chunks.claim_chunk(s, job_id, 0, "bench", lease_seconds=60, max_attempts=3)
+        claims.append(time.perf_counter() - start)
+    out["chunk claim"] = statistics.median(claims)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--items-per-day", type=int, default=33_000)
+    parser.add_argument("--items-per-job", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+
+    from alembic import command
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from db.migrate import alembic_config, upgrade
+    from labelq.settings import Settings
+    from service import erase, wiring
+    from service.context import Ctx
+
+    per_job = min(args.items_per_job, args.days * args.items_per_day)
+    jobs = max(1, args.days * args.items_per_day // per_job)
+    total = jobs * per_job
+    with scratch_database() as url:
+        start = time.perf_counter()
+        _, job_ids = seed(url, jobs, per_job)
+        settings = Settings(
+            database_url=url,
+            model="bench",
+            no_auth=True,  # in process, from loopback
+            retention={"*": {"results_days": args.days / 2}},
+            erase_per_sweep=100_000,
+            erase_batch=5_000,
+            tenant_max_jobs=None,
+            tenant_max_items=None,
+        )
+        engine = wiring.database_engine(settings)
+        spread(engine, args.days)
+        print(f"seeded {total:,} scored items ({jobs} jobs) over {args.days} days "
+              f"in {time.perf_counter() - start:.0f} s")  # fmt: skip
+        services = wiring.services_on(engine, settings, NoBroker())
+        ctx = Ctx.system(services)
+        before_sizes = sizes(engine)
+        app = create_app(services)
+        with TestClient(app, base_url="http://127.0.0.1", client=("127.0.0.1", 1)) as c:
+            before = measure(c, ctx, job_ids, args.runs)
+            start = time.perf_counter()
+            rows = 0
+            while True:
+                report = erase.sweep(ctx)
+                rows += report.rows
+                if not report.rows and not report.marked:
+                    break
+            took = time.perf_counter() - start
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                from sqlalchemy import text
+
+                conn.execute(text("VACUUM ANALYZE items"))
+            after = measure(c, ctx, job_ids, args.runs)
+        after_sizes = sizes(engine)
+        wiring.close(services)
+
+        print(f"\nsizes ({total:,} items; after the retention pass and a plain VACUUM):")
+        print(f"  {'table':14s} {'table MiB':>10s} {'index MiB':>10s} {'after':>16s}")
+        for t in TABLES:
+            (tb, ib), (ta, ia) = before_sizes[t], after_sizes[t]
+            print(f"  {t:14s} {tb / 2**20:10.1f} {ib / 2**20:10.1f} "
+                  f"{ta / 2**20:8.1f} {ia / 2**20:7.1f}")  # fmt: skip
+        items_bytes = sum(before_sizes["items"])
+        print(f"  bytes per item (items table + its indexes): {items_bytes / total:,.0f}")
+        print(f"\nretention pass: {rows:,} item rows scrubbed in {took:.1f} s "
+              f"({rows / took if took else 0:,.0f} rows/s)")  # fmt: skip
+        print(f"\nmedian of {args.runs} (ms)      before    after")
+        for name in before:
+            print(f"  {name:24s} {before[name] * 1000:8.1f} {after[name] * 1000:8.1f}")
+
+        command.downgrade(alembic_config(url), "0004")
+        start = time.perf_counter()
+        upgrade(url)
+        print(f"\ndb upgrade 0004 -> head on {total:,} items: {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
