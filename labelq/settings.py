@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from labelq.outbound import Policy
 from labelq.targets import Connection, Limits, Root
@@ -54,14 +54,35 @@ class Settings(BaseSettings):
 
     # The model and its engine.
     model: str | None = Field(default=None, description="Default model path or hub id.")
-    models: list[str] = Field(
+    models: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Models the service serves: paths or hub ids, each optionally `alias=path`. "
-        "Unset: only `model`. A classifier naming another model is refused.",
+        description="Models the service serves: paths or hub ids, each optionally `alias=path`, "
+        "as a JSON list or separated by commas (`/models/a,b=/models/b`). Unset: only `model`. "
+        "A classifier naming another model is refused.",
     )
     dtype: str = Field(
-        default="auto", description="Engine dtype; float32 on CPUs without AVX512-BF16/AMX."
+        default="auto",
+        description="Engine dtype. `auto`: the checkpoint's own where the hardware computes it "
+        "natively, never a lower one (a float32 checkpoint runs float32; a bfloat16 one runs "
+        "float32 on a CPU without AVX512-BF16/AMX). bfloat16 or float16 here is an opt-in.",
     )
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models_list(cls, value: Any) -> Any:
+        """A JSON list, or one path or several separated by commas."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                try:
+                    return json.loads(text)
+                except ValueError as exc:
+                    raise ValueError(f"not a JSON list of models: {exc}") from None
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
     max_model_len: int | None = Field(
         default=None, description="Longest prompt + completion in tokens; unset: the model's."
     )

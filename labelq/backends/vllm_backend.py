@@ -90,7 +90,7 @@ class VllmBackend:
         from vllm import LLM
 
         self._check_path()
-        dtype, why = engine_dtype(s.dtype)
+        dtype, why = engine_dtype(s.dtype, self.model)
         kwargs: dict[str, Any] = {
             "model": self.model,
             "dtype": dtype,
