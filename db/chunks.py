@@ -320,12 +320,17 @@ def complete_chunk(
     work: ChunkWork,
     results: dict[int, ItemOutcome],
     calibration_id: int | None,
+    fingerprint: str | None = None,
+    mismatch: bool | None = None,
 ) -> bool:
-    """Write a chunk's results and count them. Nothing is written (False) unless `work.owner`
-    still holds the chunk: a redelivered or taken-over chunk never writes twice."""
+    """Write a chunk's results and count them, with the fingerprint of the engine that scored
+    them. Nothing is written (False) unless `work.owner` still holds the chunk: a redelivered
+    or taken-over chunk never writes twice."""
     job = get_job(s, work.job_id, tenant=None, for_update=True)  # the job's row first
     chunk = s.get_one(Chunk, work.chunk_id)
-    return _complete(s, job, chunk, results, calibration_id, owner=work.owner)
+    return _complete(
+        s, job, chunk, results, calibration_id, owner=work.owner, fp=fingerprint, mismatch=mismatch
+    )
 
 
 def _complete(
@@ -335,6 +340,8 @@ def _complete(
     results: dict[int, ItemOutcome],
     calibration_id: int | None = None,
     owner: str | None = None,
+    fp: str | None = None,
+    mismatch: bool | None = None,
 ) -> bool:
     succeeded = sum(1 for o in results.values() if o.result is not None)
     failed = len(results) - succeeded
@@ -351,6 +358,8 @@ def _complete(
             succeeded=succeeded,
             failed=failed,
             lease_expires_at=None,
+            fingerprint=fp,
+            calibration_mismatch=mismatch,
         )
     )
     if rowcount(done) != 1:
@@ -467,6 +476,28 @@ def _priority_of(seq: Any) -> ColumnElement[int]:
     """`chunk_priority` in SQL."""
     bands = [(seq < below, priority) for below, priority in PRIORITY_BANDS]
     return case(*bands, else_=LAST_PRIORITY)
+
+
+def fingerprints_of(s: Session, job_id: str) -> list[str]:
+    """The engines that scored a job's chunks, by fingerprint."""
+    return sorted(
+        s.scalars(
+            select(Chunk.fingerprint)
+            .where(Chunk.job_id == job_id, Chunk.fingerprint.is_not(None))
+            .distinct()
+        )
+    )
+
+
+def engines_of(s: Session, job_id: str) -> tuple[list[str], int]:
+    """(the fingerprints that scored a job, its chunks calibrated off their engine): one
+    read of the job's chunks."""
+    rows = s.execute(
+        select(Chunk.fingerprint, func.count().filter(Chunk.calibration_mismatch.is_(True)))
+        .where(Chunk.job_id == job_id, Chunk.fingerprint.is_not(None))
+        .group_by(Chunk.fingerprint)
+    ).all()
+    return sorted(str(fp) for fp, _ in rows), sum(int(n) for _, n in rows)
 
 
 def chunks_to_send(

@@ -326,6 +326,10 @@ class Chunk(Base):
     end_idx: Mapped[int] = mapped_column(Integer)  # exclusive
     state: Mapped[str] = mapped_column(String(16), default=ChunkState.pending)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The identity of the engine that scored it (`labelq.backends.identity`), once done.
+    fingerprint: Mapped[str | None] = mapped_column(String(32))
+    # Its results were calibrated by a calibration fitted on another engine's scores.
+    calibration_mismatch: Mapped[bool | None] = mapped_column(Boolean)
     succeeded: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

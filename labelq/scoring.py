@@ -163,6 +163,12 @@ class Scorer:
         self._builders: dict[str, PromptBuilder] = {}
         self._unconditional: dict[str, Array] = {}
 
+    @property
+    def fingerprint(self) -> str | None:
+        """The backend's engine identity (`labelq.backends.identity`), if it has one."""
+        value = getattr(self.backend, "fingerprint", None)
+        return str(value) if value is not None else None
+
     def builder(self, spec: ClassifierSpec) -> PromptBuilder:
         key = spec.model_dump_json()
         if key not in self._builders:

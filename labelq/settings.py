@@ -272,6 +272,12 @@ class Settings(BaseSettings):
     submissions_per_minute: int = Field(
         default=120, ge=1, description="Job submissions per API key (or client) per minute."
     )
+    calibration_engine_mismatch: Literal["warn", "refuse"] = Field(
+        default="warn",
+        description="A calibration fitted on another engine's scores (another fingerprint: "
+        "model files, dtype, versions, strategy): `warn` applies it and flags the job; "
+        "`refuse` stores those results uncalibrated and flags the job.",
+    )
     tenant_max_jobs: int | None = Field(
         default=200,
         ge=1,

@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from db import calibrations as calibration_rows
+from db import chunks as chunk_rows
 from db import jobs as job_rows
 from db.classifiers import classifier_by_id, classifier_versions, get_classifier, spec_of
 from db.models import Calibration, CalibrationStatus, Classifier, JobItem
@@ -277,9 +278,16 @@ def _fit(ctx: Ctx, scorer_for: ScorerFor, calibration_id: int) -> None:
         # Label-free methods fit on every scored item when none is labelled (and report no
         # held-out metrics).
         z = z_labelled if y is not None else z_scored
+    fingerprints: list[str] = []  # the engines whose scores it is fitted on
+    if request.get("job_id"):
+        with ctx.reads() as s:
+            fingerprints = chunk_rows.fingerprints_of(s, request["job_id"])
     content_free = None
     if isinstance(calibrator, calibration.ContextualCalibration):
-        content_free = content_free_log_probs(scorer_for(request["model"]), spec, calibrator.inputs)
+        scorer = scorer_for(request["model"])
+        content_free = content_free_log_probs(scorer, spec, calibrator.inputs)
+        if scorer.fingerprint and scorer.fingerprint not in fingerprints:
+            fingerprints.append(scorer.fingerprint)
     elif calibrator.needs_labels and y is None:
         raise InputError(
             f"{method} needs gold labels: POST /v1/jobs/{{id}}/labels first", field="job_id"
@@ -305,6 +313,7 @@ def _fit(ctx: Ctx, scorer_for: ScorerFor, calibration_id: int) -> None:
                 "n_fit": report.n_fit,
                 "n_holdout": report.n_holdout,
                 "labelled_items": 0 if y is None else len(y),
+                "fingerprints": fingerprints,
             },
         )
         if request.get("activate"):

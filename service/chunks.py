@@ -307,15 +307,16 @@ class ChunkRunner:
         progress = Progress(grace=s.lease_seconds)
         with LeaseKeeper(self.ctx, work, s.lease_seconds, progress):
             try:
-                scored = self._score(work, progress)
+                scored, engine = self._score(work, progress)
             except EngineFailure as exc:
                 self._hand_back(work, str(exc))
                 return False
-        return self._write(work, scored)
+        return self._write(work, scored, engine)
 
-    def _score(self, work: ChunkWork, progress: Progress) -> list[ScoredItem]:
+    def _score(self, work: ChunkWork, progress: Progress) -> tuple[list[ScoredItem], str | None]:
+        """The chunk's items scored, and the fingerprint of the engine that scored them."""
         if not work.items:
-            return []
+            return [], None
 
         used: list[Scorer] = []  # the engine this chunk scored on last
 
@@ -340,10 +341,11 @@ class ChunkRunner:
 
         engine()  # a model that cannot load is the engine's fault, not any item's
         try:
-            return score_items(engine, restart, work.spec, [item for _, item in work.items])
+            scored = score_items(engine, restart, work.spec, [item for _, item in work.items])
         except EngineFailure:
             restart()
             raise
+        return scored, used[0].fingerprint if used else None
 
     def _hand_back(self, work: ChunkWork, error: str) -> None:
         settings = self.ctx.settings
@@ -362,13 +364,27 @@ class ChunkRunner:
             )
 
     @_write_retry
-    def _write(self, work: ChunkWork, scored: list[ScoredItem]) -> bool:
-        """The chunk's results, calibrated under the active calibration, in one transaction."""
+    def _write(self, work: ChunkWork, scored: list[ScoredItem], engine: str | None) -> bool:
+        """The chunk's results, calibrated under the active calibration, in one transaction,
+        with the fingerprint of the engine that scored them. A calibration fitted on another
+        engine's scores is flagged on the chunk (and, with LABELQ_CALIBRATION_ENGINE_MISMATCH
+        `refuse`, not applied: the results are stored uncalibrated)."""
         succeeded = [row.model_dump(mode="json") for row in scored if isinstance(row, ItemResult)]
+        mismatch: bool | None = None
         with self.ctx.tx() as session:
             calibration_id = None
             if self.calibrate and succeeded:
                 active = active_calibration(session, work.classifier_id)
+                fitted = (active.fitted_on or {}).get("fingerprints") if active else None
+                if active is not None and fitted and engine:
+                    mismatch = engine not in fitted
+                    if mismatch:
+                        log.warning(
+                            "chunk %s/%d: engine %s, calibration %d fitted on %s",
+                            work.job_id, work.seq, engine, active.id, ",".join(fitted),
+                        )  # fmt: skip
+                        if self.ctx.settings.calibration_engine_mismatch == "refuse":
+                            active = None
                 succeeded = under(active, work.spec, succeeded)
                 calibration_id = active.id if active else None
             calibrated = iter(succeeded)
@@ -379,7 +395,9 @@ class ChunkRunner:
                     if isinstance(row, ItemResult)
                     else ItemOutcome(None, row.error, row.kind)
                 )
-            written = chunks.complete_chunk(session, work, results, calibration_id)
+            written = chunks.complete_chunk(
+                session, work, results, calibration_id, engine, mismatch
+            )
         if not written:
             log.info("chunk %s/%d is no longer ours; results not written", work.job_id, work.seq)
         return written

@@ -41,6 +41,11 @@ class JobStatus(BaseModel):
     warnings: list[str] = Field(
         default_factory=list, description="E.g. no live worker serves the job's model queue."
     )
+    fingerprints: list[str] = Field(
+        default_factory=list,
+        description="The engines that scored it (model files, dtype, engine and labelq "
+        "versions, scoring strategy): more than one is a warning, their scores may differ.",
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -56,6 +61,7 @@ class JobStatus(BaseModel):
         cancelled: int = 0,
         warnings: list[str] | None = None,
         failures: dict[str, int] | None = None,
+        fingerprints: list[str] | None = None,
     ) -> JobStatus:
         """From `db.reads.STATUS_COLUMNS` by name."""
         total, succeeded, failed = job["total"], job["succeeded"], job["failed"]
@@ -76,6 +82,7 @@ class JobStatus(BaseModel):
             metadata=job["metadata"],
             error=job["error"],
             warnings=warnings or [],
+            fingerprints=fingerprints or [],
             created_at=job["created_at"],
             started_at=job["started_at"],
             finished_at=finished_at,
@@ -99,13 +106,27 @@ def status(ctx: Ctx, job_id: str) -> JobStatus:
             else 0
         )
         failures = job_rows.failures_by_kind(s, job_id) if job["failed"] else {}
+        fingerprints, mismatched = chunks.engines_of(s, job_id)
     warnings = []
+    if len(fingerprints) > 1:
+        warnings.append(
+            f"scored by {len(fingerprints)} engines ({', '.join(fingerprints)}): a worker of "
+            "another model build, precision or version serves this queue, and their scores "
+            "may differ"
+        )
+    if mismatched:
+        refused = ctx.settings.calibration_engine_mismatch == "refuse"
+        warnings.append(
+            f"{mismatched} chunk(s) met a calibration fitted on another engine's scores: "
+            + ("stored uncalibrated" if refused else "calibrated with it all the same")
+            + " (LABELQ_CALIBRATION_ENGINE_MISMATCH)"
+        )
     if not JobState(job["state"]).finished:
         queue, model = job["queue"], job["model"]
         if not ctx.services.live_queues.of(ctx).get(queue):
             stale_after = ctx.settings.worker_stale_after
             warnings.append(no_worker_warning(queue, model, stale_after))
-    return JobStatus.of(job, cancelled, warnings, failures)
+    return JobStatus.of(job, cancelled, warnings, failures, fingerprints)
 
 
 def list_jobs(ctx: Ctx, limit: int) -> list[JobStatus]:

@@ -69,6 +69,13 @@ class FakeBackend:
     def max_model_len(self) -> int | None:
         return self._max_model_len
 
+    @property
+    def fingerprint(self) -> str:
+        """The fake engine's identity: one per fake setting that changes its scores."""
+        from labelq.backends.identity import fingerprint
+
+        return fingerprint({"engine": "fake", "max_model_len": self._max_model_len})
+
     def token_logprobs(self, requests: Sequence[ScoreRequest]) -> list[list[list[float]]]:
         self.calls += 1
         if self.down:

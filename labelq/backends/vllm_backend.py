@@ -64,6 +64,7 @@ class VllmBackend:
         self._reaper: subprocess.Popen[bytes] | None = None
         self._engine_pids: list[int] = []
         self._stopped = False
+        self._fingerprint: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
@@ -73,6 +74,31 @@ class VllmBackend:
                 if self._llm is None:
                     self._start()
         return self._llm
+
+    @property
+    def fingerprint(self) -> str | None:
+        """This engine's identity (`labelq.backends.identity`); None before it started."""
+        if self._fingerprint is None and self._llm is not None:  # an engine handed in
+            self._fingerprint = self._identify()
+        return self._fingerprint
+
+    def _identify(self) -> str:
+        import vllm
+
+        from labelq import __version__
+        from labelq.backends.identity import describe, fingerprint
+
+        config = self._llm.llm_engine.model_config
+        return fingerprint(
+            describe(
+                self.model,
+                dtype=str(config.dtype).removeprefix("torch."),
+                max_model_len=config.max_model_len,
+                engine=f"vllm {vllm.__version__}",
+                labelq=__version__,
+                strategy=self.strategy,
+            )
+        )
 
     @property
     def stopped(self) -> bool:
@@ -109,12 +135,14 @@ class VllmBackend:
         # If this process dies without close() (SIGKILL, OOM), the engine processes die too.
         self._engine_pids = reaper.new_children(before)
         self._reaper = reaper.watch(self._engine_pids)
+        self._fingerprint = self._identify()
         log.info(
-            "loaded model %s in %s (%s) in %.1f s",
+            "loaded model %s in %s (%s) in %.1f s, engine fingerprint %s",
             self.model,
             self._llm.llm_engine.model_config.dtype,
             why,
             time.monotonic() - started,
+            self._fingerprint,
         )
 
     def load(self) -> None:
