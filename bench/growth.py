@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from dashboard import seed  # noqa: E402
+from dashboard import seed, timed  # noqa: E402
 from pipeline import scratch_database  # noqa: E402
 
 TABLES = ("items", "jobs", "chunks", "scored_counts")
@@ -45,15 +45,6 @@ class NoBroker:
 
     def ping(self) -> bool:
         return True
-
-
-def timed(call: Any, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def sizes(engine: Any) -> dict[str, tuple[int, int]]:

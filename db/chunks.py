@@ -41,6 +41,7 @@ from db.jobs import (
     mark_running,
 )
 from db.models import (
+    UNFINISHED_STATES,
     Chunk,
     ChunkState,
     FailureKind,
@@ -442,7 +443,7 @@ def _cancel_chunks(s: Session, job: Job, chunk_ids: list[int]) -> None:
 
 
 # -- what the reconciler looks at ----------------------------------------------------------------
-UNFINISHED = (JobState.queued, JobState.running, JobState.cancelling)
+UNFINISHED = UNFINISHED_STATES
 
 
 @dataclass(frozen=True)

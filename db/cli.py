@@ -1,4 +1,5 @@
-"""`labelq db upgrade`: Alembic migrations of `LABELQ_DATABASE_URL`."""
+"""`labelq db upgrade` and `labelq db backfill`: migrations of `LABELQ_DATABASE_URL`, then the
+data backfills (`db.backfills`) in short resumable batches."""
 
 from __future__ import annotations
 
@@ -9,11 +10,26 @@ from labelq.settings import Settings
 
 
 def _upgrade(args: argparse.Namespace, settings: Settings) -> int:
-    from db.migrate import upgrade
+    from db.migrate import backfill, upgrade
 
     url = settings.resolved_database_url()
-    upgrade(url, args.revision)
-    print(f"database at {url.split('@')[-1]} is at revision {args.revision}")
+    where = url.split("@")[-1]
+    upgrade(url, args.revision, fill=False)
+    print(f"database at {where} is at revision {args.revision}", flush=True)
+    if args.revision == "head" and not args.no_backfill:
+        print(
+            "backfilling existing rows in batches (safe to stop: the next run or the "
+            "reconciler goes on from there)",
+            flush=True,
+        )
+        print(f"{backfill(url, args.batch)} row(s) backfilled", flush=True)
+    return 0
+
+
+def _backfill(args: argparse.Namespace, settings: Settings) -> int:
+    from db.migrate import backfill
+
+    print(f"{backfill(settings.resolved_database_url(), args.batch)} row(s) backfilled")
     return 0
 
 
@@ -21,6 +37,19 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     db = sub.add_parser("db", help="database migrations").add_subparsers(
         dest="db_command", required=True
     )
-    p = db.add_parser("upgrade", help="apply Alembic migrations")
+    p = db.add_parser(
+        "upgrade",
+        help="apply the migrations (one transaction each, indexes built concurrently), then "
+        "backfill existing rows in short batches",
+    )
     p.add_argument("revision", nargs="?", default="head")
+    p.add_argument(
+        "--no-backfill",
+        action="store_true",
+        help="schema only: leave the backfill to `labelq db backfill` or the reconciler",
+    )
+    p.add_argument("--batch", type=int, default=2000, help="rows per backfill transaction")
     p.set_defaults(handler=_upgrade)
+    p = db.add_parser("backfill", help="run the data backfills to the end (resumable)")
+    p.add_argument("--batch", type=int, default=2000, help="rows per transaction")
+    p.set_defaults(handler=_backfill)

@@ -16,8 +16,10 @@ from datetime import datetime
 from sqlalchemy import delete, func, null, or_, select, update
 from sqlalchemy.orm import Session
 
+from db.chunks import cancel_job
 from db.models import (
     ENDED_STATES,
+    UNFINISHED_STATES,
     ApiKey,
     Calibration,
     Chunk,
@@ -35,7 +37,7 @@ from db.models import (
 )
 from db.session import rowcount
 
-ENDED = [state.value for state in JobState if state in ENDED_STATES]
+ENDED = tuple(ENDED_STATES)
 _CONTENT = (
     JobItem.input.is_not(None),
     JobItem.result.is_not(None),
@@ -45,8 +47,12 @@ _CONTENT = (
 
 
 def request(s: Session, job: Job, level: Erase) -> bool:
-    """Ask for `level` on `job` (a stronger one than asked before wins; a job erased at a
-    weaker level is erased again). False when it asks nothing new."""
+    """Ask for `level` on `job` (its row locked by the caller): a job still going is cancelled
+    first (it is erased once its chunks being scored have written). A stronger level than
+    asked before wins; a job erased at a weaker level is erased again. False when it asks
+    nothing new."""
+    if not JobState(job.state).finished and job.state != JobState.cancelling:
+        cancel_job(s, job.id, tenant=job.tenant)
     current = Erase(job.erase) if job.erase else None
     if current is not None and current.level >= level.level:
         return False
@@ -169,7 +175,9 @@ def other_classifiers(s: Session, but: list[int], *, tenant: str) -> list[int]:
 
 
 def unfinished_jobs(s: Session, *, tenant: str) -> list[str]:
-    return list(s.scalars(select(Job.id).where(Job.tenant == tenant, Job.state.not_in(ENDED))))
+    return list(
+        s.scalars(select(Job.id).where(Job.tenant == tenant, Job.state.in_(UNFINISHED_STATES)))
+    )
 
 
 def mark_tenant_jobs(s: Session, *, tenant: str) -> int:

@@ -16,7 +16,16 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from db.models import Classifier, FailureKind, ItemStatus, Job, JobItem, JobState, utcnow
+from db.models import (
+    UNFINISHED_STATES,
+    Classifier,
+    FailureKind,
+    ItemStatus,
+    Job,
+    JobItem,
+    JobState,
+    utcnow,
+)
 from db.session import db_now, rowcount
 from labelq.dashboard import gold_columns
 from labelq.errors import Conflict, Gone, NotFound
@@ -217,10 +226,7 @@ def in_flight(s: Session, *, tenant: str) -> tuple[int, int]:
     """(unfinished jobs, their items not yet scored) of `tenant`."""
     waiting = func.coalesce(func.sum(Job.total - Job.succeeded - Job.failed), 0)
     jobs, items = s.execute(
-        select(func.count(), waiting).where(
-            Job.tenant == tenant,
-            Job.state.in_([JobState.queued, JobState.running, JobState.cancelling]),
-        )
+        select(func.count(), waiting).where(Job.tenant == tenant, Job.state.in_(UNFINISHED_STATES))
     ).one()
     return int(jobs), int(items)
 

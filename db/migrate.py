@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,77 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def require_current(url: str) -> None:
-    """Refuse to serve a database that `labelq db upgrade` has not brought to the newest
-    revision, with one line saying so (not a traceback on the first request)."""
-    from alembic.runtime.migration import MigrationContext
+# The oldest schema revision this code runs on: nothing it reads or writes is newer, so it may
+# start before `labelq db upgrade` has run (a new pod rolling out ahead of the migration Job) and
+# a schema can be rolled forward while it runs. Raise it only when the code starts to need a
+# newer revision (a test runs a job on a database at exactly this revision).
+OLDEST_SCHEMA = "0020"
+
+
+@dataclass(frozen=True)
+class Compatibility:
+    """Whether this code may serve a database at `current`; `note` says what an operator should
+    know (behind or ahead of this code), `error` why it may not."""
+
+    current: str | None
+    head: str
+    note: str | None = None
+    error: str | None = None
+
+
+def compatibility(current: str | None, oldest_code: str | None, url: str = "") -> Compatibility:
+    """The documented range: this code runs on every revision from `OLDEST_SCHEMA` up to its
+    own head, and on a newer one (a later release upgraded the database: a rollback, or an old
+    pod restarting mid-rollout) as long as that schema's `schema_compat.oldest_code` is a
+    revision this code knows, at or before its head."""
     from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config(url or "sqlite://"))
+    head = script.get_current_head()
+    assert head is not None
+    order = [rev.revision for rev in reversed(list(script.walk_revisions()))]  # base first
+    where = f" at {url.split('@')[-1]}" if url else ""
+    if current is None:
+        return Compatibility(
+            current, head, error=f"the database{where} has no schema: run `labelq db upgrade`"
+        )
+    if current in order:
+        if order.index(current) < order.index(OLDEST_SCHEMA):
+            return Compatibility(
+                current,
+                head,
+                error=f"the database{where} is at revision {current}; this code needs at least "
+                f"{OLDEST_SCHEMA} (its newest is {head}): run `labelq db upgrade`",
+            )
+        note = None
+        if current != head:
+            note = (
+                f"the database{where} is at revision {current}, behind this code's {head}: it "
+                "runs on it; run `labelq db upgrade` when ready"
+            )
+        return Compatibility(current, head, note=note)
+    if oldest_code in order and order.index(oldest_code) <= order.index(head):
+        return Compatibility(
+            current,
+            head,
+            note=f"the database{where} is at revision {current}, newer than this code's {head}: "
+            f"it serves code from revision {oldest_code} on, so this release runs on it",
+        )
+    return Compatibility(
+        current,
+        head,
+        error=f"the database{where} is at revision {current}, which a newer release made and "
+        f"which needs code of revision {oldest_code or 'newer than ' + head}; this code's newest "
+        f"is {head}: run that release, or restore a backup from before it",
+    )
+
+
+def require_current(url: str) -> str | None:
+    """Refuse to serve a database outside this code's compatible range (`compatibility`), with
+    one line saying so (not a traceback on the first request). Returns a note to print when the
+    database is behind or ahead of this code but within the range."""
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import inspect, text
 
     from db.session import make_engine
     from labelq.errors import LabelqError
@@ -31,23 +98,50 @@ def require_current(url: str) -> None:
     try:
         with engine.connect() as connection:
             current = MigrationContext.configure(connection).get_current_revision()
+            oldest_code = None
+            if inspect(connection).has_table("schema_compat"):
+                oldest_code = connection.execute(
+                    text("SELECT oldest_code FROM schema_compat WHERE id = 1")
+                ).scalar()
     except Exception as exc:
         raise LabelqError(f"cannot reach the database at {url.split('@')[-1]}: {exc}") from None
     finally:
         engine.dispose()
-    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
-    if current != head:
-        raise LabelqError(
-            f"the database at {url.split('@')[-1]} is at revision {current or 'none'}, not "
-            f"{head}: run `labelq db upgrade`",
-            field="database_url",
-        )
+    verdict = compatibility(current, oldest_code, url)
+    if verdict.error:
+        raise LabelqError(verdict.error, field="database_url")
+    return verdict.note
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def backfill(url: str, batch: int = 2000, limit: int | None = None) -> int:
+    """Run the data backfills (`db.backfills`) to the end, or for `limit` rows: one short
+    transaction a batch, so the service goes on meanwhile and a run cut off anywhere is
+    continued by the next one (or by the reconciler). Returns the rows filled."""
+    from db import backfills
+    from db.session import make_engine, make_sessionmaker
+
+    engine = make_engine(url)
+    factory = make_sessionmaker(engine)
+    done = 0
+    try:
+        while limit is None or done < limit:
+            with factory.begin() as s:
+                size = batch if limit is None else min(batch, limit - done)
+                n = backfills.fill_scored_columns(s, size)
+            if not n:
+                break
+            done += n
+    finally:
+        engine.dispose()
+    return done
+
+
+def upgrade(url: str, revision: str = "head", *, fill: bool = True, batch: int = 2000) -> int:
     """Bring the database at `url` to `revision` (the newest by default), one transaction per
     revision: a revision that fails is rolled back whole and leaves the ones before it done,
-    and the next upgrade starts from there. On SQLite too: its DDL runs inside the revision's
+    and the next upgrade starts from there. Then, at the head and unless `fill` is off, the
+    data backfills in short batches (`backfill`), outside every revision's transaction.
+    Returns the rows backfilled. On SQLite too: its DDL runs inside the revision's
     transaction (the driver would otherwise commit each statement on its own, leaving half a
     revision that the next upgrade cannot pass), with foreign keys off while tables are
     rebuilt, and checked after each revision."""
@@ -79,3 +173,4 @@ def upgrade(url: str, revision: str = "head") -> None:
                     raise RuntimeError(f"the migration broke foreign keys: {broken[:5]}")
     finally:
         engine.dispose()
+    return backfill(url, batch) if fill and revision == "head" else 0

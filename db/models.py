@@ -93,6 +93,8 @@ class JobState(enum.StrEnum):
 ENDED_STATES = frozenset(
     {JobState.succeeded, JobState.partial, JobState.failed, JobState.cancelled, JobState.expired}
 )
+# The states of a job still going, as a tuple for `IN (...)`.
+UNFINISHED_STATES = (JobState.queued, JobState.running, JobState.cancelling)
 
 
 class Erase(enum.StrEnum):
@@ -240,6 +242,14 @@ class JobItem(Base):
             postgresql_include=["correct", "brier", "scored_at"],
             postgresql_where=text("correct IS NOT NULL"),
             sqlite_where=text("correct IS NOT NULL"),
+        ),
+        # The scored items whose dashboard columns are not filled (`db.backfills`): empty in
+        # steady state, so finding them costs a few page reads at any size.
+        Index(
+            "ix_items_unfilled",
+            "id",
+            postgresql_where=text("status = 'succeeded' AND scored_at IS NULL"),
+            sqlite_where=text("status = 'succeeded' AND scored_at IS NULL"),
         ),
     )
 
@@ -555,3 +565,13 @@ __all__ = [
     "WebhookSecret",
     "Worker",
 ]
+
+
+class SchemaCompat(Base):
+    """One row: the oldest head revision whose code may run on this schema (migration 0021;
+    `db.migrate.require_current`)."""
+
+    __tablename__ = "schema_compat"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    oldest_code: Mapped[str] = mapped_column(String(32))

@@ -212,6 +212,17 @@ class Settings(BaseSettings):
         description="Item rows erasures and retention change in one reconciler sweep at most; "
         "the rest go on in the next.",
     )
+    backfill_batch: int = Field(
+        default=2000,
+        ge=1,
+        description="Rows a data backfill (db.backfills) fills in one transaction.",
+    )
+    backfill_per_sweep: int = Field(
+        default=20_000,
+        ge=0,
+        description="Rows the reconciler backfills in one sweep at most (rows a worker of the "
+        "previous release wrote without the newer columns, or an upgrade's rest); 0: never.",
+    )
     pipeline_connections: dict[str, Connection] = Field(
         default_factory=dict,
         description="Databases pipelines may use, by name (JSON): name -> URL, or {url, tenants, "

@@ -12,7 +12,9 @@ import logging
 from typing import TYPE_CHECKING, Protocol
 
 from db import calibrations, chunks
-from db.chunks import chunk_priority
+
+# A job's first chunks go first (`db.chunks.PRIORITY_BANDS`, which the reconciler reads too).
+from db.chunks import chunk_priority as chunk_priority
 from db.session import db_now
 
 if TYPE_CHECKING:
@@ -27,13 +29,6 @@ TASK_RUN_PIPELINE = "labelq.run_pipeline"
 
 # Every worker also listens here, for tasks that need no model (the reconciler).
 CONTROL_QUEUE = "labelq.control"
-
-
-def priority_of_chunk(seq: int) -> int:
-    """A chunk task's priority by its place in its job: a job's first chunks go first, so a
-    small job is not held behind a large one (`db.chunks.PRIORITY_BANDS`, where the reconciler
-    reads the same)."""
-    return chunk_priority(seq)
 
 
 def queue_for(model: str) -> str:
@@ -70,7 +65,7 @@ class CeleryDispatcher:
                     args=[job_id, seq],
                     queue=queue_name,
                     producer=producer,
-                    priority=priority_of_chunk(seq),
+                    priority=chunk_priority(seq),
                 )
 
     def dispatch_fit(self, calibration_id: int, queue_name: str) -> None:

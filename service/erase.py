@@ -18,7 +18,6 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from db import chunks
 from db import erase as rows
 from db import jobs as job_rows
 from db.classifiers import classifier_ids
@@ -45,9 +44,7 @@ def erase_job(ctx: Ctx, job_id: str, keep: Keep, *, budget: int | None = None) -
     level = LEVEL_OF_KEEP[keep]
     with ctx.tx() as s:
         job = job_rows.get_job(s, job_id, tenant=ctx.tenant, for_update=True)
-        if not JobState(job.state).finished and job.state != JobState.cancelling:
-            chunks.cancel_job(s, job_id, tenant=ctx.tenant)
-        rows.request(s, job, level)
+        rows.request(s, job, level)  # cancels it first if it is still going
         level = Erase(job.erase or level)
         ended = JobState(job.state).finished
     done = ended and _run(ctx, job_id, level, budget or ctx.settings.erase_per_sweep)[1]
@@ -152,11 +149,9 @@ def erase_tenant(ctx: Ctx, *, wait: float = 60.0) -> TenantErasure:
     with ctx.tx() as s:
         revoked = rows.revoke_keys(s, tenant=tenant)
         rows.disable_pipelines(s, tenant=tenant)
-        for job_id in rows.unfinished_jobs(s, tenant=tenant):
-            job = job_rows.get_job(s, job_id, tenant=tenant, for_update=True)
-            if job.state != JobState.cancelling:
-                chunks.cancel_job(s, job_id, tenant=tenant)
-        rows.mark_tenant_jobs(s, tenant=tenant)
+        for job_id in rows.unfinished_jobs(s, tenant=tenant):  # cancelled first
+            rows.request(s, job_rows.get_job(s, job_id, tenant=tenant, for_update=True), Erase.job)
+        rows.mark_tenant_jobs(s, tenant=tenant)  # and every ended one, in one statement
     # other API processes drop them within LABELQ_KEY_CACHE_SECONDS, as for a revoked key
     ctx.services.trusted_keys.forget(of_tenant=tenant)
     erased = 0

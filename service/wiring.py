@@ -13,6 +13,7 @@ Pools, by process:
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,8 @@ from service.context import LoopReads, Services
 from service.dispatch import CeleryDispatcher, Dispatcher
 from service.keys import TrustedKeys
 from service.workers import LiveQueues
+
+log = logging.getLogger(__name__)
 
 
 def database_engine(settings: Settings, **pool: Any) -> Engine:
@@ -106,8 +109,11 @@ async def close_loop_reads(loop: LoopEngine) -> None:
 
 
 def require_current(settings: Settings) -> None:
-    """Refuse to start on a database `labelq db upgrade` has not brought up to date."""
-    migrate.require_current(settings.resolved_database_url())
+    """Refuse to start on a database outside this code's compatible range
+    (`db.migrate.compatibility`); say so when it is behind or ahead within the range."""
+    note = migrate.require_current(settings.resolved_database_url())
+    if note:
+        log.warning("%s", note)
 
 
 def upgrade(settings: Settings) -> None:

@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 
 from labelq.settings import Settings
-from service.dispatch import priority_of_chunk
+from service.dispatch import chunk_priority
 from worker.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ Task = ChunkTask | FitTask
 
 class ThreadDispatcher:
     """Runs dispatched chunks and fits in one background thread, by priority (a job's first
-    chunks first, as the Redis queues do: `service.dispatch.priority_of_chunk`), then in order.
+    chunks first, as the Redis queues do: `db.chunks.chunk_priority`), then in order.
     Its queue lives in memory: what a crash loses, the reconciler (a second thread, and a sweep
     at start-up) sends again from the database."""
 
@@ -58,7 +58,7 @@ class ThreadDispatcher:
     # -- Dispatcher ------------------------------------------------------------------------
     def dispatch(self, job_id: str, queue_name: str, seqs: list[int]) -> None:
         for seq in seqs:
-            self._put(priority_of_chunk(seq), ChunkTask(job_id, seq))
+            self._put(chunk_priority(seq), ChunkTask(job_id, seq))
 
     def dispatch_fit(self, calibration_id: int, queue_name: str) -> None:
         self._put(0, FitTask(calibration_id))

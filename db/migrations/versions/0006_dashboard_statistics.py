@@ -1,22 +1,31 @@
-"""the dashboard's planner statistics, and the row id in its covering index
+"""the dashboard's covering index (built concurrently) and its planner statistics
 
 Revision ID: 0006
 Revises: 0005
 Create Date: 2026-11-23 23:00:00
 
-PostgreSQL only (SQLite has neither). Without statistics on an expression, the planner takes
-the number of groups of `GROUP BY <expression of scored_at>` to be the number of rows, so it
-sends all of them from the parallel workers to one process to aggregate. With these, it sees
-hundreds of groups and aggregates in every worker (timeseries by day, 1,000,000 rows: 743 ms
-to 478 ms under EXPLAIN ANALYZE). Each expression is written exactly as `db.dashboard` writes it
-(constants in the text): a statistic is used only for the expression it was made on.
-The covering index also carries the row id, the equal-mass bins' tie-break, so they read the
-index too rather than the table.
+The covering index of the dashboard's queries: classifier version and scoring time, carrying
+the columns they read and the row id (the equal-mass bins' tie-break), so they read the index
+rather than the table. On PostgreSQL it is built CONCURRENTLY (`db.migrations.online`), so
+`items` stays writable while it builds; the first release of 0005 built it without the id
+inside its transaction, and such an index is replaced here. SQLite has no INCLUDE: the key
+columns only.
+
+PostgreSQL statistics: without statistics on an expression, the planner takes the number of
+groups of `GROUP BY <expression of scored_at>` to be the number of rows, so it sends all of them
+from the parallel workers to one process to aggregate. With these, it sees hundreds of groups
+and aggregates in every worker (timeseries by day, 1,000,000 rows: 743 ms to 478 ms under
+EXPLAIN ANALYZE). Each expression is written exactly as `db.dashboard` writes it (constants in
+the text): a statistic is used only for the expression it was made on. Every step can run again
+(IF NOT EXISTS), so a build cut off halfway is finished by the next upgrade.
 """
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
+
+from db.migrations.online import concurrent_index, drop_concurrent_index
 
 revision: str = '0006'
 down_revision: str | None = '0005'
@@ -36,19 +45,24 @@ STATISTICS = {
 
 
 def upgrade() -> None:
-    if op.get_bind().dialect.name != 'postgresql':
+    bind = op.get_bind()
+    if bind.dialect.name != 'postgresql':
+        op.create_index('ix_items_dashboard', 'items', ['classifier_id', 'scored_at'], if_not_exists=True)
         return
-    op.drop_index('ix_items_dashboard', table_name='items')
-    op.create_index('ix_items_dashboard', 'items', ['classifier_id', 'scored_at'], unique=False, postgresql_include=[*COLUMNS, 'id'])
     for name, expression in STATISTICS.items():
-        op.execute(f'CREATE STATISTICS {name} ON ({expression}) FROM items')
-    op.execute('ANALYZE items')
+        op.execute(f'CREATE STATISTICS IF NOT EXISTS {name} ON ({expression}) FROM items')
+    definition = bind.execute(
+        sa.text("SELECT pg_get_indexdef(c.oid) FROM pg_class c WHERE c.relname = 'ix_items_dashboard'")
+    ).scalar()
+    if definition is not None and ', id)' not in definition:  # the first release's, without the id
+        drop_concurrent_index('ix_items_dashboard', 'items')
+    concurrent_index('ix_items_dashboard', 'items', ['classifier_id', 'scored_at'], postgresql_include=[*COLUMNS, 'id'])
+    with op.get_context().autocommit_block():
+        op.execute('ANALYZE items')  # reads a sample; writers go on
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name != 'postgresql':
-        return
-    for name in STATISTICS:
-        op.execute(f'DROP STATISTICS IF EXISTS {name}')
-    op.drop_index('ix_items_dashboard', table_name='items')
-    op.create_index('ix_items_dashboard', 'items', ['classifier_id', 'scored_at'], unique=False, postgresql_include=COLUMNS)
+    if op.get_bind().dialect.name == 'postgresql':
+        for name in STATISTICS:
+            op.execute(f'DROP STATISTICS IF EXISTS {name}')
+    drop_concurrent_index('ix_items_dashboard', 'items')
