@@ -8,12 +8,13 @@ job between states; nothing else assigns `Job.state`.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, insert, select, update
+from sqlalchemy import ColumnElement, false, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -96,9 +97,12 @@ def add_job(
     *,
     upload_lease: float,
     expires_after: float | None = None,
+    reserve: int = 0,
 ) -> Job:
     """A new job row of the classifier's tenant, queued, with no items yet (flushed), its
-    upload held for `upload_lease` seconds (`renew_upload` keeps it while items arrive)."""
+    upload held for `upload_lease` seconds (`renew_upload` keeps it while items arrive).
+    `reserve`: the items it will have, when known: its `total` until the upload is sealed, so
+    the tenant's admission counts them from now on (`in_flight`)."""
     job = Job(
         id=str(uuid.uuid4()),
         tenant=classifier.tenant,
@@ -110,7 +114,7 @@ def add_job(
         metadata_=metadata or {},
         idempotency_key=idempotency_key,
         webhook_url=webhook_url,
-        total=0,
+        total=reserve,
         succeeded=0,
         failed=0,
         chunks_total=0,
@@ -240,6 +244,37 @@ def count_jobs_by_state(s: Session) -> dict[str, int]:
 def insert_items(s: Session, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
         s.execute(insert(JobItem), list(rows))
+
+
+def count_received(s: Session, job_id: str, received: int) -> None:
+    """An upload's `total` is at least the items it has received so far (until the seal sets
+    it exactly), so the tenant's admission counts a streamed upload as it arrives."""
+    s.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.total < received)
+        .values(total=received)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def hold_admission(s: Session, *, tenant: str) -> None:
+    """Admit `tenant`'s jobs one at a time until the caller's transaction ends: two submissions
+    at once would each see the other's job missing and pass the limits together. PostgreSQL:
+    a transaction-scoped advisory lock of the tenant's own (other tenants do not wait).
+    SQLite: the database's write lock, which a write of no rows takes (one writer at a time
+    there anyway)."""
+    if s.get_bind().dialect.name == "postgresql":
+        digest = hashlib.sha1(f"labelq.admission:{tenant}".encode()).digest()
+        s.execute(
+            select(func.pg_advisory_xact_lock(int.from_bytes(digest[:8], "big", signed=True)))
+        )
+    else:
+        s.execute(
+            update(Job)
+            .where(false())
+            .values(total=Job.total)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def items_page(s: Session, job_id: str, after_idx: int, limit: int) -> list[JobItem]:

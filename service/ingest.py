@@ -209,6 +209,7 @@ def open_job(ctx: Ctx, request: JobRequest) -> Opened:
                 found = job_rows.find_job_by_idempotency_key(s, key, tenant=ctx.owner)
                 if found is not None:
                     return Opened(found.id, None)
+            job_rows.hold_admission(s, tenant=ctx.owner)  # until this job is stored
             limits = ctx.settings.admission(ctx.owner)
             admit(limits, job_rows.in_flight(s, tenant=ctx.owner), request.items)
             job = job_rows.add_job(
@@ -222,6 +223,7 @@ def open_job(ctx: Ctx, request: JobRequest) -> Opened:
                 request.webhook_url,
                 upload_lease=ctx.settings.upload_lease_seconds,
                 expires_after=request.expires_after or ctx.settings.job_expires_after or None,
+                reserve=request.items or 0,
             )
             return Opened(job.id, Submission(job, spec, ctx.settings))
     except IntegrityError:
@@ -243,6 +245,7 @@ def open_for(
             found = job_rows.find_job_by_idempotency_key(s, key, tenant=ctx.owner)
             if found is not None:
                 return Opened(found.id, None)
+            job_rows.hold_admission(s, tenant=ctx.owner)
             admit(ctx.settings.admission(ctx.owner), job_rows.in_flight(s, tenant=ctx.owner), None)
             job = job_rows.add_job(
                 s,
@@ -272,10 +275,11 @@ def renew(ctx: Ctx, submission: Submission) -> None:
 
 
 def flush(ctx: Ctx, submission: Submission) -> None:
-    """Store the buffered rows (one transaction)."""
+    """Store the buffered rows (one transaction), and count them on the job for admission."""
     if submission.rows:
         with ctx.tx() as s:
             job_rows.insert_items(s, submission.rows)
+            job_rows.count_received(s, submission.job_id, submission.report.total)
         submission.rows = []
 
 

@@ -4,11 +4,13 @@ in flight; nothing of it is stored, and other tenants are not held back."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import func, select
 
 from db.models import Job
+from labelq.scoring import Item
 from tests.conftest import create_key, make_client
 
 CLASSIFIER = {
@@ -61,3 +63,75 @@ def test_a_tenant_at_its_limits_is_refused_and_others_are_not(factory: Any) -> N
     with factory() as s:
         stored = select(func.count()).select_from(Job).where(Job.tenant == "acme")
         assert s.scalar(stored) == 4, "a refused job leaves no row"
+
+
+def test_submissions_at_once_never_pass_the_limits_together(factory: Any) -> None:
+    """Twelve submissions of one tenant at the same moment, each of 30 items, against a limit
+    of 100 items: each admission sees the jobs admitted before it (its declared items counted
+    from the moment it is opened), so exactly three pass, whatever the interleaving; the other
+    tenant's submissions meanwhile are not held to acme's limit."""
+    import threading
+
+    from labelq.errors import OverLimit
+    from labelq.settings import Settings
+    from service import classifiers, ingest
+    from tests.conftest import tenant_ctx
+
+    settings = Settings(model="tiny-model", tenant_max_items=100, tenant_max_jobs=1000)
+    acme = tenant_ctx(factory, settings, tenant="acme")
+    bolt = tenant_ctx(factory, settings, tenant="bolt")
+    for ctx in (acme, bolt):
+        classifiers.create(ctx, json.dumps(CLASSIFIER).encode(), "json")
+    outcomes: list[str] = []
+    start = threading.Barrier(14)
+
+    def submit(ctx: Any) -> None:
+        start.wait()
+        try:
+            ingest.submit(
+                ctx,
+                ingest.JobRequest(classifier="news", items=30),
+                [Item(fields={"text": f"item {i}"}) for i in range(30)],
+            )
+            outcomes.append(f"{ctx.tenant} admitted")
+        except OverLimit:
+            outcomes.append(f"{ctx.tenant} refused")
+
+    threads = [threading.Thread(target=submit, args=(acme,)) for _ in range(12)]
+    threads += [threading.Thread(target=submit, args=(bolt,)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(outcomes) == ["acme admitted"] * 3 + ["acme refused"] * 9 + ["bolt admitted"] * 2
+    with factory() as s:
+        totals = s.scalars(select(Job.total).where(Job.tenant == "acme")).all()
+        assert sorted(totals) == [30, 30, 30]
+
+
+def test_a_streamed_upload_counts_as_its_items_arrive(factory: Any) -> None:
+    """A stream of unknown size is admitted while its tenant is under the item limit, and its
+    items count as they are stored: a submission during the upload sees them."""
+    from labelq.errors import OverLimit
+    from labelq.settings import Settings
+    from service import classifiers, ingest
+    from tests.conftest import tenant_ctx
+
+    ctx = tenant_ctx(factory, Settings(model="tiny-model", tenant_max_items=100), tenant="acme")
+    classifiers.create(ctx, json.dumps(CLASSIFIER).encode(), "json")
+    opened = ingest.open_job(ctx, ingest.JobRequest(classifier="news"))
+    assert opened.submission is not None
+    ingest.add(ctx, opened.submission, [Item(fields={"text": f"{i}"}) for i in range(95)])
+    try:
+        ingest.submit(
+            ctx,
+            ingest.JobRequest(classifier="news", items=10),
+            [Item(fields={"text": "x"})] * 10,
+        )
+    except OverLimit as exc:
+        assert "95 items waiting + 10" in str(exc)
+    else:
+        raise AssertionError("a job past the limit was admitted during another's upload")
+    ingest.seal(ctx, opened.submission)
+    with factory() as s:
+        assert s.scalars(select(Job.total).where(Job.tenant == "acme")).all() == [95]
