@@ -8,7 +8,9 @@ dashboard's columns, 30% gold-labelled), then
   (LABELQ_RETENTION results_days = half the days: the older half's inputs and results go);
 - the retention pass itself (rows a second);
 - `labelq db upgrade` across every revision on that table: the database taken down to 0004
-  (the revision before the dashboard columns' fill) and up again.
+  (before the dashboard's columns) and up again, the schema steps and the backfill timed apart,
+  with the longest wait of a writer updating an item row every 20 ms meanwhile (what the API,
+  claims and chunk writes would wait).
 
     .venv/bin/python bench/growth.py [--days 30] [--items-per-day 33000] [--runs 3]
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -140,7 +143,7 @@ def main() -> None:
     from fastapi.testclient import TestClient
 
     from api.app import create_app
-    from db.migrate import alembic_config, upgrade
+    from db.migrate import alembic_config, backfill, upgrade
     from labelq.settings import Settings
     from service import erase, wiring
     from service.context import Ctx
@@ -202,9 +205,55 @@ def main() -> None:
             print(f"  {name:24s} {before[name] * 1000:8.1f} {after[name] * 1000:8.1f}")
 
         command.downgrade(alembic_config(url), "0004")
-        start = time.perf_counter()
-        upgrade(url)
-        print(f"\ndb upgrade 0004 -> head on {total:,} items: {time.perf_counter() - start:.1f} s")
+        with Writer(url) as writer:
+            start = time.perf_counter()
+            upgrade(url, fill=False)
+            schema, schema_wait = time.perf_counter() - start, writer.longest()
+            start = time.perf_counter()
+            filled = backfill(url)
+            fill, fill_wait = time.perf_counter() - start, writer.longest()
+        print(f"\ndb upgrade 0004 -> head on {total:,} items:")
+        print(
+            f"  schema steps: {schema:.1f} s, a writer's longest wait {schema_wait * 1000:.0f} ms"
+        )
+        print(f"  backfill: {filled:,} rows in {fill:.1f} s ({filled / fill if fill else 0:,.0f} "
+              f"rows/s), a writer's longest wait {fill_wait * 1000:.0f} ms")  # fmt: skip
+
+
+class Writer:
+    """A writer updating one item row every 20 ms in its own short transaction, as the API
+    and workers do during an upgrade; `longest` is its longest wait since the last call."""
+
+    def __init__(self, url: str):
+        from sqlalchemy import create_engine
+
+        self.engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+        self.stop = threading.Event()
+        self.waits: list[float] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Writer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.engine.dispose()
+
+    def _run(self) -> None:
+        from sqlalchemy import text
+
+        while not self.stop.is_set():
+            start = time.perf_counter()
+            with self.engine.begin() as conn:
+                conn.execute(text("UPDATE items SET gold_label = gold_label WHERE id = 1"))
+            self.waits.append(time.perf_counter() - start)
+            time.sleep(0.02)
+
+    def longest(self) -> float:
+        waits, self.waits = self.waits, []
+        return max(waits, default=0.0)
 
 
 if __name__ == "__main__":

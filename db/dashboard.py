@@ -33,10 +33,12 @@ from labelq.dashboard import (
     Bucket,
     BucketBinSums,
     BucketLabelCount,
+    EstimateInputs,
     HistogramSums,
     PairCount,
     ThresholdSums,
 )
+from labelq.estimation import CONFIDENCE_BINS, Sums
 from labelq.metrics import Binning
 
 T = TypeVar("T")
@@ -160,6 +162,13 @@ def calibrations_other_than(s: Session, scope: Scope, wanted: dict[int, int | No
         )
     )
     return s.scalar(select(JobItem.id).where(*scope.where(), other).limit(1)) is not None
+
+
+def stored_calibrations(s: Session, scope: Scope, limit: int = 3) -> list[int | None]:
+    """The calibrations the items in scope were stored under (None: uncalibrated), a few."""
+    return list(
+        s.scalars(select(JobItem.calibration_id).where(*scope.where()).distinct().limit(limit))
+    )
 
 
 def reliability(s: Session, scope: Scope, bins: int, binning: Binning) -> list[BinSums]:
@@ -345,3 +354,33 @@ def thresholds_and_grid(
 ) -> tuple[list[ThresholdSums], list[ThresholdSums]]:
     """`thresholds` at `values` and the whole `grid`, in one session."""
     return thresholds(s, scope, values), grid(s, scope)
+
+
+def estimate_sums(s: Session, scope: Scope) -> EstimateInputs:
+    """What the label-free accuracy estimate reads (`labelq.estimation`): the confidence sums,
+    the labelled items' accuracy beside it, the confidence histogram and the predicted-label
+    counts its validity compares with the calibration set's."""
+    labelled = JobItem.correct.is_not(None)
+    n, conf, conf_sq, n_labelled, labelled_conf, right = s.execute(
+        select(
+            func.count(),
+            func.sum(JobItem.confidence),
+            func.sum(JobItem.confidence * JobItem.confidence),
+            func.count(JobItem.correct),
+            func.sum(case((labelled, JobItem.confidence), else_=0.0)),
+            func.sum(cast(JobItem.correct, Integer)),
+        ).where(*scope.where())
+    ).one()
+    sums = Sums(
+        n=int(n),
+        conf_sum=float(conf or 0),
+        conf_sq_sum=float(conf_sq or 0),
+        labelled=int(n_labelled),
+        labelled_conf_sum=float(labelled_conf or 0),
+        correct=int(right or 0),
+    )
+    return EstimateInputs(
+        sums,
+        histogram(s, scope, CONFIDENCE_BINS),
+        label_counts(s, scope, None),
+    )

@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel
 
+from labelq.estimation import CONFIDENCE_BINS, Sums
 from labelq.metrics import Binning, bin_ids
 
 Bucket = Literal["hour", "day"]
@@ -152,6 +153,42 @@ class ThresholdSums(NamedTuple):
     threshold: float
     n: int
     correct: int
+
+
+class EstimateInputs(NamedTuple):
+    """What the label-free estimate reads of a scope (`db.dashboard.estimate_sums` in SQL)."""
+
+    sums: Sums
+    histogram: list[HistogramSums]
+    labels: list[BucketLabelCount]
+
+    def confidence_counts(self, bins: int = CONFIDENCE_BINS) -> list[float]:
+        counts = [0.0] * bins
+        for row in self.histogram:
+            counts[row.bin] += row.correct + row.incorrect + row.unlabelled
+        return counts
+
+    def label_counts(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for row in self.labels:
+            out[row.predicted] = out.get(row.predicted, 0) + row.n
+        return out
+
+    def mean_confidence(self) -> float:
+        return self.sums.conf_sum / self.sums.n if self.sums.n else 0.0
+
+
+def estimate_sums(r: Readings) -> EstimateInputs:
+    a = r.arrays()
+    sums = Sums(
+        n=len(a.conf),
+        conf_sum=float(a.conf.sum()),
+        conf_sq_sum=float((a.conf**2).sum()),
+        labelled=int(a.labelled.sum()),
+        labelled_conf_sum=float(a.conf[a.labelled].sum()),
+        correct=int(a.correct.sum()),
+    )
+    return EstimateInputs(sums, histogram_sums(r, CONFIDENCE_BINS), label_counts(r, None))
 
 
 def reliability_sums(r: Readings, bins: int, binning: Binning) -> list[BinSums]:

@@ -188,6 +188,10 @@ class MetricReport(BaseModel):
     auroc: float | None
     aurc: float
     bins: int
+    # Top-label mean confidence: its gap to `accuracy` is the calibration-in-the-large error
+    # the label-free estimate allows for (`labelq.estimation.allowance`). None in reports made
+    # before it was recorded.
+    mean_confidence: float | None = None
 
 
 def report(probs: Array, y: IntArray, bins: int = 15) -> MetricReport:
@@ -206,4 +210,5 @@ def report(probs: Array, y: IntArray, bins: int = 15) -> MetricReport:
         auroc=None if np.isnan(au) else au,
         aurc=aurc(probs, y),
         bins=bins,
+        mean_confidence=float(confidence_and_correct(probs, y)[0].mean()) if len(y) else None,
     )

@@ -9,6 +9,7 @@ job (a batch calibration's prior is its job's), and the answer says so in `basis
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -24,8 +25,9 @@ from db.classifiers import classifier_versions, spec_of
 from db.dashboard import Scope
 from db.models import Calibration, Classifier
 from labelq import dashboard as dash
+from labelq import estimation as est
 from labelq.dashboard import Bucket
-from labelq.errors import InputError
+from labelq.errors import InputError, LabelqError
 from labelq.metrics import Binning
 from service.context import Ctx
 from service.results import CALIBRATION_CHOICES, calibration_choice, check_ready, resolve_view
@@ -321,3 +323,92 @@ def compare(
             reliability(ctx, name, replace(q, calibration=c), bins, binning) for c in choices
         ]
     )
+
+
+# -- accuracy without labels ---------------------------------------------------------------------
+class CalibrationRelied(BaseModel):
+    id: int
+    method: str
+    fitted_on_job: str | None
+    held_out: int | None = Field(description="Items its held-out report was measured on.")
+
+
+class Measured(BaseModel):
+    """The gold-labelled items among those estimated: what the estimate can be checked with."""
+
+    labelled: int
+    accuracy: float | None
+    estimated: float | None = Field(description="The estimate on those labelled items alone.")
+
+
+class EstimatedPerformance(BaseModel):
+    estimate: est.Estimate
+    calibration: CalibrationRelied | None
+    measured: Measured
+    validity: est.Validity
+    basis: Basis
+
+
+def estimated_performance(ctx: Ctx, name: str, q: Query, level: float) -> EstimatedPerformance:
+    """The accuracy of the scored items in scope, estimated from their calibrated confidences
+    (no labels needed), its interval, the calibration it relies on, and how far this traffic
+    is from that calibration's own data (`labelq.estimation`)."""
+    if not 0.5 <= level < 1:
+        raise InputError("level must lie in [0.5, 1)", field="level")
+    inputs, _, basis = _run(ctx, name, q, sums.estimate_sums, dash.estimate_sums)
+    relied = _relied_on(ctx, _resolve(ctx, name, q))
+    reference = None
+    if relied is not None and (job := relied.fitted_on.get("job_id")):
+        with contextlib.suppress(LabelqError):  # its job erased, or of another version
+            found, _, _ = _run(
+                ctx,
+                name,
+                Query(job=str(job), calibration=str(relied.id)),
+                sums.estimate_sums,
+                dash.estimate_sums,
+            )
+            reference = found if found.sums.n else None
+    after = (relied.metrics or {}).get("after") if relied else None
+    s = inputs.sums
+    return EstimatedPerformance(
+        estimate=est.estimate(s, est.allowance(after, level), level),
+        calibration=None
+        if relied is None
+        else CalibrationRelied(
+            id=relied.id,
+            method=relied.method,
+            fitted_on_job=relied.fitted_on.get("job_id"),
+            held_out=(after or {}).get("n"),
+        ),
+        measured=Measured(
+            labelled=s.labelled,
+            accuracy=s.correct / s.labelled if s.labelled else None,
+            estimated=s.labelled_conf_sum / s.labelled if s.labelled else None,
+        ),
+        validity=est.validity(
+            None
+            if reference is None
+            else (
+                reference.confidence_counts(),
+                reference.label_counts(),
+                reference.mean_confidence(),
+            ),
+            (inputs.confidence_counts(), inputs.label_counts(), inputs.mean_confidence()),
+            calibrated=relied is not None,
+            reference_name=None
+            if relied is None
+            else f"the items of job {relied.fitted_on.get('job_id')} (calibration {relied.id})",
+        ),
+        basis=basis,
+    )
+
+
+def _relied_on(ctx: Ctx, r: _Resolved) -> Calibration | None:
+    """The one calibration the figures are under: asked for, or the one every item in scope
+    was stored under; None when uncalibrated or several (the validity says so)."""
+    with ctx.reads() as s:
+        if r.wanted is None:
+            ids = [c for c in sums.stored_calibrations(s, r.scope) if c is not None]
+        else:
+            ids = [c for c in set(r.wanted.values()) if c is not None]
+        return calibration_rows.get_calibration(s, ids[0]) if len(ids) == 1 else None

@@ -67,6 +67,30 @@ async def reliability(
     return await call(dashboard.reliability, name, q, bins, binning)
 
 
+@router.get("/estimated-performance", response_model=dashboard.EstimatedPerformance)
+async def estimated_performance(
+    name: str,
+    call: Reading,
+    version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+    calibration: Annotated[
+        str, Query(max_length=20, description="active (default), stored, none or an id")
+    ] = "active",
+    from_: Annotated[datetime | None, Query(alias="from", description="scored at or after")] = None,
+    to: Annotated[datetime | None, Query(description="scored before")] = None,
+    job: Annotated[str | None, Query(max_length=36)] = None,
+    level: Annotated[float, Query(description="the interval's confidence level")] = 0.95,
+) -> dashboard.EstimatedPerformance:
+    """Accuracy without labels: the expected accuracy of the scored items in scope from their
+    calibrated confidences (their mean), an interval at `level` (the sampling part, plus how
+    far the calibration is off on its own held-out data), `n`, the calibration it relies on,
+    the measured accuracy of the gold-labelled ones among them, and a validity signal: how far
+    this traffic's confidence and predicted-label distributions are from the calibration set's
+    (PSI; a large shift marks the estimate as not to be relied on). The same filters as the
+    other queries, under the active calibration unless another is asked for."""
+    q = filters(version, calibration, from_, to, job)
+    return await call(dashboard.estimated_performance, name, q, level)
+
+
 @router.get("/timeseries", response_model=dashboard.Timeseries)
 async def timeseries(
     name: str,
