@@ -356,7 +356,7 @@ def estimated_performance(ctx: Ctx, name: str, q: Query, level: float) -> Estima
     if not 0.5 <= level < 1:
         raise InputError("level must lie in [0.5, 1)", field="level")
     inputs, _, basis = _run(ctx, name, q, sums.estimate_sums, dash.estimate_sums)
-    relied = _relied_on(ctx, _resolve(ctx, name, q))
+    relied, mixed = _relied_on(ctx, _resolve(ctx, name, q))
     reference = None
     if relied is not None and (job := relied.fitted_on.get("job_id")):
         with contextlib.suppress(LabelqError):  # its job erased, or of another version
@@ -370,7 +370,7 @@ def estimated_performance(ctx: Ctx, name: str, q: Query, level: float) -> Estima
             reference = found if found.sums.n else None
     after = (relied.metrics or {}).get("after") if relied else None
     s = inputs.sums
-    return EstimatedPerformance(
+    out = EstimatedPerformance(
         estimate=est.estimate(s, est.allowance(after, level), level),
         calibration=None
         if relied is None
@@ -401,14 +401,21 @@ def estimated_performance(ctx: Ctx, name: str, q: Query, level: float) -> Estima
         ),
         basis=basis,
     )
+    if mixed:
+        out.validity.reasons.insert(0, mixed)
+    return out
 
 
-def _relied_on(ctx: Ctx, r: _Resolved) -> Calibration | None:
+def _relied_on(ctx: Ctx, r: _Resolved) -> tuple[Calibration | None, str | None]:
     """The one calibration the figures are under: asked for, or the one every item in scope
-    was stored under; None when uncalibrated or several (the validity says so)."""
+    was stored under; None when uncalibrated, or with why when there are several."""
     with ctx.reads() as s:
-        if r.wanted is None:
-            ids = [c for c in sums.stored_calibrations(s, r.scope) if c is not None]
-        else:
-            ids = [c for c in set(r.wanted.values()) if c is not None]
-        return calibration_rows.get_calibration(s, ids[0]) if len(ids) == 1 else None
+        ids = (
+            sums.stored_calibrations(s, r.scope) if r.wanted is None else [*set(r.wanted.values())]
+        )
+        if len(ids) > 1:
+            return None, (
+                "the items in scope are under several calibrations (or some under none): ask "
+                "for one (calibration=active or an id) to estimate under it"
+            )
+        return (calibration_rows.get_calibration(s, ids[0]) if ids and ids[0] else None), None

@@ -121,6 +121,15 @@ def test_every_chart_is_drawn_from_the_api(
     assert _marks(page, "reliability") == [len(filled), 2]  # a bar per non-empty bin; diagonal
     assert f"ECE {reliability['ece']:.4f}" in page.inner_text("#reliability-ece")
 
+    estimated = api.get(f"{DASH}/estimated-performance", params={"calibration": "stored"}).json()
+    e = estimated["estimate"]
+    assert f"{e['accuracy']:.3f} [{e['low']:.3f}, {e['high']:.3f}] · n {e['n']}" == page.inner_text(
+        "#estimate-stat"
+    )
+    shown = page.inner_text("#estimate")
+    assert f"on {estimated['measured']['labelled']} labelled" in shown
+    assert ("no calibration" in shown) == (estimated["calibration"] is None)
+
     series = api.get(f"{DASH}/timeseries", params={"bucket": "day"}).json()["points"]
     assert _marks(page, "timeseries") == [len(series)] * 2 == [2, 2]
 

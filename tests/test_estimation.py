@@ -162,6 +162,9 @@ def test_without_a_calibration_the_estimate_says_it_relies_on_none(seeded: Any) 
         f"{DASH}/estimated-performance", params={"job": ids["new"], "calibration": "stored"}
     ).json()
     assert stored["calibration"]["id"] == ids["calibration"]  # what every item was stored under
+    mixed = c.get(f"{DASH}/estimated-performance", params={"calibration": "stored"}).json()
+    assert mixed["calibration"] is None and not mixed["validity"]["reliable"]
+    assert "several calibrations" in mixed["validity"]["reasons"][0]  # old: none; new: one
     bad = c.get(f"{DASH}/estimated-performance", params={"level": 1.5})
     assert bad.status_code == 422 and bad.json()["field"] == "level"
 

@@ -231,6 +231,35 @@ async function selective() {
   });
 }
 
+// Accuracy without labels: the estimate under the calibration chosen ("as stored" relies on the
+// one the results were stored under), its interval, the measured accuracy where labels exist,
+// and how far this traffic is from the calibration set.
+async function estimate() {
+  const r = await api(`${base()}/estimated-performance?${filters()}`);
+  const e = r.estimate, m = r.measured, v = r.validity;
+  $("estimate-stat").textContent = e.accuracy === null
+    ? "no scored items"
+    : `${fmt(e.accuracy)} [${fmt(e.low)}, ${fmt(e.high)}] · n ${e.n}`;
+  const rows = [
+    ["estimated accuracy", e.accuracy === null ? "–" : `${fmt(e.accuracy)} (${Math.round(e.level * 100)}% interval ${fmt(e.low)} – ${fmt(e.high)})`],
+    ["measured accuracy", m.labelled ? `${fmt(m.accuracy)} on ${m.labelled} labelled (estimated there: ${fmt(m.estimated)})` : "no gold labels in scope"],
+    ["relies on", r.calibration ? `calibration #${r.calibration.id} (${r.calibration.method}), fitted on job ${r.calibration.fitted_on_job}` : "no calibration"],
+    ["shift from the calibration set", `${v.shift} · confidence PSI ${fmt(v.confidence_psi)} · label PSI ${fmt(v.label_psi)}`],
+    ["reliable", v.reliable ? "yes" : `no: ${v.reasons.join("; ")}`],
+  ];
+  const body = $("estimate").tBodies[0];
+  body.replaceChildren(...rows.map(([k, value]) => {
+    const tr = document.createElement("tr");
+    const th = document.createElement("th");
+    th.textContent = k;
+    const td = document.createElement("td");
+    td.textContent = value;
+    tr.append(th, td);
+    return tr;
+  }));
+  $("estimate").dataset.reliable = v.reliable ? "1" : "0";
+}
+
 function beforeAfter(metrics, key, digits = 3) {
   const before = metrics.before || {}, after = metrics.after || {};
   return `${fmt(before[key], digits)} → ${fmt(after[key], digits)}`;
@@ -284,7 +313,7 @@ async function run(fn) {
 
 async function refresh() {
   document.body.dataset.ready = "";
-  await run(() => Promise.all([reliability(), timeseries(), histogram(), confusion(), labelShares(), selective()]));
+  await run(() => Promise.all([reliability(), estimate(), timeseries(), histogram(), confusion(), labelShares(), selective()]));
   document.body.dataset.ready = "1";
 }
 
