@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel
 
-from labelq.estimation import CONFIDENCE_BINS, Sums
+from labelq.estimation import CONFIDENCE_BINS, Sums, estimate
 from labelq.metrics import Binning, bin_ids
 
 Bucket = Literal["hour", "day"]
@@ -383,9 +383,17 @@ class TimePoint(BaseModel):
     accuracy: float | None
     ece: float | None
     brier: float | None
+    # Accuracy without labels (`labelq.estimation`): the mean confidence, and its interval at
+    # 95% (sampling, from the bins: sum n m (1 - m) bounds sum c (1 - c) from above) widened by
+    # the calibration's allowance.
+    estimated_accuracy: float
+    estimated_low: float
+    estimated_high: float
 
 
-def finish_timeseries(rows: Sequence[BucketBinSums]) -> list[TimePoint]:
+def finish_timeseries(
+    rows: Sequence[BucketBinSums], allowance: float | None = None
+) -> list[TimePoint]:
     buckets: dict[datetime, list[BucketBinSums]] = {}
     for r in rows:
         buckets.setdefault(r.bucket, []).append(r)
@@ -400,11 +408,20 @@ def finish_timeseries(rows: Sequence[BucketBinSums]) -> list[TimePoint]:
             if labelled
             else None
         )
+        conf_sum = sum(r.conf_sum for r in group)
+        bound = sum(r.conf_sum * (1 - r.conf_sum / r.n) for r in group if r.n)  # n m (1 - m)
+        estimated = estimate(
+            Sums(n=volume, conf_sum=conf_sum, conf_sq_sum=conf_sum - bound), allowance
+        )
+        assert estimated.low is not None and estimated.high is not None
         out.append(
             TimePoint(
                 bucket=bucket,
                 volume=volume,
-                mean_confidence=sum(r.conf_sum for r in group) / volume,
+                mean_confidence=conf_sum / volume,
+                estimated_accuracy=conf_sum / volume,
+                estimated_low=estimated.low,
+                estimated_high=estimated.high,
                 labelled=labelled,
                 coverage=labelled / volume,
                 accuracy=correct / labelled if labelled else None,

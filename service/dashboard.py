@@ -179,7 +179,9 @@ def reliability(ctx: Ctx, name: str, q: Query, bins: int, binning: Binning) -> R
     return Reliability(**out.model_dump(), basis=basis)
 
 
-TimeMetric = Literal["volume", "accuracy", "ece", "brier", "mean_confidence", "coverage"]
+TimeMetric = Literal[
+    "volume", "accuracy", "ece", "brier", "mean_confidence", "coverage", "estimated_accuracy"
+]
 
 
 class Timeseries(BaseModel):
@@ -205,7 +207,12 @@ def timeseries(
         lambda r: dash.bucket_bin_sums(r, bins, bucket),
     )
     keep = ["bucket", *wanted, "labelled"]
-    points = [p.model_dump(include=set(keep)) for p in dash.finish_timeseries(rows)]
+    allowance = None
+    if "estimated_accuracy" in wanted:  # beside `accuracy`, where labels exist
+        keep += ["estimated_low", "estimated_high"]
+        relied, _ = _relied_on(ctx, _resolve(ctx, name, q))
+        allowance = est.allowance((relied.metrics or {}).get("after")) if relied else None
+    points = [p.model_dump(include=set(keep)) for p in dash.finish_timeseries(rows, allowance)]
     return Timeseries(bucket=bucket, metrics=list(wanted), points=points, basis=basis)
 
 

@@ -131,7 +131,7 @@ def test_every_chart_is_drawn_from_the_api(
     assert ("no calibration" in shown) == (estimated["calibration"] is None)
 
     series = api.get(f"{DASH}/timeseries", params={"bucket": "day"}).json()["points"]
-    assert _marks(page, "timeseries") == [len(series)] * 2 == [2, 2]
+    assert _marks(page, "timeseries") == [len(series)] * 3 == [2, 2, 2]  # ECE, measured, estimated
 
     assert _marks(page, "histogram") == [20, 20, 20]
 

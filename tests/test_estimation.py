@@ -181,3 +181,23 @@ def test_another_tenant_cannot_read_the_estimate(seeded: Any) -> None:
         )
     assert r.status_code == 404 and NAME in r.json()["error"]
     assert SPEC["name"] == NAME
+
+
+def test_the_timeseries_puts_the_estimate_beside_the_measured_accuracy(seeded: Any) -> None:
+    """Per bucket, under the active calibration: the estimate is the bucket's mean confidence,
+    its interval holds it, and where labels exist `accuracy` stands beside it."""
+    c, ids, _ = seeded
+    points = c.get(
+        f"{DASH}/timeseries",
+        params={"calibration": "active", "metrics": "accuracy,mean_confidence,estimated_accuracy"},
+    ).json()["points"]
+    assert len(points) == 2  # job `old` two days ago, `new` today
+    for p in points:
+        assert p["estimated_accuracy"] == pytest.approx(p["mean_confidence"])
+        assert p["estimated_low"] < p["estimated_accuracy"] < p["estimated_high"]
+        assert p["accuracy"] is not None and p["labelled"] > 0
+    whole = c.get(f"{DASH}/estimated-performance").json()["estimate"]
+    # The bins' bound on sum c(1 - c) is an upper one: never narrower than the exact interval.
+    new = c.get(f"{DASH}/estimated-performance", params={"job": ids["new"]}).json()["estimate"]
+    assert points[-1]["estimated_high"] - points[-1]["estimated_low"] >= new["high"] - new["low"]
+    assert whole["n"] == 500

@@ -102,7 +102,10 @@ async def timeseries(
 ) -> dashboard.Timeseries:
     """One row per hour or day. `accuracy`, `ece` and `brier` are over the bucket's
     gold-labelled items (`labelled`; None without any); `coverage` is the share of the
-    bucket's scored items that carry a gold label."""
+    bucket's scored items that carry a gold label. `estimated_accuracy` (with
+    `estimated_low`/`estimated_high`, 95%) is the accuracy estimated from the bucket's
+    confidences without labels (see `estimated-performance`), beside `accuracy` where labels
+    exist."""
     known = get_args(TimeMetric)
     wanted = [m.strip() for m in metrics.split(",") if m.strip()]
     unknown = [m for m in wanted if m not in known]

@@ -113,7 +113,7 @@ async function reliability() {
 
 async function timeseries() {
   const bucket = $("bucket").value;
-  const r = await api(`${base()}/timeseries?${filters()}&bucket=${bucket}&metrics=ece,accuracy,volume`);
+  const r = await api(`${base()}/timeseries?${filters()}&bucket=${bucket}&metrics=ece,accuracy,volume,estimated_accuracy`);
   const labels = r.points.map((p) => p.bucket.slice(0, bucket === "day" ? 10 : 13));
   draw("timeseries", {
     type: "line",
@@ -122,6 +122,8 @@ async function timeseries() {
       datasets: [
         { label: "ECE", data: r.points.map((p) => p.ece), borderColor: "#d9534f", spanGaps: true },
         { label: "accuracy", data: r.points.map((p) => p.accuracy), borderColor: "#3a9d5d", spanGaps: true },
+        // Estimated from confidences, no labels needed: every bucket has it.
+        { label: "estimated accuracy", data: r.points.map((p) => p.estimated_accuracy), borderColor: "#3a9d5d", borderDash: [6, 4] },
       ],
     },
     options: { scales: { y: { min: 0, max: 1 } } },
