@@ -18,15 +18,17 @@ from sqlalchemy import (
     case,
     cast,
     func,
+    inspect,
     literal,
     literal_column,
     or_,
     select,
     text,
+    union_all,
 )
 from sqlalchemy.orm import Session
 
-from db.models import RESULT_COLUMNS, AnyRow, JobItem
+from db.models import ARCHIVED_COLUMNS, RESULT_COLUMNS, AnyRow, ArchivedItem, JobItem
 from labelq.dashboard import (
     GRID,
     BinSums,
@@ -49,25 +51,52 @@ Aggregate = Callable[[Session, "Scope"], T]
 @dataclass(frozen=True)
 class Scope:
     """Which scored items a query reads: versions (classifier row ids), a job, a time window
-    [start, end) on the scoring time."""
+    [start, end) on the scoring time; and from where (`c`): `items`, or `items` with the
+    archived numbers of erased rows beside them (`with_archive`)."""
 
     classifier_ids: Sequence[int]
     job_id: str | None = None
     start: datetime | None = None
     end: datetime | None = None
+    source: Any = None  # None: `items` alone; else the union's columns (`with_archive`)
+
+    @property
+    def c(self) -> Any:
+        """The row source's columns, by `items`' names (JobItem's attributes, or the union's)."""
+        return JobItem if self.source is None else self.source
 
     def where(self) -> list[ColumnElement[bool]]:
+        c = self.c
         conds: list[ColumnElement[bool]] = [
-            JobItem.classifier_id.in_(list(self.classifier_ids)),
-            JobItem.scored_at.is_not(None),
+            c.classifier_id.in_(list(self.classifier_ids)),
+            c.scored_at.is_not(None),
         ]
         if self.job_id is not None:
-            conds.append(JobItem.job_id == self.job_id)
+            conds.append(c.job_id == self.job_id)
         if self.start is not None:
-            conds.append(JobItem.scored_at >= self.start)
+            conds.append(c.scored_at >= self.start)
         if self.end is not None:
-            conds.append(JobItem.scored_at < self.end)
+            conds.append(c.scored_at < self.end)
         return conds
+
+
+def with_archive(s: Session, scope: Scope) -> Scope:
+    """`scope` reading `items` and, when it holds rows of these versions (or this job), the
+    archived numbers of item rows an erasure removed (`ArchivedItem`): the same columns, one
+    UNION ALL, so every query's figures outlive the rows. Without such rows (or before
+    migration 0023), `items` alone, as fast as ever."""
+    if not inspect(s.connection()).has_table(ArchivedItem.__tablename__):
+        return scope
+    kept = select(ArchivedItem.id).where(ArchivedItem.classifier_id.in_(list(scope.classifier_ids)))
+    if scope.job_id is not None:
+        kept = kept.where(ArchivedItem.job_id == scope.job_id)
+    if s.scalar(kept.limit(1)) is None:
+        return scope
+    union = union_all(
+        select(*(getattr(JobItem, name) for name in ARCHIVED_COLUMNS)),
+        select(*(getattr(ArchivedItem, name) for name in ARCHIVED_COLUMNS)),
+    ).subquery("scored")
+    return replace(scope, source=union.c)
 
 
 def _dialect(s: Session) -> str:
@@ -101,24 +130,24 @@ def _clip(s: Session, x: ColumnElement[int], low: int, high: int) -> ColumnEleme
     return func.least(func.greatest(x, _n(low)), _n(high))
 
 
-def width_bin(s: Session, bins: int) -> ColumnElement[int]:
+def width_bin(s: Session, bins: int, c: Any = JobItem) -> ColumnElement[int]:
     """Equal-width bin (i/B, (i+1)/B], 0 in the first: clip(ceil(c * B) - 1, 0, B - 1)."""
-    return _clip(s, _ceil(s, JobItem.confidence * _n(bins)) - _n(1), 0, bins - 1)
+    return _clip(s, _ceil(s, c.confidence * _n(bins)) - _n(1), 0, bins - 1)
 
 
 BUCKET_SECONDS = {"hour": 3600, "day": 86400}
 
 
-def bucket_of(s: Session, bucket: Bucket) -> ColumnElement[Any]:
+def bucket_of(s: Session, bucket: Bucket, c: Any = JobItem) -> ColumnElement[Any]:
     """The bucket key: on PostgreSQL the bucket's start (`date_bin`: timestamp arithmetic, a
     seventh of what `date_part('epoch', ...)` costs per row, which goes through numeric); on
     SQLite whole hours or days since the epoch (UTC)."""
     if _dialect(s) == "sqlite":
-        seconds = cast(func.strftime("%s", JobItem.scored_at), Integer)
+        seconds = cast(func.strftime("%s", c.scored_at), Integer)
         return cast(seconds / BUCKET_SECONDS[bucket], Integer)
     return func.date_bin(
         literal_column(f"INTERVAL '{BUCKET_SECONDS[bucket]} seconds'"),
-        JobItem.scored_at,
+        c.scored_at,
         literal_column("TIMESTAMPTZ '1970-01-01 00:00:00+00'"),
         type_=DateTime(timezone=True),
     )
@@ -148,42 +177,47 @@ def tune_for_aggregates(s: Session) -> None:
         s.execute(text(f"SET LOCAL {setting}"))
 
 
-_labelled = JobItem.correct.is_not(None)
-_correct = cast(JobItem.correct, Integer)
+def _labelled(c: Any) -> ColumnElement[bool]:
+    return c.correct.is_not(None)  # type: ignore[no-any-return]
+
+
+def _correct(c: Any) -> ColumnElement[int]:
+    return cast(c.correct, Integer)
 
 
 def calibrations_other_than(s: Session, scope: Scope, wanted: dict[int, int | None]) -> bool:
     """Whether any item in scope was stored under another calibration than `wanted` names for
     its classifier version (None: uncalibrated)."""
+    c = scope.c
     other = or_(
         *(
-            and_(JobItem.classifier_id == cid, JobItem.calibration_id.is_distinct_from(cal))
+            and_(c.classifier_id == cid, c.calibration_id.is_distinct_from(cal))
             for cid, cal in wanted.items()
         )
     )
-    return s.scalar(select(JobItem.id).where(*scope.where(), other).limit(1)) is not None
+    return s.scalar(select(c.id).where(*scope.where(), other).limit(1)) is not None
 
 
 def stored_calibrations(s: Session, scope: Scope, limit: int = 3) -> list[int | None]:
     """The calibrations the items in scope were stored under (None: uncalibrated), a few."""
-    return list(
-        s.scalars(select(JobItem.calibration_id).where(*scope.where()).distinct().limit(limit))
-    )
+    c = scope.c
+    return list(s.scalars(select(c.calibration_id).where(*scope.where()).distinct().limit(limit)))
 
 
 def reliability(s: Session, scope: Scope, bins: int, binning: Binning) -> list[BinSums]:
+    c = scope.c
     if binning == "width":
-        b: ColumnElement[int] = width_bin(s, bins)
+        b: ColumnElement[int] = width_bin(s, bins, c)
     else:  # equal mass: np.array_split of the stable ascending order is ntile's grouping
-        b = func.ntile(bins).over(order_by=(JobItem.confidence, JobItem.id)) - 1
+        b = func.ntile(bins).over(order_by=(c.confidence, c.id)) - 1
     sub = (
         select(
             b.label("bin"),
-            JobItem.confidence.label("conf"),
-            _correct.label("correct"),
-            JobItem.brier.label("brier"),
+            c.confidence.label("conf"),
+            _correct(c).label("correct"),
+            c.brier.label("brier"),
         )
-        .where(*scope.where(), _labelled)
+        .where(*scope.where(), _labelled(c))
         .subquery()
     )
     rows = s.execute(
@@ -204,8 +238,9 @@ def reliability(s: Session, scope: Scope, bins: int, binning: Binning) -> list[B
 
 
 def histogram(s: Session, scope: Scope, bins: int) -> list[HistogramSums]:
+    c = scope.c
     sub = (
-        select(width_bin(s, bins).label("bin"), JobItem.correct.label("correct"))
+        select(width_bin(s, bins, c).label("bin"), c.correct.label("correct"))
         .where(*scope.where())
         .subquery()
     )
@@ -224,13 +259,14 @@ def histogram(s: Session, scope: Scope, bins: int) -> list[HistogramSums]:
 
 
 def bucket_bins(s: Session, scope: Scope, bucket: Bucket, bins: int) -> list[BucketBinSums]:
+    c = scope.c
     sub = (
         select(
-            bucket_of(s, bucket).label("bucket"),
-            width_bin(s, bins).label("bin"),
-            JobItem.confidence.label("conf"),
-            JobItem.correct.label("correct"),
-            JobItem.brier.label("brier"),
+            bucket_of(s, bucket, c).label("bucket"),
+            width_bin(s, bins, c).label("bin"),
+            c.confidence.label("conf"),
+            c.correct.label("correct"),
+            c.brier.label("brier"),
         )
         .where(*scope.where())
         .subquery()
@@ -264,18 +300,20 @@ def bucket_bins(s: Session, scope: Scope, bucket: Bucket, bins: int) -> list[Buc
 
 
 def confusion(s: Session, scope: Scope) -> list[PairCount]:
+    c = scope.c
     rows = s.execute(
-        select(JobItem.gold_label, JobItem.predicted, func.count())
-        .where(*scope.where(), _labelled)
-        .group_by(JobItem.gold_label, JobItem.predicted)
+        select(c.gold_label, c.predicted, func.count())
+        .where(*scope.where(), _labelled(c))
+        .group_by(c.gold_label, c.predicted)
     )
     return [PairCount(str(g), str(p), int(n)) for g, p, n in rows]
 
 
 def label_counts(s: Session, scope: Scope, bucket: Bucket | None) -> list[BucketLabelCount]:
     """Predicted labels counted per time bucket (None: over the whole scope)."""
-    key: ColumnElement[Any] = bucket_of(s, bucket) if bucket else literal(None)
-    sub = select(key.label("bucket"), JobItem.predicted).where(*scope.where()).subquery()
+    c = scope.c
+    key: ColumnElement[Any] = bucket_of(s, bucket, c) if bucket else literal(None)
+    sub = select(key.label("bucket"), c.predicted).where(*scope.where()).subquery()
     rows = s.execute(
         select(sub.c.bucket, sub.c.predicted, func.count()).group_by(sub.c.bucket, sub.c.predicted)
     )
@@ -286,14 +324,18 @@ def label_counts(s: Session, scope: Scope, bucket: Bucket | None) -> list[Bucket
 
 
 def thresholds(s: Session, scope: Scope, values: Iterable[float]) -> list[ThresholdSums]:
+    c = scope.c
     values = list(values)
     columns = []
     for t in values:
-        above = JobItem.confidence >= t
-        columns += [func.sum(case((above, 1), else_=0)), func.sum(case((above, _correct), else_=0))]
+        above = c.confidence >= t
+        columns += [
+            func.sum(case((above, 1), else_=0)),
+            func.sum(case((above, _correct(c)), else_=0)),
+        ]
     if not columns:
         return []
-    row = s.execute(select(*columns).where(*scope.where(), _labelled)).one()
+    row = s.execute(select(*columns).where(*scope.where(), _labelled(c))).one()
     return [
         ThresholdSums(t, int(row[2 * k] or 0), int(row[2 * k + 1] or 0))
         for k, t in enumerate(values)
@@ -302,11 +344,12 @@ def thresholds(s: Session, scope: Scope, values: Iterable[float]) -> list[Thresh
 
 def grid(s: Session, scope: Scope) -> list[ThresholdSums]:
     """Labelled items per cell floor(confidence * GRID): thresholds on a 1/GRID grid."""
-    raw = _floor(s, JobItem.confidence * GRID)
+    c = scope.c
+    raw = _floor(s, c.confidence * GRID)
     cell = case((raw > GRID, GRID), else_=raw)
     sub = (
-        select(cell.label("cell"), _correct.label("correct"))
-        .where(*scope.where(), _labelled)
+        select(cell.label("cell"), _correct(c).label("correct"))
+        .where(*scope.where(), _labelled(c))
         .subquery()
     )
     rows = s.execute(select(sub.c.cell, func.count(), func.sum(sub.c.correct)).group_by(sub.c.cell))
@@ -360,15 +403,16 @@ def estimate_sums(s: Session, scope: Scope) -> EstimateInputs:
     """What the label-free accuracy estimate reads (`labelq.estimation`): the confidence sums,
     the labelled items' accuracy beside it, the confidence histogram and the predicted-label
     counts its validity compares with the calibration set's."""
-    labelled = JobItem.correct.is_not(None)
+    c = scope.c
+    labelled = c.correct.is_not(None)
     n, conf, conf_sq, n_labelled, labelled_conf, right = s.execute(
         select(
             func.count(),
-            func.sum(JobItem.confidence),
-            func.sum(JobItem.confidence * JobItem.confidence),
-            func.count(JobItem.correct),
-            func.sum(case((labelled, JobItem.confidence), else_=0.0)),
-            func.sum(cast(JobItem.correct, Integer)),
+            func.sum(c.confidence),
+            func.sum(c.confidence * c.confidence),
+            func.count(c.correct),
+            func.sum(case((labelled, c.confidence), else_=0.0)),
+            func.sum(cast(c.correct, Integer)),
         ).where(*scope.where())
     ).one()
     sums = Sums(

@@ -5,7 +5,9 @@ next step. A tenant's erasure (`tenant_rows`) removes what is not a job's.
 
 What each level removes is `db.models.Erase`'s docstring. The numbers kept by `content`
 (a scored item's predicted label, confidence, correctness, Brier score, times) are what the
-dashboard and `/metrics` aggregate; `scored_counts` is never decremented.
+dashboard and `/metrics` aggregate; `scored_counts` is never decremented. At `items` each
+scored row's numbers move to `items_archive` in the batch that deletes it (the dashboard reads
+it beside `items`); at `job` they go with the job row (a foreign key's cascade).
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, null, or_, select, update
+from sqlalchemy import delete, func, insert, inspect, null, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.chunks import cancel_job
 from db.models import (
+    ARCHIVED_COLUMNS,
     ENDED_STATES,
     UNFINISHED_STATES,
     ApiKey,
+    ArchivedItem,
     Calibration,
     Chunk,
     Classifier,
@@ -99,9 +103,15 @@ def step(s: Session, job_id: str, level: Erase, batch: int) -> Step:
             .execution_options(synchronize_session=False)
         )
     else:
-        ids = items.limit(batch).scalar_subquery()
+        chosen = list(s.scalars(items.limit(batch)))  # the same rows archived, then deleted
+        if level == Erase.items and chosen:
+            if not has_archive(s):  # this code on a schema before 0023: wait for the upgrade
+                return Step(job_id, level, 0, done=False)
+            archive(s, chosen)
         changed = s.execute(
-            delete(JobItem).where(JobItem.id.in_(ids)).execution_options(synchronize_session=False)
+            delete(JobItem)
+            .where(JobItem.id.in_(chosen))
+            .execution_options(synchronize_session=False)
         )
     rows = rowcount(changed)
     if rows == batch:
@@ -125,6 +135,22 @@ def step(s: Session, job_id: str, level: Erase, batch: int) -> Step:
             )
         )
     return Step(job_id, level, rows, done=True)
+
+
+def has_archive(s: Session) -> bool:
+    """Whether the schema has `items_archive` (migration 0023)."""
+    return inspect(s.connection()).has_table(ArchivedItem.__tablename__)
+
+
+def archive(s: Session, item_ids: list[int]) -> None:
+    """Keep the dashboard's numbers of the scored items among `item_ids` (`ArchivedItem`)."""
+    columns = [getattr(JobItem, name) for name in ARCHIVED_COLUMNS]
+    s.execute(
+        insert(ArchivedItem).from_select(
+            list(ARCHIVED_COLUMNS),
+            select(*columns).where(JobItem.id.in_(item_ids), JobItem.scored_at.is_not(None)),
+        )
+    )
 
 
 def expired_jobs(

@@ -101,7 +101,8 @@ class Erase(enum.StrEnum):
     """How much of a job an erasure removes, each level including the one before: `content`
     (inputs, results, custom ids, errors, metadata, webhook deliveries: the job and its items'
     numbers stay, so the dashboard and /metrics keep counting them), `items` (the item rows
-    too: the job stays as a tombstone with its counts) and `job` (nothing is left)."""
+    too: the job stays as a tombstone with its counts, and each scored row's numbers move to
+    `items_archive`, so the dashboard's figures stay) and `job` (nothing is left)."""
 
     content = "content"
     items = "items"
@@ -575,3 +576,55 @@ class SchemaCompat(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     oldest_code: Mapped[str] = mapped_column(String(32))
+
+
+class ArchivedItem(Base):
+    """The dashboard's numbers of a scored item whose row an erasure at the `items` level
+    removed (retention's `items_days`, a tombstone): a narrow row the dashboard's queries read
+    beside `items` (`db.dashboard.with_archive`), so their figures outlive the rows they were
+    computed from. Goes with its job (`job` level, a tenant's erasure)."""
+
+    __tablename__ = "items_archive"
+    __table_args__ = (
+        Index(
+            "ix_items_archive_dashboard",
+            "classifier_id",
+            "scored_at",
+            postgresql_include=[
+                "confidence",
+                "predicted",
+                "gold_label",
+                "correct",
+                "brier",
+                "calibration_id",
+                "id",
+            ],
+        ),
+        Index("ix_items_archive_job", "job_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)  # the item's
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    classifier_id: Mapped[int] = mapped_column(BigId)
+    calibration_id: Mapped[int | None] = mapped_column(BigId)
+    predicted: Mapped[str | None] = mapped_column(String(200))
+    confidence: Mapped[float | None] = mapped_column(Double)
+    gold_label: Mapped[str | None] = mapped_column(String(200))
+    correct: Mapped[bool | None] = mapped_column(Boolean)
+    brier: Mapped[float | None] = mapped_column(Double)
+    scored_at: Mapped[datetime]
+
+
+# The columns an archived item keeps, as `items` names them.
+ARCHIVED_COLUMNS = (
+    "id",
+    "job_id",
+    "classifier_id",
+    "calibration_id",
+    "predicted",
+    "confidence",
+    "gold_label",
+    "correct",
+    "brier",
+    "scored_at",
+)

@@ -22,8 +22,11 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, Field
 from scipy.stats import norm
+
+from labelq.metrics import bin_ids
 
 MODERATE_PSI = 0.1
 LARGE_PSI = 0.25
@@ -184,3 +187,25 @@ def validity(
         reliable=calibrated and shift in ("none", "moderate"),
         reasons=reasons,
     )
+
+
+def reference(calibrator: Any, z: Any, labels: Sequence[str]) -> dict[str, Any] | None:
+    """What a calibration's own data looks like under it, for `validity` later: the
+    confidence histogram (`CONFIDENCE_BINS` equal-width bins, as the dashboard bins), the
+    predicted-label counts and the mean confidence of `z` (its items' label log-probabilities)
+    calibrated by `calibrator`. None when there is nothing to describe."""
+    if not len(z):
+        return None
+    try:
+        probs = np.asarray(calibrator.apply(z))
+    except Exception:  # a method that cannot apply to these scores alone: no reference
+        return None
+    conf = probs.max(axis=1)
+    counts = np.bincount(bin_ids(conf, CONFIDENCE_BINS, "width"), minlength=CONFIDENCE_BINS)
+    predicted = np.bincount(probs.argmax(axis=1), minlength=len(labels))
+    return {
+        "n": len(conf),
+        "confidence": [int(n) for n in counts],
+        "labels": {label: int(predicted[k]) for k, label in enumerate(labels)},
+        "mean_confidence": float(conf.mean()),
+    }

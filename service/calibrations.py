@@ -18,7 +18,7 @@ from db import chunks as chunk_rows
 from db import jobs as job_rows
 from db.classifiers import classifier_by_id, classifier_versions, get_classifier, spec_of
 from db.models import Calibration, CalibrationStatus, Classifier, JobItem
-from labelq import calibration
+from labelq import calibration, estimation
 from labelq.errors import InputError, LabelqError
 from labelq.scoring import Item, ItemResult, Scorer
 from labelq.spec import ClassifierSpec
@@ -314,6 +314,9 @@ def _fit(ctx: Ctx, scorer_for: ScorerFor, calibration_id: int) -> None:
                 "n_holdout": report.n_holdout,
                 "labelled_items": 0 if y is None else len(y),
                 "fingerprints": fingerprints,
+                # What its own data looks like under it: the label-free estimate's validity
+                # compares traffic with this, whatever becomes of the job's rows.
+                "reference": estimation.reference(calibrator, z, spec.label_names),
             },
         )
         if request.get("activate"):

@@ -147,14 +147,17 @@ def _run(
 ) -> tuple[T, list[str], Basis]:
     r = _resolve(ctx, name, q)
     with ctx.snapshot() as s:
-        if r.wanted is None or not sums.calibrations_other_than(s, r.scope, r.wanted):
+        scope = sums.with_archive(s, r.scope)  # erased rows' numbers too, where there are any
+        if r.wanted is None or not sums.calibrations_other_than(s, scope, r.wanted):
             sums.tune_for_aggregates(s)
-            return in_sql(s, r.scope), r.labels, Basis(calibration=q.calibration, computed="sql")
+            return in_sql(s, scope), r.labels, Basis(calibration=q.calibration, computed="sql")
     readings = _stream(ctx, r, q.calibration)
     note = (
         f"some results were stored under another calibration than {q.calibration!r}: "
         f"{len(readings.ids)} results were recomputed from their raw scores in one pass"
     )
+    if scope.source is not None:
+        note += "; results whose rows were erased (their raw scores gone) are not among them"
     return (
         in_python(readings),
         r.labels,
@@ -364,8 +367,12 @@ def estimated_performance(ctx: Ctx, name: str, q: Query, level: float) -> Estima
         raise InputError("level must lie in [0.5, 1)", field="level")
     inputs, _, basis = _run(ctx, name, q, sums.estimate_sums, dash.estimate_sums)
     relied, mixed = _relied_on(ctx, _resolve(ctx, name, q))
-    reference = None
-    if relied is not None and (job := relied.fitted_on.get("job_id")):
+    reference: tuple[list[float], dict[str, float], float] | None = None
+    recorded = relied.fitted_on.get("reference") if relied is not None else None
+    if recorded:  # what the fit recorded of its own data
+        reference = (recorded["confidence"], recorded["labels"], recorded["mean_confidence"])
+    elif relied is not None and (job := relied.fitted_on.get("job_id")):
+        # A fit from before that: its job's items, read again under it (if still there).
         with contextlib.suppress(LabelqError):  # its job erased, or of another version
             found, _, _ = _run(
                 ctx,
@@ -374,7 +381,12 @@ def estimated_performance(ctx: Ctx, name: str, q: Query, level: float) -> Estima
                 sums.estimate_sums,
                 dash.estimate_sums,
             )
-            reference = found if found.sums.n else None
+            if found.sums.n:
+                reference = (
+                    found.confidence_counts(),
+                    found.label_counts(),
+                    found.mean_confidence(),
+                )
     after = (relied.metrics or {}).get("after") if relied else None
     s = inputs.sums
     out = EstimatedPerformance(
@@ -393,13 +405,7 @@ def estimated_performance(ctx: Ctx, name: str, q: Query, level: float) -> Estima
             estimated=s.labelled_conf_sum / s.labelled if s.labelled else None,
         ),
         validity=est.validity(
-            None
-            if reference is None
-            else (
-                reference.confidence_counts(),
-                reference.label_counts(),
-                reference.mean_confidence(),
-            ),
+            reference,
             (inputs.confidence_counts(), inputs.label_counts(), inputs.mean_confidence()),
             calibrated=relied is not None,
             reference_name=None
@@ -417,9 +423,8 @@ def _relied_on(ctx: Ctx, r: _Resolved) -> tuple[Calibration | None, str | None]:
     """The one calibration the figures are under: asked for, or the one every item in scope
     was stored under; None when uncalibrated, or with why when there are several."""
     with ctx.reads() as s:
-        ids = (
-            sums.stored_calibrations(s, r.scope) if r.wanted is None else [*set(r.wanted.values())]
-        )
+        scope = sums.with_archive(s, r.scope)  # erased rows' numbers too
+        ids = sums.stored_calibrations(s, scope) if r.wanted is None else [*set(r.wanted.values())]
         if len(ids) > 1:
             return None, (
                 "the items in scope are under several calibrations (or some under none): ask "

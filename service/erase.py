@@ -59,7 +59,7 @@ def _run(ctx: Ctx, job_id: str, level: Erase, budget: int) -> tuple[int, bool]:
         with ctx.tx() as s:
             step = rows.step(s, job_id, level, min(batch, max(1, budget - spent)))
         spent += step.rows
-        if step.done or spent >= budget:
+        if step.done or spent >= budget or not step.rows:  # no rows: waits for an upgrade
             return spent, step.done
 
 

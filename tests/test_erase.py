@@ -285,3 +285,68 @@ def test_tenants_erase_asks_for_the_name_twice(tmp_path: Any) -> None:
     from labelq.cli import main
 
     assert main(["tenants", "erase", "acme", "--confirm", "acne"]) == 2
+
+
+def _dashboard(c: Any, ids: dict[str, Any]) -> dict[str, Any]:
+    """Every dashboard query's answer, over the classifier and over each job."""
+    from tests.test_dashboard import DASH
+
+    thresholds = ",".join(f"{i * 0.05:.2f}" for i in range(21))
+    out = {}
+    for scope in ({}, {"job": ids["old"]}, {"job": ids["new"]}):
+        for path, params in (
+            ("reliability", {"binning": "width"}),
+            ("reliability", {"binning": "mass"}),
+            ("timeseries", {"bucket": "day"}),
+            ("timeseries", {"bucket": "hour"}),
+            ("confidence-histogram", {}),
+            ("confusion", {}),
+            ("label-distribution", {"bucket": "day"}),
+            ("selective", {"thresholds": thresholds, "target_accuracy": 0.6}),
+            ("estimated-performance", {"calibration": "stored"}),
+        ):
+            answer = c.get(f"{DASH}/{path}", params={**scope, **params})
+            assert answer.status_code == 200, answer.text
+            out[f"{path} {params} {scope}"] = _rounded(answer.json())
+    return out
+
+
+def test_rows_erased_at_the_items_level_keep_every_dashboard_figure(
+    factory: Any, fake_scorer: Any
+) -> None:
+    """Retention's `items_days` deletes a job's item rows (a tombstone keeps the job): every
+    dashboard query, over the classifier and by job, answers exactly as before, from the
+    numbers each scored row left in `items_archive`; erasing the job whole (`keep=nothing`)
+    then takes those too."""
+    from db import erase as erase_rows
+    from db.models import ArchivedItem, Erase
+    from tests.test_dashboard import _classifier_series, _seed
+
+    with _seed(factory, fake_scorer) as (c, ids):
+        before = _dashboard(c, ids)
+        metrics = _classifier_series(c)
+        with factory() as s:
+            job = s.get(Job, ids["old"])
+            assert job is not None and erase_rows.request(s, job, Erase.items)
+            s.commit()
+        ctx = Ctx.system(c.app.state.labelq.services)
+        while not erase.sweep(ctx).jobs_done:
+            pass
+        with factory() as s:
+            assert s.scalar(select(func.count()).where(JobItem.job_id == ids["old"])) == 0
+            assert s.scalar(select(func.count()).select_from(ArchivedItem)) == 300
+        assert c.get(f"/v1/jobs/{ids['old']}").json()["succeeded"] == 300  # the tombstone
+        after = _dashboard(c, ids)
+        for key, answer in before.items():
+            assert after[key] == answer, key
+        assert _classifier_series(c) == metrics
+
+        gone = c.delete(f"/v1/jobs/{ids['old']}", params={"keep": "nothing"})
+        assert gone.status_code in (200, 202), gone.text
+        while erase.sweep(ctx).rows:
+            pass
+        with factory() as s:
+            assert s.scalar(select(func.count()).select_from(ArchivedItem)) == 0
+        from tests.test_dashboard import DASH
+
+        assert c.get(f"{DASH}/reliability").json()["n"] == 100  # job `new`'s labelled alone

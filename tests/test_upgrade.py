@@ -12,8 +12,9 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import backfills
+from db import erase as erase_rows
 from db.migrate import OLDEST_SCHEMA, compatibility, require_current, upgrade
-from db.models import JobItem, ScoredCount
+from db.models import ArchivedItem, Erase, Job, JobItem, ScoredCount
 from labelq.errors import LabelqError
 from labelq.settings import Settings
 from service import reconcile
@@ -217,4 +218,19 @@ def test_this_code_runs_on_its_oldest_schema(tmp_path: Any, fake_scorer: Any) ->
         reconcile.sweep(system(factory, Settings()))
         gone = c.delete(f"/v1/jobs/{job['id']}", params={"keep": "tombstone"})
         assert gone.status_code in (200, 202), gone.text
+        # An erasure at the `items` level needs 0023's archive to keep the dashboard's
+        # figures: before it, it waits (nothing deleted, nothing lost), then goes on.
+        with factory() as s:
+            row = s.get(Job, job["id"])
+            assert row is not None and erase_rows.request(s, row, Erase.items)
+            s.commit()
+        ctx = system(factory, Settings())
+        assert reconcile.sweep(ctx).erased.jobs_done == 0
+        with factory() as s:
+            assert s.scalar(select(func.count()).where(JobItem.job_id == job["id"])) == 120
+        upgrade(url)
+        assert reconcile.sweep(ctx).erased.jobs_done == 1
+        with factory() as s:
+            assert s.scalar(select(func.count()).select_from(ArchivedItem)) == 120
+        assert c.get(f"{DASH}/reliability", params={"job": job["id"]}).json()["n"] == 120
     engine.dispose()
