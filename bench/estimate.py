@@ -53,8 +53,11 @@ def main() -> None:
 
     from api.server import BackgroundServer
     from embedded.app import embedded_app
+    from labelq import logs
     from labelq.client import LabelqClient
     from labelq.settings import Settings
+
+    logs.configure()  # as every labelq command: the engine's lines at WARNING
 
     settings = Settings(home=args.home, data_dir=SST2.parent, no_auth=True)
     test = _rows("test")

@@ -5,7 +5,8 @@ dashboard's columns, 30% gold-labelled), then
 - table and index sizes, and bytes per item;
 - the time of the dashboard's queries, /metrics, a results page, the reconciler's chunk
   query and a chunk claim (median of `--runs`), before and after one retention pass
-  (LABELQ_RETENTION results_days = half the days: the older half's inputs and results go);
+  (LABELQ_RETENTION results_days = half the days: the older half's inputs and results go;
+  items_days = three quarters: the oldest quarter's rows go, their numbers to items_archive);
 - the retention pass itself (rows a second);
 - `labelq db upgrade` across every revision on that table: the database taken down to 0004
   (before the dashboard's columns) and up again, the schema steps and the backfill timed apart,
@@ -34,7 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from dashboard import seed, timed  # noqa: E402
 from pipeline import scratch_database  # noqa: E402
 
-TABLES = ("items", "jobs", "chunks", "scored_counts")
+TABLES = ("items", "items_archive", "jobs", "chunks", "scored_counts")
 
 
 class NoBroker:
@@ -158,7 +159,9 @@ def main() -> None:
             database_url=url,
             model="bench",
             no_auth=True,  # in process, from loopback
-            retention={"*": {"results_days": args.days / 2}},
+            # the older half's content goes; the oldest quarter's item rows too (their
+            # dashboard numbers kept in items_archive)
+            retention={"*": {"results_days": args.days / 2, "items_days": args.days * 3 / 4}},
             erase_per_sweep=100_000,
             erase_batch=5_000,
             tenant_max_jobs=None,
@@ -186,6 +189,8 @@ def main() -> None:
                 from sqlalchemy import text
 
                 conn.execute(text("VACUUM ANALYZE items"))
+                conn.execute(text("VACUUM ANALYZE items_archive"))
+                archived = conn.execute(text("SELECT count(*) FROM items_archive")).scalar_one()
             after = measure(c, ctx, job_ids, args.runs)
         after_sizes = sizes(engine)
         wiring.close(services)
@@ -198,7 +203,11 @@ def main() -> None:
                   f"{ta / 2**20:8.1f} {ia / 2**20:7.1f}")  # fmt: skip
         items_bytes = sum(before_sizes["items"])
         print(f"  bytes per item (items table + its indexes): {items_bytes / total:,.0f}")
-        print(f"\nretention pass: {rows:,} item rows scrubbed in {took:.1f} s "
+        if archived:
+            print(f"  bytes per archived item (items_archive + its indexes, {archived:,} rows): "
+                  f"{sum(after_sizes['items_archive']) / archived:,.0f}")  # fmt: skip
+        print(f"\nretention pass: {rows:,} item rows scrubbed or archived and deleted in "
+              f"{took:.1f} s "
               f"({rows / took if took else 0:,.0f} rows/s)")  # fmt: skip
         print(f"\nmedian of {args.runs} (ms)      before    after")
         for name in before:
