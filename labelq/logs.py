@@ -1,6 +1,12 @@
 """Logging for every labelq command: one format, labelq's own messages at INFO, the engine's
 (vLLM) at WARNING unless `-v`. vLLM's engine runs in processes of its own; it reads its logging
-configuration from the file named by `VLLM_LOGGING_CONFIG_PATH`, which they inherit."""
+configuration from the file named by `VLLM_LOGGING_CONFIG_PATH`, which they inherit.
+
+At default verbosity the engine's notices about its own build and platform are dropped too
+(`EngineNoise`): on a CPU they are a dozen warnings that are not the user's to act on (no
+Triton, eager mode, no tcmalloc in LD_PRELOAD, one line per tensor when a float32 checkpoint
+is loaded in bfloat16, a force-kill of an engine process labelq is stopping), and labelq says
+in one line of its own what matters of them (the precision, the load time)."""
 
 from __future__ import annotations
 
@@ -16,19 +22,44 @@ DATE_FORMAT = "%H:%M:%S"
 OWN_LOGGERS = ("labelq", "service", "worker", "api", "db")
 
 
-def vllm_config(level: str) -> dict[str, object]:
+# Prefixes of the engine's notices dropped at default verbosity (`-v` shows them).
+ENGINE_NOISE = (
+    "Enforce eager set",
+    "Inductor compilation was disabled",
+    "Triton is not installed",
+    "Triton is installed, but doesn't include CPU backend",
+    "Reset SSM cache type",
+    "Model Runner V2 requires Triton",
+    "libtcmalloc is not found",
+    "libiomp is not found",
+    "Attempted to load weight",
+    "[shutdown] Process manager: force killing",
+)
+
+
+class EngineNoise(logging.Filter):
+    """Drops the engine's platform notices (`ENGINE_NOISE`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not message.startswith(ENGINE_NOISE)
+
+
+def vllm_config(level: str, quiet: bool = True) -> dict[str, object]:
     """A `logging.config.dictConfig` for vLLM's loggers in labelq's format."""
+    handler: dict[str, object] = {
+        "class": "logging.StreamHandler",
+        "formatter": "labelq",
+        "stream": "ext://sys.stderr",
+    }
+    if quiet:
+        handler["filters"] = ["noise"]
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"labelq": {"format": FORMAT, "datefmt": DATE_FORMAT}},
-        "handlers": {
-            "stderr": {
-                "class": "logging.StreamHandler",
-                "formatter": "labelq",
-                "stream": "ext://sys.stderr",
-            }
-        },
+        "filters": {"noise": {"()": "labelq.logs.EngineNoise"}},
+        "handlers": {"stderr": handler},
         "loggers": {"vllm": {"handlers": ["stderr"], "level": level, "propagate": False}},
     }
 
@@ -41,13 +72,18 @@ def configure(verbose: bool = False) -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         # ... and in the engine's own processes, which inherit the environment.
         os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
+        # torch's C++ warnings there (a NUMA binding notice on every CPU engine start)
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format=FORMAT, datefmt=DATE_FORMAT
     )
     for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO)
-    logging.getLogger("vllm").setLevel(engine_level)
+    engine = logging.getLogger("vllm")
+    engine.setLevel(engine_level)
+    if not verbose and not any(isinstance(f, EngineNoise) for f in engine.filters):
+        engine.addFilter(EngineNoise())
     if "VLLM_LOGGING_CONFIG_PATH" not in os.environ:  # a user's own config wins
         path = Path(tempfile.gettempdir()) / f"labelq-vllm-logging-{engine_level.lower()}.json"
-        path.write_text(json.dumps(vllm_config(engine_level)))
+        path.write_text(json.dumps(vllm_config(engine_level, quiet=not verbose)))
         os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(path)

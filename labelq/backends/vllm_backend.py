@@ -124,6 +124,7 @@ class VllmBackend:
             "gpu_memory_utilization": s.memory_fraction,
             "enable_prefix_caching": True,
             "seed": s.seed,
+            "use_tqdm_on_load": False,  # a progress bar of one shard: labelq logs the load
         }
         if s.max_model_len:
             kwargs["max_model_len"] = s.max_model_len
