@@ -428,3 +428,29 @@ def estimate_sums(s: Session, scope: Scope) -> EstimateInputs:
         histogram(s, scope, CONFIDENCE_BINS),
         label_counts(s, scope, None),
     )
+
+
+def least_confident(s: Session, scope: Scope, predicted: str, limit: int) -> list[Any]:
+    """Up to `limit` scored items in scope predicted `predicted`, with no gold label and their
+    input still stored (an erased one cannot be labelled), least confident first: `job_id`,
+    `idx`, `custom_id`, `input`, `predicted`, `confidence`."""
+    return list(
+        s.execute(
+            select(
+                JobItem.job_id,
+                JobItem.idx,
+                JobItem.custom_id,
+                JobItem.input,
+                JobItem.predicted,
+                JobItem.confidence,
+            )
+            .where(
+                *scope.where(),
+                JobItem.predicted == predicted,
+                JobItem.gold_label.is_(None),
+                JobItem.input.is_not(None),
+            )
+            .order_by(JobItem.confidence, JobItem.id)
+            .limit(limit)
+        ).all()
+    )

@@ -12,13 +12,14 @@ from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field
+from scipy.special import logsumexp
 
 from db import calibrations as calibration_rows
 from db import chunks as chunk_rows
 from db import jobs as job_rows
 from db.classifiers import classifier_by_id, classifier_versions, get_classifier, spec_of
 from db.models import Calibration, CalibrationStatus, Classifier, JobItem
-from labelq import calibration, estimation
+from labelq import calibration, estimation, labelscreen
 from labelq.errors import InputError, LabelqError
 from labelq.scoring import Item, ItemResult, Scorer
 from labelq.spec import ClassifierSpec
@@ -45,6 +46,11 @@ class CalibrationRequest(BaseModel):
         description="method options: alpha, score (conformal); inputs (contextual) ...",
     )
     activate: bool = Field(False, description="activate once fitted")
+    exclude_label_issues: bool = Field(
+        False,
+        description="leave out of the fit the gold labels the model contradicts as confidently "
+        "as it backs its own right answers (confident learning); they are reported either way",
+    )
 
 
 class CalibrationOut(BaseModel):
@@ -107,6 +113,7 @@ def request_fit(ctx: Ctx, name: str, body: CalibrationRequest) -> CalibrationOut
             "options": body.options,
             "model": model,
             "activate": body.activate,
+            "exclude_label_issues": body.exclude_label_issues,
         }
         row = calibration_rows.add_calibration(s, classifier.id, body.method, fitted_on)
         out = CalibrationOut.of(row, classifier)
@@ -224,15 +231,17 @@ def _leased(ctx: Ctx, calibration_id: int) -> Iterator[None]:
 
 def _scores(
     ctx: Ctx, job_id: str, spec: ClassifierSpec, every_scored: bool
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, list[str]]:
     """A job's uncalibrated log-probabilities, read a page at a time: those of its
     gold-labelled items with their labels' indices, and (when `every_scored`) those of every
-    scored item. Only the (n, K) arrays are held, never the job's rows."""
+    scored item, and the labelled items' names (custom id, else `#position`). Only the (n, K)
+    arrays are held, never the job's rows."""
     labels, bias = spec.label_names, spec.bias_vector()
     index = {label: k for k, label in enumerate(labels)}
     labelled: list[np.ndarray] = []
     gold: list[int] = []
     scored: list[np.ndarray] = []
+    names: list[str] = []
     page: list[JobItem] = []
 
     def flush() -> None:
@@ -245,6 +254,7 @@ def _scores(
                 calibration.result_log_probs([i.result or {} for i in with_gold], labels, bias)
             )
             gold.extend(index[i.gold_label or ""] for i in with_gold)
+            names.extend(i.custom_id or f"#{i.idx}" for i in with_gold)
         page.clear()
 
     for item in items(ctx, job_id):
@@ -257,7 +267,33 @@ def _scores(
     z_labelled = np.concatenate(labelled) if labelled else np.empty((0, k))
     y = np.array(gold, dtype=np.int64) if gold else None
     z_scored = np.concatenate(scored) if scored else np.empty((0, k))
-    return z_labelled, y, z_scored
+    return z_labelled, y, z_scored, names
+
+
+SCREEN_EXAMPLES = 20
+
+
+def _screen(
+    z: np.ndarray, y: np.ndarray, names: list[str], spec: ClassifierSpec, exclude: bool
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The gold labels' likely errors (`labelq.labelscreen`, on the model's own probabilities),
+    reported with the first few, and left out of the fit when `exclude`."""
+    probs = np.exp(z - logsumexp(z, axis=1, keepdims=True))
+    issues = labelscreen.label_issues(probs, y, spec.label_names)
+    report = {
+        "count": len(issues),
+        "of": len(y),
+        "excluded": exclude and bool(issues),
+        "examples": [
+            {"item": names[i.index], **i.model_dump(exclude={"index"})}
+            for i in issues[:SCREEN_EXAMPLES]
+        ],
+    }
+    if exclude and issues:
+        keep = np.ones(len(y), dtype=bool)
+        keep[[i.index for i in issues]] = False
+        z, y = z[keep], y[keep]
+    return z, y, report
 
 
 def _fit(ctx: Ctx, scorer_for: ScorerFor, calibration_id: int) -> None:
@@ -271,10 +307,15 @@ def _fit(ctx: Ctx, scorer_for: ScorerFor, calibration_id: int) -> None:
     calibrator = calibration.make(method, **dict(request.get("options") or {}))
     z = np.empty((0, len(spec.label_names)))
     y: np.ndarray | None = None
+    screened: dict[str, Any] | None = None
     if request.get("job_id"):
-        z_labelled, y, z_scored = _scores(
+        z_labelled, y, z_scored, names = _scores(
             ctx, request["job_id"], spec, every_scored=not calibrator.needs_labels
         )
+        if y is not None:  # screened before the fit, excluded if asked
+            z_labelled, y, screened = _screen(
+                z_labelled, y, names, spec, bool(request.get("exclude_label_issues"))
+            )
         # Label-free methods fit on every scored item when none is labelled (and report no
         # held-out metrics).
         z = z_labelled if y is not None else z_scored
@@ -317,6 +358,7 @@ def _fit(ctx: Ctx, scorer_for: ScorerFor, calibration_id: int) -> None:
                 # What its own data looks like under it: the label-free estimate's validity
                 # compares traffic with this, whatever becomes of the job's rows.
                 "reference": estimation.reference(calibrator, z, spec.label_names),
+                "label_issues": screened,
             },
         )
         if request.get("activate"):

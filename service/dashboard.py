@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -26,6 +26,7 @@ from db.dashboard import Scope
 from db.models import Calibration, Classifier
 from labelq import dashboard as dash
 from labelq import estimation as est
+from labelq import labelscreen
 from labelq.dashboard import Bucket
 from labelq.errors import InputError, LabelqError
 from labelq.metrics import Binning
@@ -431,3 +432,42 @@ def _relied_on(ctx: Ctx, r: _Resolved) -> tuple[Calibration | None, str | None]:
                 "for one (calibration=active or an id) to estimate under it"
             )
         return (calibration_rows.get_calibration(s, ids[0]) if ids and ids[0] else None), None
+
+
+# -- what to label next --------------------------------------------------------------------------
+class ToLabelItem(BaseModel):
+    job_id: str
+    idx: int = Field(description="Position in its job's input.")
+    custom_id: str | None
+    input: dict[str, Any]
+    predicted: str
+    confidence: float
+
+
+class ToLabel(BaseModel):
+    items: list[ToLabelItem]
+    by_label: dict[str, int]
+    how: str
+
+
+MAX_TO_LABEL = 1000
+
+
+def to_label(ctx: Ctx, name: str, q: Query, n: int) -> ToLabel:
+    """The `n` unlabelled scored items whose gold labels would most help a refit: the least
+    confident (as stored), taken in turn from each predicted label (`labelq.labelscreen`)."""
+    if not 1 <= n <= MAX_TO_LABEL:
+        raise InputError(f"n must lie in [1, {MAX_TO_LABEL}]", field="n")
+    r = _resolve(ctx, name, replace(q, calibration="stored"))
+    with ctx.reads() as s:
+        groups = [sums.least_confident(s, r.scope, label, n) for label in r.labels]
+    chosen = labelscreen.in_turn(groups, n)
+    by_label: dict[str, int] = {}
+    for row in chosen:
+        by_label[row.predicted] = by_label.get(row.predicted, 0) + 1
+    return ToLabel(
+        items=[ToLabelItem(**row._asdict()) for row in chosen],
+        by_label=by_label,
+        how="least confident first (as stored), one predicted label in turn; POST their gold "
+        "labels to /v1/jobs/{job_id}/labels, then refit",
+    )

@@ -91,6 +91,19 @@ async def estimated_performance(
     return await call(dashboard.estimated_performance, name, q, level)
 
 
+@router.get("/to-label", response_model=dashboard.ToLabel)
+async def to_label(
+    name: str,
+    q: Filters,
+    call: Reading,
+    n: Annotated[int, Query(description="how many items")] = 100,
+) -> dashboard.ToLabel:
+    """What to label next: the `n` scored items without a gold label whose labels would most
+    help a refit, the least confident first, taken in turn from each predicted label, with
+    their input (the same filters as the other queries; confidences as stored)."""
+    return await call(dashboard.to_label, name, q, n)
+
+
 @router.get("/timeseries", response_model=dashboard.Timeseries)
 async def timeseries(
     name: str,
