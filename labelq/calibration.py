@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -303,6 +304,12 @@ class ConformalPrediction(Calibrator):
     the labels ranked at or above the gold one; the set adds labels by rank until it reaches q
     (randomised, if asked, for exact rather than conservative coverage). q is the
     ceil((n+1)(1-alpha))-th smallest calibration score. Probabilities pass through unchanged.
+
+    Mondrian (`mondrian=True`, class-conditional): one q per label, from the calibration items of
+    that gold label alone, so each label's coverage is >= 1 - alpha, not only the average (a
+    marginal guarantee can hold overall while a hard, rare label is covered far less). A label
+    with too few calibration items for alpha (fewer than 1/alpha - 1) gets q = inf: it is in
+    every set, which keeps its guarantee, and the fit says so.
     """
 
     method = "conformal"
@@ -314,6 +321,8 @@ class ConformalPrediction(Calibrator):
         qhat: float | None = None,
         randomized: bool = False,
         seed: int = 0,
+        mondrian: bool = False,
+        qhats: list[float] | None = None,
     ):
         if not 0 < alpha < 1:
             raise InputError("alpha must be between 0 and 1", field="alpha")
@@ -321,6 +330,16 @@ class ConformalPrediction(Calibrator):
             raise InputError("score must be 'lac' or 'aps'", field="score")
         self.alpha, self.score, self.qhat = alpha, score, qhat
         self.randomized, self.seed = randomized, seed
+        self.mondrian, self.qhats = mondrian, qhats
+        self.warnings: list[str] = []
+
+    def _quantile(self, scores: Array) -> float:
+        """The ceil((n+1)(1-alpha))-th smallest of `scores`; inf when there are too few."""
+        n = len(scores)
+        rank = math.ceil((n + 1) * (1 - self.alpha))
+        if rank > n:
+            return math.inf
+        return float(np.sort(scores)[rank - 1])
 
     def _scores(self, p: Array, labels: IntArray, u: Array | None) -> Array:
         idx = np.arange(len(labels))
@@ -343,9 +362,17 @@ class ConformalPrediction(Calibrator):
                 field="alpha",
             )
         u = np.random.default_rng(self.seed).random(n) if self.randomized else None
-        scores = np.sort(self._scores(np.exp(z), y, u))
+        scores = self._scores(np.exp(z), y, u)
         rank = math.ceil((n + 1) * (1 - self.alpha))
-        self.qhat = float(scores[min(rank, n) - 1])
+        self.qhat = float(np.sort(scores)[min(rank, n) - 1])
+        if self.mondrian:
+            self.qhats = [self._quantile(scores[y == k]) for k in range(z.shape[1])]
+            short = [k for k, q in enumerate(self.qhats) if math.isinf(q)]
+            if short:
+                self.warnings.append(
+                    f"labels {short} have fewer than {math.ceil(1 / self.alpha - 1)} calibration "
+                    "items: they are in every set (their coverage is kept, their sets are large)"
+                )
         return self
 
     def apply(self, z: Array) -> Array:
@@ -360,7 +387,8 @@ class ConformalPrediction(Calibrator):
         out = np.zeros((n, k), dtype=bool)
         for label in range(k):
             labels = np.full(n, label, dtype=np.int64)
-            out[:, label] = self._scores(p, labels, None if u is None else u[:, 0]) <= self.qhat
+            q = self.qhats[label] if self.mondrian and self.qhats is not None else self.qhat
+            out[:, label] = self._scores(p, labels, None if u is None else u[:, 0]) <= q
         if self.score == "aps" and not self.randomized:
             # Never empty: keep at least the top label.
             out[np.arange(n), p.argmax(axis=1)] = True
@@ -373,16 +401,24 @@ class ConformalPrediction(Calibrator):
             "qhat": self.qhat,
             "randomized": self.randomized,
             "seed": self.seed,
+            "mondrian": self.mondrian,
+            # JSON has no infinity: a label in every set is stored as null
+            "qhats": None
+            if self.qhats is None
+            else [None if math.isinf(q) else q for q in self.qhats],
         }
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> ConformalPrediction:
+        qhats = params.get("qhats")
         return cls(
             float(params["alpha"]),
             params["score"],
             params.get("qhat"),
             bool(params.get("randomized", False)),
             int(params.get("seed", 0)),
+            bool(params.get("mondrian", False)),
+            None if qhats is None else [math.inf if q is None else float(q) for q in qhats],
         )
 
 
@@ -425,6 +461,11 @@ class FitReport(BaseModel):
     before: metrics.MetricReport | None = None
     after: metrics.MetricReport | None = None
     coverage: float | None = Field(default=None, description="Conformal: held-out coverage.")
+    coverage_by_label: dict[str, float | None] | None = Field(
+        default=None,
+        description="Conformal: held-out coverage among the items of each gold label (None: "
+        "no held-out item of it).",
+    )
     mean_set_size: float | None = None
     warnings: list[str] = Field(default_factory=list)
 
@@ -438,6 +479,7 @@ def fit_with_holdout(
     seed: int = 0,
     bins: int = 15,
     content_free: Array | None = None,
+    labels: Sequence[str] | None = None,
 ) -> FitReport:
     """Fit on a random (1 - holdout) share and measure before/after on the held-out rest.
 
@@ -468,6 +510,7 @@ def fit_with_holdout(
     warning = getattr(calibrator, "warning", None)
     if warning:
         report.warnings.append(warning)
+    report.warnings += getattr(calibrator, "warnings", [])
     if y is not None and n_hold:
         y_hold = np.asarray(y)[hold]
         report.before = metrics.report(np.exp(z[hold]), y_hold, bins)
@@ -476,6 +519,13 @@ def fit_with_holdout(
         if sets is not None:
             report.coverage = metrics.set_coverage(sets, y_hold)
             report.mean_set_size = metrics.mean_set_size(sets)
+            names = labels or [str(k) for k in range(z.shape[1])]
+            report.coverage_by_label = {
+                name: metrics.set_coverage(sets[y_hold == k], y_hold[y_hold == k])
+                if (y_hold == k).any()
+                else None
+                for k, name in enumerate(names)
+            }
     return report
 
 

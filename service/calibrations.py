@@ -343,6 +343,7 @@ def _fit(ctx: Ctx, scorer_for: ScorerFor, calibration_id: int) -> None:
         seed=int(request.get("seed", 0)),
         bins=int(request.get("bins", 15)),
         content_free=content_free,
+        labels=spec.label_names,
     )
     with ctx.tx() as s:
         row = calibration_rows.record_fit(

@@ -146,3 +146,40 @@ def test_fit_with_holdout_reports_before_and_after() -> None:
     assert conformal.coverage is not None and conformal.coverage >= 0.85
     with pytest.raises(InputError, match="unknown method"):
         calibration.make("magic")
+
+
+def test_mondrian_conformal_covers_every_label_not_only_on_average() -> None:
+    """Label 0 is common and easy, label 1 rare and hard. Marginal sets at alpha 0.1 cover
+    about 90% overall but label 1 far less; Mondrian sets (a q per label) cover each label at
+    >= 90% on held-out data, and the fit reports coverage per label either way."""
+    from labelq.calibration import ConformalPrediction, fit_with_holdout, load
+
+    rng = np.random.default_rng(5)
+    n = 6000
+    y = (rng.random(n) < 0.2).astype(np.int64)  # 20% label 1
+    margin = np.where(y == 0, rng.normal(3.0, 1.0, n), rng.normal(0.3, 1.5, n))
+    logits = np.stack([np.where(y == 0, margin, 0.0), np.where(y == 1, margin, 0.0)], axis=1)
+    z = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    reports = {}
+    for mondrian in (False, True):
+        calibrator = ConformalPrediction(alpha=0.1, mondrian=mondrian)
+        reports[mondrian] = fit_with_holdout(calibrator, z, y, holdout=0.5, labels=["easy", "hard"])
+        again = load("conformal", calibrator.params())  # stored and read back
+        assert np.array_equal(again.sets(z[:50]), calibrator.sets(z[:50]))
+    marginal, by_label = reports[False], reports[True]
+    assert marginal.coverage is not None and marginal.coverage >= 0.88
+    assert marginal.coverage_by_label is not None and marginal.coverage_by_label["hard"] < 0.85
+    assert by_label.coverage_by_label is not None
+    assert min(v for v in by_label.coverage_by_label.values() if v is not None) >= 0.88
+    assert by_label.params["qhats"][1] > by_label.params["qhats"][0]  # the hard label's is wider
+
+
+def test_a_label_too_rare_for_alpha_is_in_every_mondrian_set() -> None:
+    from labelq.calibration import ConformalPrediction
+
+    z = np.log(np.array([[0.9, 0.1]] * 40 + [[0.3, 0.7]] * 5))
+    y = np.array([0] * 40 + [1] * 5, dtype=np.int64)
+    fitted = ConformalPrediction(alpha=0.1, mondrian=True).fit(z, y)
+    assert fitted.qhats is not None and np.isinf(fitted.qhats[1])
+    assert fitted.sets(z)[:, 1].all() and "fewer than 9" in fitted.warnings[0]
+    assert fitted.params()["qhats"][1] is None  # JSON has no infinity

@@ -59,6 +59,11 @@ def served(
             f"{DASH}/calibrations", json={"method": "platt", "job_id": ids["old"]}
         ).json()
         ids["platt"] = platt["id"]
+        sets = c.post(
+            f"{DASH}/calibrations",
+            json={"method": "conformal", "job_id": ids["old"], "options": {"mondrian": True}},
+        ).json()
+        ids["conformal"] = sets["id"]
     no_auth = request.node.get_closest_marker("keys_required") is None
     config = Settings(model="tiny-model", chunk_size=4, no_auth=no_auth)
     dispatcher = InlineDispatcher(fake_scorer)
@@ -107,7 +112,7 @@ def _marks(page: Any, canvas: str) -> list[int]:
 def test_every_chart_is_drawn_from_the_api(
     served: tuple[str, dict[str, Any]], browser: Any
 ) -> None:
-    url, _ = served
+    url, ids = served
     api = httpx.Client(base_url=url)
     page = browser.new_page(viewport={"width": 1400, "height": 1800})
     errors: list[str] = []
@@ -147,7 +152,11 @@ def test_every_chart_is_drawn_from_the_api(
     assert _marks(page, "selective") == [sum(1 for p in selective["points"] if p["count"])]
 
     rows = page.eval_on_selector_all("#calibrations tbody tr", "trs => trs.length")
-    assert rows == len(api.get(f"{DASH}/calibrations").json()) == 2
+    listed = api.get(f"{DASH}/calibrations").json()
+    assert rows == len(listed) == 3
+    conformal = next(c for c in listed if c["id"] == ids["conformal"])["metrics"]
+    by_label = " · ".join(f"{k} {v:.2f}" for k, v in conformal["coverage_by_label"].items())
+    assert f"{conformal['coverage']:.2f} ({by_label})" in page.inner_text("#calibrations")
     OUTPUT.mkdir(exist_ok=True)
     page.screenshot(path=str(OUTPUT / "dashboard.png"), full_page=True)
 

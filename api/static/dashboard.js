@@ -267,6 +267,15 @@ function beforeAfter(metrics, key, digits = 3) {
   return `${fmt(before[key], digits)} → ${fmt(after[key], digits)}`;
 }
 
+// Conformal fits: held-out coverage, overall and per gold label (Mondrian sets keep each
+// label's; marginal ones only the average).
+function coverage(metrics) {
+  if (metrics.coverage === null || metrics.coverage === undefined) return "";
+  const byLabel = Object.entries(metrics.coverage_by_label || {})
+    .map(([label, value]) => `${label} ${fmt(value, 2)}`).join(" · ");
+  return `${fmt(metrics.coverage, 2)}${byLabel ? ` (${byLabel})` : ""}`;
+}
+
 async function calibrations() {
   const rows = await api(`${base()}/calibrations`);
   const body = $("calibrations").tBodies[0];
@@ -278,6 +287,7 @@ async function calibrations() {
       c.id, c.version, c.method, c.status,
       c.fitted_on.job_id ? `job ${c.fitted_on.job_id.slice(0, 8)}` : "",
       beforeAfter(c.metrics, "ece", 4), beforeAfter(c.metrics, "accuracy"), beforeAfter(c.metrics, "nll"),
+      coverage(c.metrics),
     ];
     for (const value of cells) tr.insertCell().textContent = value;
     const action = tr.insertCell();
