@@ -27,8 +27,17 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import Select
 
-from db.models import ARCHIVED_COLUMNS, RESULT_COLUMNS, AnyRow, ArchivedItem, JobItem
+from db.models import (
+    ARCHIVED_COLUMNS,
+    RESULT_COLUMNS,
+    AnyRow,
+    ArchivedItem,
+    Chunk,
+    Job,
+    JobItem,
+)
 from labelq.dashboard import (
     GRID,
     BinSums,
@@ -59,6 +68,7 @@ class Scope:
     start: datetime | None = None
     end: datetime | None = None
     source: Any = None  # None: `items` alone; else the union's columns (`with_archive`)
+    fingerprint: str | None = None  # only items scored by this engine (their chunk's)
 
     @property
     def c(self) -> Any:
@@ -77,7 +87,25 @@ class Scope:
             conds.append(c.scored_at >= self.start)
         if self.end is not None:
             conds.append(c.scored_at < self.end)
+        if self.fingerprint is not None:
+            conds.append(scored_by(c, self.fingerprint))
         return conds
+
+
+def _chunk_of(c: Any) -> Select[str | None]:
+    """The chunk that scored item `c`, with its job's row: the job's chunk `idx // chunk_size`
+    (found by the chunks' unique (job_id, seq) index)."""
+    return (
+        select(Chunk.fingerprint)
+        .join(Job, Job.id == Chunk.job_id)
+        .where(Chunk.job_id == c.job_id, Chunk.seq == c.idx // Job.chunk_size)
+        .correlate(JobItem)
+    )
+
+
+def scored_by(c: Any, fingerprint: str) -> ColumnElement[bool]:
+    """Item `c` was scored by the engine `fingerprint`."""
+    return _chunk_of(c).where(Chunk.fingerprint == fingerprint).exists()
 
 
 def with_archive(s: Session, scope: Scope) -> Scope:
@@ -85,6 +113,8 @@ def with_archive(s: Session, scope: Scope) -> Scope:
     archived numbers of item rows an erasure removed (`ArchivedItem`): the same columns, one
     UNION ALL, so every query's figures outlive the rows. Without such rows (or before
     migration 0023), `items` alone, as fast as ever."""
+    if scope.fingerprint is not None:  # an archived row's chunk is gone: it cannot be told
+        return scope
     if not inspect(s.connection()).has_table(ArchivedItem.__tablename__):
         return scope
     kept = select(ArchivedItem.id).where(ArchivedItem.classifier_id.in_(list(scope.classifier_ids)))
@@ -454,3 +484,21 @@ def least_confident(s: Session, scope: Scope, predicted: str, limit: int) -> lis
             .limit(limit)
         ).all()
     )
+
+
+def by_fingerprint(s: Session, scope: Scope) -> list[tuple[str | None, int, float, int, int]]:
+    """Per engine fingerprint that scored items in scope (None: unknown, scored before
+    fingerprints or its chunk gone): (fingerprint, n, confidence sum, labelled, correct)."""
+    c = JobItem
+    fp = _chunk_of(c).scalar_subquery().label("fingerprint")
+    sub = select(fp, c.confidence, c.correct).where(*scope.where()).subquery()
+    rows = s.execute(
+        select(
+            sub.c.fingerprint,
+            func.count(),
+            func.sum(sub.c.confidence),
+            func.count(sub.c.correct),
+            func.coalesce(func.sum(cast(sub.c.correct, Integer)), 0),
+        ).group_by(sub.c.fingerprint)
+    )
+    return [(f, int(n), float(cs or 0), int(lab), int(k)) for f, n, cs, lab, k in rows]

@@ -47,6 +47,7 @@ class Query:
     start: datetime | None = None
     end: datetime | None = None
     job: str | None = None
+    fingerprint: str | None = None  # only items scored by this engine
 
     def __post_init__(self) -> None:
         if self.start and self.end and self.start >= self.end:
@@ -92,7 +93,7 @@ def _resolve(ctx: Ctx, name: str, q: Query) -> _Resolved:
         wanted = _wanted(q.calibration, versions, found)
     if wanted is not None and len(wanted) < len(versions):  # a calibration id: its version only
         versions = [v for v in versions if v.id in wanted]
-    scope = Scope([v.id for v in versions], q.job, q.start, q.end)
+    scope = Scope([v.id for v in versions], q.job, q.start, q.end, fingerprint=q.fingerprint)
     return _Resolved(scope, _labels(versions), wanted)
 
 
@@ -471,3 +472,49 @@ def to_label(ctx: Ctx, name: str, q: Query, n: int) -> ToLabel:
         how="least confident first (as stored), one predicted label in turn; POST their gold "
         "labels to /v1/jobs/{job_id}/labels, then refit",
     )
+
+
+# -- split by engine -----------------------------------------------------------------------------
+class EngineSplit(BaseModel):
+    fingerprint: str | None = Field(
+        description="The engine (model files, dtype, versions, strategy); None: unknown (scored "
+        "before fingerprints were recorded)."
+    )
+    n: int
+    mean_confidence: float
+    labelled: int
+    accuracy: float | None
+
+
+class EngineSplits(BaseModel):
+    engines: list[EngineSplit]
+    note: str | None
+
+
+def by_engine(ctx: Ctx, name: str, q: Query) -> EngineSplits:
+    """The scored items in scope split by the engine that scored them (confidences as stored):
+    two precisions or builds on one queue show up as two rows whose figures differ."""
+    r = _resolve(ctx, name, replace(q, calibration="stored"))
+    with ctx.snapshot() as s:
+        rows = sums.by_fingerprint(s, r.scope)
+    engines = sorted(
+        (
+            EngineSplit(
+                fingerprint=fp,
+                n=n,
+                mean_confidence=conf / n if n else 0.0,
+                labelled=labelled,
+                accuracy=correct / labelled if labelled else None,
+            )
+            for fp, n, conf, labelled, correct in rows
+        ),
+        key=lambda e: -e.n,
+    )
+    known = [e for e in engines if e.fingerprint]
+    note = (
+        f"{len(known)} engines scored these items: compare their figures; a calibration fits "
+        "the engine it was fitted on (GET .../calibrations: fitted_on.fingerprints)"
+        if len(known) > 1
+        else None
+    )
+    return EngineSplits(engines=engines, note=note)

@@ -201,3 +201,46 @@ def test_the_timeseries_puts_the_estimate_beside_the_measured_accuracy(seeded: A
     new = c.get(f"{DASH}/estimated-performance", params={"job": ids["new"]}).json()["estimate"]
     assert points[-1]["estimated_high"] - points[-1]["estimated_low"] >= new["high"] - new["low"]
     assert whole["n"] == 500
+
+
+def test_the_dashboard_splits_and_filters_by_the_engine_that_scored(
+    factory: Any, fake_scorer: Any
+) -> None:
+    """Two engines (two fake builds) score one job each of one classifier: `engines` gives a
+    row per fingerprint with that job's figures, and `fingerprint=` keeps one engine's items
+    in every query (reliability and the estimate here), equal to filtering by its job."""
+    from labelq.backends.fake import FakeBackend
+    from labelq.scoring import Scorer
+    from tests.test_api_calibration import _sst2
+
+    c, dispatcher = make_client(factory, fake_scorer)
+    other = Scorer(FakeBackend(max_model_len=2048))
+    assert other.fingerprint != fake_scorer.fingerprint
+    with c:
+        c.post("/v1/classifiers", json=SPEC)
+        items, gold = _sst2(120)
+        jobs = {}
+        for engine, part in ((fake_scorer, items[:80]), (other, items[80:])):
+            dispatcher.scorer = engine
+            job = c.post("/v1/jobs", json={"classifier": NAME, "items": part}).json()
+            c.post(
+                f"/v1/jobs/{job['id']}/labels",
+                json={i["custom_id"]: gold[i["custom_id"]] for i in part},
+            )
+            jobs[engine.fingerprint] = job["id"]
+        split = c.get(f"{DASH}/engines").json()
+        assert [(e["fingerprint"], e["n"], e["labelled"]) for e in split["engines"]] == [
+            (fake_scorer.fingerprint, 80, 80),
+            (other.fingerprint, 40, 40),
+        ]
+        assert "2 engines" in split["note"]
+        for fingerprint, job_id in jobs.items():
+            for path in ("reliability", "estimated-performance"):
+                kept = c.get(f"{DASH}/{path}", params={"fingerprint": fingerprint}).json()
+                by_job = c.get(f"{DASH}/{path}", params={"job": job_id}).json()
+                assert kept == by_job, path
+            row = next(e for e in split["engines"] if e["fingerprint"] == fingerprint)
+            r = c.get(f"{DASH}/reliability", params={"job": job_id}).json()
+            assert row["accuracy"] == pytest.approx(r["accuracy"])
+        none = c.get(f"{DASH}/reliability", params={"fingerprint": "0" * 16}).json()
+        assert none["n"] == 0

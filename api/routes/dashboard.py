@@ -1,7 +1,7 @@
 """The calibration dashboard: queries under /v1/classifiers/{name}/..., the page at /dashboard.
 
 Every query takes the same filters: `version`, `calibration` (stored | none | active | an id),
-`from`/`to` (ISO times; a time without a zone is UTC) and `job`."""
+`from`/`to` (ISO times; a time without a zone is UTC), `job` and `fingerprint` (the engine)."""
 
 from __future__ import annotations
 
@@ -40,8 +40,11 @@ def filters(
     from_: Annotated[datetime | None, Query(alias="from", description="scored at or after")] = None,
     to: Annotated[datetime | None, Query(description="scored before")] = None,
     job: Annotated[str | None, Query(max_length=36)] = None,
+    fingerprint: Annotated[
+        str | None, Query(max_length=32, description="only items scored by this engine")
+    ] = None,
 ) -> dashboard.Query:
-    return dashboard.Query(version, calibration, _utc(from_), _utc(to), job)
+    return dashboard.Query(version, calibration, _utc(from_), _utc(to), job, fingerprint)
 
 
 Filters = Annotated[dashboard.Query, Depends(filters)]
@@ -78,6 +81,9 @@ async def estimated_performance(
     from_: Annotated[datetime | None, Query(alias="from", description="scored at or after")] = None,
     to: Annotated[datetime | None, Query(description="scored before")] = None,
     job: Annotated[str | None, Query(max_length=36)] = None,
+    fingerprint: Annotated[
+        str | None, Query(max_length=32, description="only items scored by this engine")
+    ] = None,
     level: Annotated[float, Query(description="the interval's confidence level")] = 0.95,
 ) -> dashboard.EstimatedPerformance:
     """Accuracy without labels: the expected accuracy of the scored items in scope from their
@@ -87,7 +93,7 @@ async def estimated_performance(
     this traffic's confidence and predicted-label distributions are from the calibration set's
     (PSI; a large shift marks the estimate as not to be relied on). The same filters as the
     other queries, under the active calibration unless another is asked for."""
-    q = filters(version, calibration, from_, to, job)
+    q = filters(version, calibration, from_, to, job, fingerprint)
     return await call(dashboard.estimated_performance, name, q, level)
 
 
@@ -102,6 +108,14 @@ async def to_label(
     help a refit, the least confident first, taken in turn from each predicted label, with
     their input (the same filters as the other queries; confidences as stored)."""
     return await call(dashboard.to_label, name, q, n)
+
+
+@router.get("/engines", response_model=dashboard.EngineSplits)
+async def engines(name: str, q: Filters, call: Reading) -> dashboard.EngineSplits:
+    """The scored items in scope split by the engine that scored them (its fingerprint: model
+    files, dtype, engine and labelq versions, strategy): count, mean confidence and accuracy
+    where labelled. Every query takes `fingerprint=` to keep one engine's items."""
+    return await call(dashboard.by_engine, name, q)
 
 
 @router.get("/timeseries", response_model=dashboard.Timeseries)
