@@ -44,6 +44,7 @@ from db.models import (
     UNFINISHED_STATES,
     Chunk,
     ChunkState,
+    Classifier,
     FailureKind,
     ItemStatus,
     Job,
@@ -316,6 +317,14 @@ def _pending_items(s: Session, chunk: Chunk) -> list[JobItem]:
     )
 
 
+class Cost(NamedTuple):
+    """What scoring a chunk cost: engine seconds (its share of the engine's busy time) and
+    prompt tokens."""
+
+    engine_seconds: float
+    prompt_tokens: int
+
+
 def complete_chunk(
     s: Session,
     work: ChunkWork,
@@ -323,15 +332,55 @@ def complete_chunk(
     calibration_id: int | None,
     fingerprint: str | None = None,
     mismatch: bool | None = None,
+    cost: Cost | None = None,
 ) -> bool:
     """Write a chunk's results and count them, with the fingerprint of the engine that scored
-    them. Nothing is written (False) unless `work.owner` still holds the chunk: a redelivered
-    or taken-over chunk never writes twice."""
+    them, and add its `cost` to the job's (None: the schema has no place for it yet). Nothing
+    is written (False) unless `work.owner` still holds the chunk: a redelivered or taken-over
+    chunk never writes twice."""
     job = get_job(s, work.job_id, tenant=None, for_update=True)  # the job's row first
     chunk = s.get_one(Chunk, work.chunk_id)
-    return _complete(
+    written = _complete(
         s, job, chunk, results, calibration_id, owner=work.owner, fp=fingerprint, mismatch=mismatch
     )
+    if written and cost is not None:
+        s.execute(
+            update(Job)
+            .where(Job.id == job.id)
+            .values(
+                engine_seconds=func.coalesce(Job.engine_seconds, 0.0) + cost.engine_seconds,
+                prompt_tokens=func.coalesce(Job.prompt_tokens, 0) + cost.prompt_tokens,
+            )
+            .execution_options(synchronize_session=False)
+        )
+    return written
+
+
+def job_cost(s: Session, job_id: str) -> Cost | None:
+    """The job's cost so far; None when nothing was recorded (scored before 0024)."""
+    row = s.execute(select(Job.engine_seconds, Job.prompt_tokens).where(Job.id == job_id)).one()
+    if row[0] is None:
+        return None
+    return Cost(float(row[0]), int(row[1] or 0))
+
+
+def cost_by_classifier(s: Session) -> list[tuple[str, str, int, float, int, int]]:
+    """Every tenant's cost per classifier version, summed over its jobs: (tenant, classifier,
+    version, engine seconds, prompt tokens, items scored)."""
+    rows = s.execute(
+        select(
+            Job.tenant,
+            Classifier.name,
+            Classifier.version,
+            func.sum(Job.engine_seconds),
+            func.sum(Job.prompt_tokens),
+            func.sum(Job.succeeded),
+        )
+        .join(Classifier, Classifier.id == Job.classifier_id)
+        .where(Job.engine_seconds.is_not(None))
+        .group_by(Job.tenant, Classifier.name, Classifier.version)
+    )
+    return [(t, n, int(v), float(e or 0), int(p or 0), int(k or 0)) for t, n, v, e, p, k in rows]
 
 
 def _complete(

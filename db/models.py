@@ -12,6 +12,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Double,
+    FetchedValue,
     ForeignKey,
     Index,
     Integer,
@@ -162,6 +163,8 @@ class Classifier(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
+    # Never fetch the server-filled cost columns back after an INSERT (they may not exist yet).
+    __mapper_args__ = {"eager_defaults": False}  # noqa: RUF012 - SQLAlchemy's declaration
     __table_args__ = (
         Index("ix_jobs_created_at", "created_at"),
         # An Idempotency-Key is the tenant's own: another tenant's use of it is not told.
@@ -203,6 +206,15 @@ class Job(Base):
     # bounded batches by the sweep once the job has ended; `erased_at` set when it is complete.
     erase: Mapped[str | None] = mapped_column(String(16))
     erased_at: Mapped[datetime | None]
+    # What scoring it cost (migration 0024), added to by each chunk. This code runs on schemas
+    # before 0024 too (`db.schema.Features`): deferred, so a load never names them, and
+    # FetchedValue, so an INSERT leaves them out (NULL, filled by the chunks' updates).
+    engine_seconds: Mapped[float | None] = mapped_column(
+        Double, deferred=True, server_default=FetchedValue()
+    )
+    prompt_tokens: Mapped[int | None] = mapped_column(
+        BigInteger, deferred=True, server_default=FetchedValue()
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]

@@ -289,6 +289,12 @@ class Settings(BaseSettings):
         "model files, dtype, versions, strategy): `warn` applies it and flags the job; "
         "`refuse` stores those results uncalibrated and flags the job.",
     )
+    engine_hour_price: float | None = Field(
+        default=None,
+        ge=0,
+        description="What an hour of engine time costs (in your currency): jobs' `cost` and "
+        "/metrics (`labelq_engine_cost_total`) then give engine time as money too.",
+    )
     tenant_max_jobs: int | None = Field(
         default=200,
         ge=1,

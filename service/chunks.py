@@ -138,6 +138,39 @@ def _within(call: Callable[[], T], seconds: float) -> T:
     raise value
 
 
+class EngineMeter:
+    """Engine time, shared fairly between the calls that run at once (a worker's two tasks
+    share its one engine): while k calls run, each is charged 1/k of the time that passes, so
+    the charges add up to the time the engine was busy, never twice over."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._charges: dict[int, float] = {}
+        self._since = time.monotonic()
+        self._next = 0
+
+    def _advance(self) -> None:
+        now = time.monotonic()
+        if self._charges:
+            share = (now - self._since) / len(self._charges)
+            for key in self._charges:
+                self._charges[key] += share
+        self._since = now
+
+    def start(self) -> int:
+        with self._lock:
+            self._advance()
+            self._next += 1
+            self._charges[self._next] = 0.0
+            return self._next
+
+    def stop(self, call: int) -> float:
+        """The seconds charged to `call`, which has ended."""
+        with self._lock:
+            self._advance()
+            return self._charges.pop(call)
+
+
 class Watched:
     """A scorer whose every call has a deadline, `LABELQ_SCORE_TIMEOUT` per item (at least
     `LABELQ_SCORE_TIMEOUT_FLOOR`): an engine past it is taken as hung (a wedged GPU, a stopped
@@ -150,13 +183,17 @@ class Watched:
         progress: Progress,
         on_hang: Callable[[], None],
         health: Health,
+        meter: EngineMeter | None = None,
+        charge: Callable[[float], None] | None = None,
     ):
         self.scorer, self.settings, self.progress = scorer, settings, progress
         self.on_hang, self.health = on_hang, health
+        self.meter, self.charge = meter, charge
 
     def score_batch(self, spec: ClassifierSpec, items: Sequence[Item]) -> list[ScoredItem]:
         seconds = max(self.settings.score_timeout_floor, self.settings.score_timeout * len(items))
         self.progress.begin(seconds)
+        call = self.meter.start() if self.meter is not None else None
         try:
             scored = _within(lambda: self.scorer.score_batch(spec, items), seconds)
         except _Hung:
@@ -168,6 +205,8 @@ class Watched:
             ) from None
         finally:
             self.progress.end()
+            if self.meter is not None and call is not None and self.charge is not None:
+                self.charge(self.meter.stop(call))
         self.health.up()
         return scored
 
@@ -287,6 +326,7 @@ class ChunkRunner:
     kill: Callable[[str, Scorer], None] | None = None
     calibrate: bool = True
     health: Health = field(default_factory=Health)
+    meter: EngineMeter = field(default_factory=EngineMeter)
 
     def run(self, job_id: str, seq: int) -> bool:
         """Score chunk `seq` of a job; False when there was nothing to write (done, cancelled,
@@ -306,15 +346,19 @@ class ChunkRunner:
             return False
         progress = Progress(grace=s.lease_seconds)
         with LeaseKeeper(self.ctx, work, s.lease_seconds, progress):
+            spent: list[float] = []  # engine seconds charged to this chunk's calls
             try:
-                scored, engine = self._score(work, progress)
+                scored, engine = self._score(work, progress, spent.append)
             except EngineFailure as exc:
                 self._hand_back(work, str(exc))
                 return False
-        return self._write(work, scored, engine)
+        return self._write(work, scored, engine, sum(spent))
 
-    def _score(self, work: ChunkWork, progress: Progress) -> tuple[list[ScoredItem], str | None]:
-        """The chunk's items scored, and the fingerprint of the engine that scored them."""
+    def _score(
+        self, work: ChunkWork, progress: Progress, charge: Callable[[float], None]
+    ) -> tuple[list[ScoredItem], str | None]:
+        """The chunk's items scored, and the fingerprint of the engine that scored them; each
+        engine call's share of the engine's time is passed to `charge`."""
         if not work.items:
             return [], None
 
@@ -333,7 +377,9 @@ class ChunkRunner:
                 elif self.discard is not None:
                     self.discard(work.model, scorer)
 
-            return Watched(scorer, self.ctx.settings, progress, hung, self.health)
+            return Watched(
+                scorer, self.ctx.settings, progress, hung, self.health, self.meter, charge
+            )
 
         def restart() -> None:  # the engine that failed this chunk, never one loaded since
             if self.discard is not None and used:
@@ -364,11 +410,15 @@ class ChunkRunner:
             )
 
     @_write_retry
-    def _write(self, work: ChunkWork, scored: list[ScoredItem], engine: str | None) -> bool:
+    def _write(
+        self, work: ChunkWork, scored: list[ScoredItem], engine: str | None, seconds: float = 0.0
+    ) -> bool:
         """The chunk's results, calibrated under the active calibration, in one transaction,
-        with the fingerprint of the engine that scored them. A calibration fitted on another
-        engine's scores is flagged on the chunk (and, with LABELQ_CALIBRATION_ENGINE_MISMATCH
-        `refuse`, not applied: the results are stored uncalibrated)."""
+        with the fingerprint of the engine that scored them and what they cost (engine seconds
+        and prompt tokens, added to the job's where the schema has them: migration 0024). A
+        calibration fitted on another engine's scores is flagged on the chunk (and, with
+        LABELQ_CALIBRATION_ENGINE_MISMATCH `refuse`, not applied: the results are stored
+        uncalibrated)."""
         succeeded = [row.model_dump(mode="json") for row in scored if isinstance(row, ItemResult)]
         mismatch: bool | None = None
         with self.ctx.tx() as session:
@@ -395,8 +445,12 @@ class ChunkRunner:
                     if isinstance(row, ItemResult)
                     else ItemOutcome(None, row.error, row.kind)
                 )
+            cost = None
+            if self.ctx.services.features.has(session, "cost"):
+                tokens = sum(r.prompt_tokens for r in scored if isinstance(r, ItemResult))
+                cost = chunks.Cost(seconds, tokens)
             written = chunks.complete_chunk(
-                session, work, results, calibration_id, engine, mismatch
+                session, work, results, calibration_id, engine, mismatch, cost
             )
         if not written:
             log.info("chunk %s/%d is no longer ours; results not written", work.job_id, work.seq)

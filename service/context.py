@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.schema import Features
 from db.session import ReadOnlyTransaction, connection_lost
 from labelq.errors import LabelqError
 from labelq.settings import Settings
@@ -49,6 +50,8 @@ class Services:
     dispatcher: Dispatcher
     live_queues: LiveQueues
     trusted_keys: TrustedKeys
+    # What of the revisions newer than this code's oldest schema the database has
+    features: Features = field(default_factory=Features)
 
 
 class NoTenant(LabelqError):

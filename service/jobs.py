@@ -18,6 +18,16 @@ from service import ingest
 from service.context import Ctx
 
 
+class JobCost(BaseModel):
+    """Engine time (each call's fair share of the engine's busy time: a worker's two tasks share
+    one engine) and prompt tokens, summed over the job's chunks."""
+
+    engine_seconds: float
+    prompt_tokens: int
+    engine_ms_per_item: float | None
+    price: float | None = Field(description="engine hours x LABELQ_ENGINE_HOUR_PRICE, if set")
+
+
 class JobStatus(BaseModel):
     """A job as users see it: state, counts, progress and anything in its way."""
 
@@ -45,6 +55,11 @@ class JobStatus(BaseModel):
         default_factory=list,
         description="The engines that scored it (model files, dtype, engine and labelq "
         "versions, scoring strategy): more than one is a warning, their scores may differ.",
+    )
+    cost: JobCost | None = Field(
+        None,
+        description="What scoring it cost so far; None when nothing was recorded (scored by an "
+        "older release, or before migration 0024).",
     )
     created_at: datetime
     started_at: datetime | None
@@ -107,6 +122,7 @@ def status(ctx: Ctx, job_id: str) -> JobStatus:
         )
         failures = job_rows.failures_by_kind(s, job_id) if job["failed"] else {}
         fingerprints, mismatched = chunks.engines_of(s, job_id)
+        spent = chunks.job_cost(s, job_id) if ctx.services.features.has(s, "cost") else None
     warnings = []
     if len(fingerprints) > 1:
         warnings.append(
@@ -126,7 +142,18 @@ def status(ctx: Ctx, job_id: str) -> JobStatus:
         if not ctx.services.live_queues.of(ctx).get(queue):
             stale_after = ctx.settings.worker_stale_after
             warnings.append(no_worker_warning(queue, model, stale_after))
-    return JobStatus.of(job, cancelled, warnings, failures, fingerprints)
+    out = JobStatus.of(job, cancelled, warnings, failures, fingerprints)
+    if spent is not None:
+        price = ctx.settings.engine_hour_price
+        out.cost = JobCost(
+            engine_seconds=spent.engine_seconds,
+            prompt_tokens=spent.prompt_tokens,
+            engine_ms_per_item=1000 * spent.engine_seconds / out.succeeded
+            if out.succeeded
+            else None,
+            price=None if price is None else spent.engine_seconds / 3600 * price,
+        )
+    return out
 
 
 def list_jobs(ctx: Ctx, limit: int) -> list[JobStatus]:

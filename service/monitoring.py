@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from db import counts, pipelines
+from db import chunks, counts, pipelines
 from db.jobs import count_jobs_by_state
 from db.session import ping
 from service.context import Ctx
@@ -37,6 +37,8 @@ class Snapshot:
     queues: list[QueueHealth]
     classifiers: list[ClassifierReadings]
     failing_pipelines: list[FailingPipeline]
+    # (tenant, classifier, version, engine seconds, prompt tokens, items scored), where recorded
+    costs: list[tuple[str, str, int, float, int, int]] = field(default_factory=list)
 
 
 def snapshot(ctx: Ctx) -> Snapshot:
@@ -45,6 +47,7 @@ def snapshot(ctx: Ctx) -> Snapshot:
     with ctx.reads() as s:
         by_classifier = counts.confidence_by_classifier(s)
         by_state = count_jobs_by_state(s)
+        costs = chunks.cost_by_classifier(s) if ctx.services.features.has(s, "cost") else []
     for tenant, name, version, predicted, bucket, count, total in by_classifier:
         r = found.setdefault((tenant, name, version), ClassifierReadings(tenant, name, version))
         for k in range(bucket, len(r.cumulative)):
@@ -52,7 +55,7 @@ def snapshot(ctx: Ctx) -> Snapshot:
         r.confidence_sum += total
         r.predicted[predicted] = r.predicted.get(predicted, 0) + count
     return Snapshot(
-        by_state, queues(ctx), [found[k] for k in sorted(found)], failing_pipelines(ctx)
+        by_state, queues(ctx), [found[k] for k in sorted(found)], failing_pipelines(ctx), costs
     )
 
 

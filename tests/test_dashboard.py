@@ -299,6 +299,7 @@ def _classifier_series(c: TestClient) -> dict[tuple[str, tuple[tuple[str, str], 
         for family in text_string_to_metric_families(c.get("/metrics").text)
         for s in family.samples
         if set(key) <= set(s.labels.items())
+        and s.name.startswith(("labelq_confidence", "labelq_predictions"))
     }
 
 

@@ -204,6 +204,7 @@ def test_this_code_runs_on_its_oldest_schema(tmp_path: Any, fake_scorer: Any) ->
         items, gold = _sst2(120)
         job = c.post("/v1/jobs", json={"classifier": NAME, "items": items}).json()
         assert job["state"] == "succeeded"
+        assert c.get(f"/v1/jobs/{job['id']}").json()["cost"] is None  # no place for it yet
         c.post(f"/v1/jobs/{job['id']}/labels", json=gold)
         fit = c.post(
             f"{DASH}/calibrations",

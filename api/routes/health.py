@@ -62,7 +62,11 @@ async def metrics(st: StateDep, call: Scraping, system: Monitoring) -> Response:
         )
     snap = await system(monitoring.snapshot)
     registry = CollectorRegistry()
-    registry.register(_DatabaseCollector(snap, st.settings.metrics_classifier_labels))
+    registry.register(
+        _DatabaseCollector(
+            snap, st.settings.metrics_classifier_labels, st.settings.engine_hour_price
+        )
+    )
     body = generate_latest(st.metrics.registry) + generate_latest(registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
@@ -71,9 +75,47 @@ class _DatabaseCollector(Collector):
     """Series read from the database at scrape time, so every API process reports the same
     totals whichever worker scored the items."""
 
-    def __init__(self, snap: monitoring.Snapshot, per_classifier: bool):
+    def __init__(
+        self, snap: monitoring.Snapshot, per_classifier: bool, hour_price: float | None = None
+    ):
         self.snap = snap
         self.per_classifier = per_classifier
+        self.hour_price = hour_price
+
+    def cost(self) -> Iterable[Metric]:
+        """Engine time, prompt tokens and items scored per tenant (and per classifier version
+        with its labels), summed over the jobs that recorded them; money with a price."""
+        names = ["tenant", "classifier", "version"] if self.per_classifier else ["tenant"]
+        seconds = CounterMetricFamily(
+            "labelq_engine_seconds", "Engine time spent scoring (fair shares)", labels=names
+        )
+        tokens = CounterMetricFamily("labelq_prompt_tokens", "Prompt tokens scored", labels=names)
+        items = CounterMetricFamily(
+            "labelq_costed_items", "Items scored in jobs whose cost was recorded", labels=names
+        )
+        money = CounterMetricFamily(
+            "labelq_engine_cost",
+            "Engine hours times LABELQ_ENGINE_HOUR_PRICE",
+            labels=names,
+        )
+        totals: dict[tuple[str, ...], list[float]] = {}
+        for tenant, name, version, spent, prompt, scored in self.snap.costs:
+            key: tuple[str, ...] = (
+                (tenant, name, str(version)) if self.per_classifier else (tenant,)
+            )
+            row = totals.setdefault(key, [0.0, 0.0, 0.0])
+            row[0] += spent
+            row[1] += prompt
+            row[2] += scored
+        for labels, (engine, prompts, done) in sorted(totals.items()):
+            seconds.add_metric(list(labels), engine)
+            tokens.add_metric(list(labels), prompts)
+            items.add_metric(list(labels), done)
+            if self.hour_price is not None:
+                money.add_metric(list(labels), engine / 3600 * self.hour_price)
+        yield from (seconds, tokens, items)
+        if self.hour_price is not None:
+            yield money
 
     def collect(self) -> Iterable[Metric]:
         jobs = GaugeMetricFamily("labelq_jobs", "Jobs by state", labels=["state"])
@@ -117,6 +159,7 @@ class _DatabaseCollector(Collector):
         )
         failing.add_metric([], len(self.snap.failing_pipelines))
         yield from (jobs, live, waiting, confidence, predicted, failing)
+        yield from self.cost()
         if self.per_classifier:
             in_a_row = GaugeMetricFamily(
                 "labelq_pipeline_failed_runs_in_a_row",
