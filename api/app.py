@@ -19,6 +19,7 @@ from api.routes import (
     calibrations,
     classifiers,
     dashboard,
+    drift,
     health,
     jobs,
     keys,
@@ -44,7 +45,16 @@ def create_app(services: Services, on_shutdown: Callable[[], None] | None = None
     errors.install(app)
     app.add_middleware(errors.BodyLimit, limit=settings.max_body_bytes)
     app.include_router(health.router)
-    for module in (classifiers, calibrations, jobs, pipelines, keys, webhooks, dashboard):
+    for module in (
+        classifiers,
+        calibrations,
+        jobs,
+        pipelines,
+        keys,
+        webhooks,
+        dashboard,
+        drift,
+    ):
         app.include_router(module.router, responses=errors.ERROR_RESPONSES)
     app.include_router(dashboard.page_router, responses=errors.ERROR_RESPONSES)
     app.mount("/dashboard/static", StaticFiles(packages=[("api", "static")]), name="static")

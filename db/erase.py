@@ -28,6 +28,7 @@ from db.models import (
     Calibration,
     Chunk,
     Classifier,
+    DriftMonitor,
     Erase,
     Job,
     JobItem,
@@ -245,4 +246,8 @@ def tenant_rows(s: Session, *, tenant: str) -> dict[str, int]:
         ("classifiers", delete(Classifier).where(Classifier.tenant == tenant)),
     ):
         removed[name] = rowcount(s.execute(statement.execution_options(synchronize_session=False)))
+    if inspect(s.connection()).has_table(DriftMonitor.__tablename__):  # migration 0025
+        removed["drift_monitors"] = rowcount(
+            s.execute(delete(DriftMonitor).where(DriftMonitor.tenant == tenant))
+        )
     return removed

@@ -640,3 +640,25 @@ ARCHIVED_COLUMNS = (
     "brier",
     "scored_at",
 )
+
+
+class DriftMonitor(Base):
+    """A tenant's drift alarms on one classifier (migration 0025): its thresholds and window,
+    where to send alarms, and what the last check found (`state`)."""
+
+    __tablename__ = "drift_monitors"
+    __table_args__ = (
+        UniqueConstraint("tenant", "classifier", name="uq_drift_monitors_classifier"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    classifier: Mapped[str] = mapped_column(String(200))
+    thresholds: Mapped[dict[str, Any]]
+    window_seconds: Mapped[int] = mapped_column(Integer)
+    min_items: Mapped[int] = mapped_column(Integer)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    state: Mapped[dict[str, Any] | None]
+    checked_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

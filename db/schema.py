@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 # feature -> (table, column) that migration adds
 FEATURES = {
     "cost": ("jobs", "engine_seconds"),  # 0024: engine seconds and prompt tokens per job
+    "drift": ("drift_monitors", "id"),  # 0025: drift alarms
 }
 
 
@@ -33,7 +34,8 @@ class Features:
         if known is not None and now - known[0] < self.ttl:
             return known[1]
         table, column = FEATURES[name]
-        present = column in {c["name"] for c in inspect(s.connection()).get_columns(table)}
+        found = inspect(s.connection())
+        present = found.has_table(table) and column in {c["name"] for c in found.get_columns(table)}
         with self._lock:
             self._known[name] = (now, present)
         return present

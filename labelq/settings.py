@@ -289,6 +289,11 @@ class Settings(BaseSettings):
         "model files, dtype, versions, strategy): `warn` applies it and flags the job; "
         "`refuse` stores those results uncalibrated and flags the job.",
     )
+    drift_every: float = Field(
+        default=900,
+        gt=0,
+        description="Seconds between two checks of a drift monitor (by the reconciler).",
+    )
     engine_hour_price: float | None = Field(
         default=None,
         ge=0,

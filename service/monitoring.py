@@ -4,8 +4,9 @@ workers, and per classifier version the confidence histogram and predicted-label
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from db import chunks, counts, pipelines
+from db import chunks, counts, drift, pipelines
 from db.jobs import count_jobs_by_state
 from db.session import ping
 from service.context import Ctx
@@ -39,6 +40,8 @@ class Snapshot:
     failing_pipelines: list[FailingPipeline]
     # (tenant, classifier, version, engine seconds, prompt tokens, items scored), where recorded
     costs: list[tuple[str, str, int, float, int, int]] = field(default_factory=list)
+    # (tenant, classifier, last check's state) of every enabled drift monitor
+    drift: list[tuple[str, str, dict[str, Any] | None]] = field(default_factory=list)
 
 
 def snapshot(ctx: Ctx) -> Snapshot:
@@ -48,6 +51,7 @@ def snapshot(ctx: Ctx) -> Snapshot:
         by_classifier = counts.confidence_by_classifier(s)
         by_state = count_jobs_by_state(s)
         costs = chunks.cost_by_classifier(s) if ctx.services.features.has(s, "cost") else []
+        monitors = drift.every_state(s) if ctx.services.features.has(s, "drift") else []
     for tenant, name, version, predicted, bucket, count, total in by_classifier:
         r = found.setdefault((tenant, name, version), ClassifierReadings(tenant, name, version))
         for k in range(bucket, len(r.cumulative)):
@@ -55,7 +59,12 @@ def snapshot(ctx: Ctx) -> Snapshot:
         r.confidence_sum += total
         r.predicted[predicted] = r.predicted.get(predicted, 0) + count
     return Snapshot(
-        by_state, queues(ctx), [found[k] for k in sorted(found)], failing_pipelines(ctx), costs
+        by_state,
+        queues(ctx),
+        [found[k] for k in sorted(found)],
+        failing_pipelines(ctx),
+        costs,
+        monitors,
     )
 
 

@@ -22,7 +22,8 @@ one), needs nothing from the broker's memory:
 - marks jobs past their retention (LABELQ_RETENTION) and goes on with erasures asked for, a
   bounded number of rows a sweep (`service.erase`);
 - fills the dashboard's columns of scored rows that lack them (an older release's worker wrote
-  them during a rolling upgrade, or an upgrade left its backfill), a bounded number a sweep.
+  them during a rolling upgrade, or an upgrade left its backfill), a bounded number a sweep;
+- checks the drift monitors that are due, and queues their alarms (`service.drift`).
 
 A task sent twice is harmless: a chunk is claimed under a lease and written once.
 """
@@ -39,7 +40,7 @@ from db import calibrations, chunks, workers
 from db import jobs as job_rows
 from db import pipelines as pipeline_rows
 from db.session import db_now
-from service import backfills, erase, locks, pipelines, webhooks
+from service import backfills, drift, erase, locks, pipelines, webhooks
 from service.context import Ctx
 from service.dispatch import queue_for, send, send_fit
 from service.erase import ErasureReport
@@ -61,6 +62,7 @@ class SweepReport(BaseModel):
     fits_expired: list[int] = []
     erased: ErasureReport = ErasureReport()
     backfilled: int = 0
+    drift_checked: int = 0
 
 
 LOCK = "reconciler"
@@ -116,6 +118,7 @@ def sweep(ctx: Ctx) -> SweepReport:
     report.webhooks_queued = webhooks.enqueue(ctx)
     report.erased = erase.sweep(ctx)  # retention, then erasures asked for, in batches
     report.backfilled = backfills.sweep(ctx)
+    report.drift_checked = drift.sweep(ctx)  # monitors due, alarms into the outbox
     if report.sent or report.unsent or report.jobs_ended:
         log.info(
             "reconciler: sent %d chunk(s), %d could not be sent, ended %d job(s)",

@@ -134,6 +134,7 @@ def test_every_chart_is_drawn_from_the_api(
     shown = page.inner_text("#estimate")
     assert f"on {estimated['measured']['labelled']} labelled" in shown
     assert ("no calibration" in shown) == (estimated["calibration"] is None)
+    assert "no monitor" in shown  # drift alarms: none set on this classifier
 
     series = api.get(f"{DASH}/timeseries", params={"bucket": "day"}).json()["points"]
     assert _marks(page, "timeseries") == [len(series)] * 3 == [2, 2, 2]  # ECE, measured, estimated

@@ -82,6 +82,35 @@ class _DatabaseCollector(Collector):
         self.per_classifier = per_classifier
         self.hour_price = hour_price
 
+    def drift(self) -> Iterable[Metric]:
+        """Drift alarms raised at the monitors' last checks: a count over every tenant, and
+        per classifier and signal (0 or 1, with the value) with the classifier labels."""
+        raised = GaugeMetricFamily(
+            "labelq_drift_alarms", "Drift signals raised at the monitors' last checks"
+        )
+        total = 0
+        per = GaugeMetricFamily(
+            "labelq_drift_raised",
+            "A drift signal past its threshold at the last check (1) or not (0)",
+            labels=["tenant", "classifier", "signal"],
+        )
+        value = GaugeMetricFamily(
+            "labelq_drift_value",
+            "A drift signal's value at the last check",
+            labels=["tenant", "classifier", "signal"],
+        )
+        for tenant, classifier, state in self.snap.drift:
+            for signal, found in ((state or {}).get("signals") or {}).items():
+                total += bool(found.get("raised"))
+                if self.per_classifier:
+                    per.add_metric([tenant, classifier, signal], float(bool(found.get("raised"))))
+                    if found.get("value") is not None:
+                        value.add_metric([tenant, classifier, signal], float(found["value"]))
+        raised.add_metric([], total)
+        yield raised
+        if self.per_classifier:
+            yield from (per, value)
+
     def cost(self) -> Iterable[Metric]:
         """Engine time, prompt tokens and items scored per tenant (and per classifier version
         with its labels), summed over the jobs that recorded them; money with a price."""
@@ -160,6 +189,7 @@ class _DatabaseCollector(Collector):
         failing.add_metric([], len(self.snap.failing_pipelines))
         yield from (jobs, live, waiting, confidence, predicted, failing)
         yield from self.cost()
+        yield from self.drift()
         if self.per_classifier:
             in_a_row = GaugeMetricFamily(
                 "labelq_pipeline_failed_runs_in_a_row",

@@ -248,6 +248,7 @@ async function estimate() {
     ["relies on", r.calibration ? `calibration #${r.calibration.id} (${r.calibration.method}), fitted on job ${r.calibration.fitted_on_job}` : "no calibration"],
     ["shift from the calibration set", `${v.shift} · confidence PSI ${fmt(v.confidence_psi)} · label PSI ${fmt(v.label_psi)}`],
     ["reliable", v.reliable ? "yes" : `no: ${v.reasons.join("; ")}`],
+    ["drift alarms", await driftLine()],
   ];
   const body = $("estimate").tBodies[0];
   body.replaceChildren(...rows.map(([k, value]) => {
@@ -260,6 +261,19 @@ async function estimate() {
     return tr;
   }));
   $("estimate").dataset.reliable = v.reliable ? "1" : "0";
+}
+
+// The classifier's drift monitor, as its last check left it.
+async function driftLine() {
+  const response = await fetch(`${base()}/drift`, { headers: headers() });
+  if (response.status === 404) return "no monitor (PUT /v1/classifiers/{name}/drift sets one)";
+  const m = await response.json();
+  if (!response.ok) return m.error || "unknown";
+  if (!m.state) return "not checked yet";
+  const raised = Object.entries(m.state.signals || {}).filter(([, s]) => s.raised)
+    .map(([name, s]) => `${name} ${fmt(s.value)} > ${fmt(s.threshold)}`);
+  const when = m.checked_at ? ` (checked ${m.checked_at.slice(0, 16)})` : "";
+  return (raised.length ? `raised: ${raised.join("; ")}` : m.state.note || "none raised") + when;
 }
 
 function beforeAfter(metrics, key, digits = 3) {
