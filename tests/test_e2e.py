@@ -283,6 +283,9 @@ def test_items_match_the_scorer_run_directly(service: dict[str, Any], vllm_backe
     assert job["failures"] == {"input": 1}
     assert job["warnings"] == []
     rows = list(client.results(job["id"], limit=50))
+    # what it cost: the worker's engine time and the prompts' tokens
+    assert job["cost"]["engine_seconds"] > 0
+    assert job["cost"]["prompt_tokens"] == sum(r.get("prompt_tokens", 0) for r in rows)
     assert [r["custom_id"] for r in rows] == [it["custom_id"] for it in items]
     assert rows[10]["status"] == "failed" and rows[10]["field"] == "text"
     direct = Scorer(vllm_backend).score(
