@@ -220,6 +220,19 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
 
 
+# What the dashboard's covering indexes carry besides (classifier_id, scored_at): the columns
+# its queries read, and the id (the equal-mass bins' tie-break).
+DASHBOARD_INCLUDE = (
+    "confidence",
+    "predicted",
+    "gold_label",
+    "correct",
+    "brier",
+    "calibration_id",
+    "id",
+)
+
+
 class JobItem(Base):
     """One input of a job, its status, and its result or error."""
 
@@ -235,15 +248,7 @@ class JobItem(Base):
             "ix_items_dashboard",
             "classifier_id",
             "scored_at",
-            postgresql_include=[
-                "confidence",
-                "predicted",
-                "gold_label",
-                "correct",
-                "brier",
-                "calibration_id",
-                "id",
-            ],
+            postgresql_include=list(DASHBOARD_INCLUDE),
         ),
         # The gold-labelled items alone, in confidence order: equal-mass bins read them sorted
         # with no sort step, and every accuracy-type query reads a third of the entries here.
@@ -602,15 +607,7 @@ class ArchivedItem(Base):
             "ix_items_archive_dashboard",
             "classifier_id",
             "scored_at",
-            postgresql_include=[
-                "confidence",
-                "predicted",
-                "gold_label",
-                "correct",
-                "brier",
-                "calibration_id",
-                "id",
-            ],
+            postgresql_include=list(DASHBOARD_INCLUDE),
         ),
         Index("ix_items_archive_job", "job_id"),
     )

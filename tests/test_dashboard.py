@@ -4,6 +4,7 @@ fills the columns for old rows, and the Prometheus series."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -67,13 +68,12 @@ def _seed(
         yield c, {"old": old["id"], "new": new["id"], "calibration": fit["id"], "gold": gold}
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]
-)
-def seeded(
+@contextlib.contextmanager
+def seeded_database(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, fake_scorer: Any
-) -> Iterator[tuple[TestClient, dict[str, Any]]]:
-    """One seeded database per module and backend: the queries only read it."""
+) -> Iterator[tuple[TestClient, dict[str, Any], sessionmaker[Session]]]:
+    """A database of `request.param` (sqlite or postgresql) seeded by `_seed`, with sessions on
+    it, emptied afterwards: one per module and backend where the tests only read it."""
     from db.migrate import upgrade
     from tests.conftest import _empty_postgres, engine_at
 
@@ -85,13 +85,25 @@ def seeded(
     if request.param == "postgresql":
         _empty_postgres(url)
     engine = engine_at(url)
+    factory = sessionmaker(engine, expire_on_commit=False)
     try:
-        with _seed(sessionmaker(engine, expire_on_commit=False), fake_scorer) as seeded:
-            yield seeded
+        with _seed(factory, fake_scorer) as (c, ids):
+            yield c, ids, factory
     finally:
         engine.dispose()
         if request.param == "postgresql":
             _empty_postgres(url)
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]
+)
+def seeded(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, fake_scorer: Any
+) -> Iterator[tuple[TestClient, dict[str, Any]]]:
+    """One seeded database per module and backend: the queries only read it."""
+    with seeded_database(request, tmp_path_factory, fake_scorer) as (c, ids, _):
+        yield c, ids
 
 
 def _labelled(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:

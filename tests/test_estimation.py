@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from labelq import estimation as est
 from tests.conftest import create_key, make_client
-from tests.test_dashboard import DASH, NAME, SPEC, _seed
+from tests.test_dashboard import DASH, NAME, SPEC, seeded_database
 
 
 def _sums(conf: np.ndarray, correct: np.ndarray | None = None) -> est.Sums:
@@ -84,29 +84,12 @@ def test_psi_and_the_validity_signal() -> None:
     scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]
 )
 def seeded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from sqlalchemy.orm import sessionmaker
-
-    from db.migrate import upgrade
+    """The dashboard's seeded database, with its sessions (the fit tests write to it)."""
     from labelq.backends.fake import FakeBackend
     from labelq.scoring import Scorer
-    from tests.conftest import _empty_postgres, engine_at
 
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('estimate') / 'labelq.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    upgrade(url)
-    if request.param == "postgresql":
-        _empty_postgres(url)
-    engine = engine_at(url)
-    factory = sessionmaker(engine, expire_on_commit=False)
-    try:
-        with _seed(factory, Scorer(FakeBackend())) as (c, ids):
-            yield c, ids, factory
-    finally:
-        engine.dispose()
-        if request.param == "postgresql":
-            _empty_postgres(url)
+    with seeded_database(request, tmp_path_factory, Scorer(FakeBackend())) as seeded:
+        yield seeded
 
 
 def _confidences(c: TestClient, job: str, calibration: str) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ Every query takes the same filters: `version`, `calibration` (stored | none | ac
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Annotated, cast, get_args
@@ -32,22 +33,31 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def filters(
-    version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
-    calibration: Annotated[
-        str, Query(max_length=20, description="stored, none, active or a calibration id")
-    ] = "stored",
-    from_: Annotated[datetime | None, Query(alias="from", description="scored at or after")] = None,
-    to: Annotated[datetime | None, Query(description="scored before")] = None,
-    job: Annotated[str | None, Query(max_length=36)] = None,
-    fingerprint: Annotated[
-        str | None, Query(max_length=32, description="only items scored by this engine")
-    ] = None,
-) -> dashboard.Query:
-    return dashboard.Query(version, calibration, _utc(from_), _utc(to), job, fingerprint)
+def filters_for(default_calibration: str) -> Callable[..., dashboard.Query]:
+    """The filters every query takes, with the calibration it reads under by default."""
+
+    def filters(
+        version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+        calibration: Annotated[
+            str, Query(max_length=20, description="stored, none, active or a calibration id")
+        ] = default_calibration,
+        from_: Annotated[
+            datetime | None, Query(alias="from", description="scored at or after")
+        ] = None,
+        to: Annotated[datetime | None, Query(description="scored before")] = None,
+        job: Annotated[str | None, Query(max_length=36)] = None,
+        fingerprint: Annotated[
+            str | None, Query(max_length=32, description="only items scored by this engine")
+        ] = None,
+    ) -> dashboard.Query:
+        return dashboard.Query(version, calibration, _utc(from_), _utc(to), job, fingerprint)
+
+    return filters
 
 
-Filters = Annotated[dashboard.Query, Depends(filters)]
+Filters = Annotated[dashboard.Query, Depends(filters_for("stored"))]
+# The label-free estimate relies on a calibration: the active one unless another is asked for.
+ActiveFilters = Annotated[dashboard.Query, Depends(filters_for("active"))]
 
 
 def _floats(text: str, field: str) -> list[float]:
@@ -73,17 +83,8 @@ async def reliability(
 @router.get("/estimated-performance", response_model=dashboard.EstimatedPerformance)
 async def estimated_performance(
     name: str,
+    q: ActiveFilters,
     call: Reading,
-    version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
-    calibration: Annotated[
-        str, Query(max_length=20, description="active (default), stored, none or an id")
-    ] = "active",
-    from_: Annotated[datetime | None, Query(alias="from", description="scored at or after")] = None,
-    to: Annotated[datetime | None, Query(description="scored before")] = None,
-    job: Annotated[str | None, Query(max_length=36)] = None,
-    fingerprint: Annotated[
-        str | None, Query(max_length=32, description="only items scored by this engine")
-    ] = None,
     level: Annotated[float, Query(description="the interval's confidence level")] = 0.95,
 ) -> dashboard.EstimatedPerformance:
     """Accuracy without labels: the expected accuracy of the scored items in scope from their
@@ -93,7 +94,6 @@ async def estimated_performance(
     this traffic's confidence and predicted-label distributions are from the calibration set's
     (PSI; a large shift marks the estimate as not to be relied on). The same filters as the
     other queries, under the active calibration unless another is asked for."""
-    q = filters(version, calibration, from_, to, job, fingerprint)
     return await call(dashboard.estimated_performance, name, q, level)
 
 
