@@ -55,4 +55,5 @@ def test_a_first_run_prints_at_most_five_engine_lines(
     assert len(engine) <= 5, "\n".join(engine)
     loaded = [line for line in lines if "loaded model" in line]
     assert len(loaded) == 1  # labelq's own line says the precision and the load time
+    assert "warmed up in" in loaded[0]  # the first job runs at the steady rate
     assert ("bfloat16" in loaded[0]) == (dtype == "bfloat16"), loaded[0]
