@@ -56,4 +56,13 @@ def test_a_first_run_prints_at_most_five_engine_lines(
     loaded = [line for line in lines if "loaded model" in line]
     assert len(loaded) == 1  # labelq's own line says the precision and the load time
     assert "warmed up in" in loaded[0]  # the first job runs at the steady rate
+    if dtype == "auto":  # the default on a float32 checkpoint: a float32 forward pass's numbers
+        from tests.reference import reference_logprob
+
+        rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+        for i, row in enumerate(rows[:5]):
+            prompt = f"Review: review {i}\nSentiment:"
+            for label, completion in (("positive", " positive"), ("negative", " negative")):
+                want = reference_logprob(tiny_model, prompt, completion)
+                assert abs(row["completion_logprobs"][label][completion] - want) < 1e-3
     assert ("bfloat16" in loaded[0]) == (dtype == "bfloat16"), loaded[0]
