@@ -403,14 +403,18 @@ class Settings(BaseSettings):
 
     def allowed_models(self) -> dict[str, str]:
         """Alias or model -> the model served (a model is its own alias)."""
+        from labelq.backends.identity import canonical_model
+
         out: dict[str, str] = {}
         for entry in [*self.models, *([self.model] if self.model else [])]:
             alias, sep, path = entry.partition("=")
             if sep and alias and path:
                 out[alias] = path
                 out[path] = path
+                out[canonical_model(path)] = path
             else:
                 out[entry] = entry
+                out[canonical_model(entry)] = entry
         return out
 
     def resolve_model(self, requested: str | None) -> str:
@@ -426,6 +430,10 @@ class Settings(BaseSettings):
                     field="model",
                 )
             return self.model
+        from labelq.backends.identity import canonical_model
+
+        if requested not in allowed and canonical_model(requested) in allowed:
+            requested = canonical_model(requested)
         if requested not in allowed:
             shown = sorted({k for k, v in allowed.items() if k != v} | set(allowed.values()))
             raise InputError(

@@ -16,6 +16,7 @@ from db import calibrations, chunks
 # A job's first chunks go first (`db.chunks.PRIORITY_BANDS`, which the reconciler reads too).
 from db.chunks import chunk_priority as chunk_priority
 from db.session import db_now
+from labelq.backends.identity import canonical_model
 
 if TYPE_CHECKING:
     from service.context import Ctx
@@ -32,7 +33,9 @@ CONTROL_QUEUE = "labelq.control"
 
 
 def queue_for(model: str) -> str:
-    """One Celery queue per model, so workers with different models serve one deployment."""
+    """One Celery queue per model, so workers with different models serve one deployment;
+    named from the model's canonical spelling (`/models/m/` and `/models/m` are one queue)."""
+    model = canonical_model(model)
     digest = hashlib.sha1(model.encode()).hexdigest()[:10]
     tail = "".join(
         c if c.isalnum() or c in "-_." else "-" for c in model.rstrip("/").split("/")[-1]

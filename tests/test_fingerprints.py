@@ -112,3 +112,19 @@ def test_a_real_engine_knows_its_fingerprint(vllm_backend: Any, per_candidate_ba
     assert fp is not None and len(fp) == 16 and vllm_backend.fingerprint == fp
     assert per_candidate_backend.fingerprint not in (None, fp)
     assert Scorer(vllm_backend).fingerprint == fp
+
+
+def test_one_model_spelled_two_ways_is_one_queue() -> None:
+    """`/models/m/` and `/models//m` were queues of their own, which no worker of `/models/m`
+    served; a canonical spelling keeps the name it had, so workers of the previous release
+    still share its queue."""
+    from labelq.settings import Settings
+    from service.dispatch import queue_for
+
+    assert queue_for("/models/m/") == queue_for("/models//m") == queue_for("/models/./m")
+    assert queue_for("/models/m") == "labelq.m.e50e27cdaf"  # as the previous release named it
+    assert queue_for("org/name") == "labelq.name.62523cc68e"
+    assert queue_for("/models/a") != queue_for("/models/b")
+    settings = Settings(models=["/models/m", "big=/models/big"])
+    assert settings.resolve_model("/models/m/") == "/models/m"
+    assert settings.resolve_model("/models/big/") == "/models/big"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +49,12 @@ def fingerprint(description: dict[str, Any]) -> str:
     """A short stable hash of `describe`'s answer."""
     blob = json.dumps(description, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def canonical_model(model: str) -> str:
+    """One spelling per model: a path without trailing or doubled slashes or `.` parts
+    (`/models/m/` and `/models//m` are `/models/m`), a hub id as it is. Queue names and the
+    models a service allows are read through it, so two spellings of one model share one
+    queue; a spelling that is already canonical is unchanged (so are its queue's name)."""
+    stripped = model.strip()
+    return posixpath.normpath(stripped) if stripped else stripped
