@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,8 @@ def alembic_config(url: str) -> Config:
 # a schema can be rolled forward while it runs. Raise it only when the code starts to need a
 # newer revision (a test runs a job on a database at exactly this revision).
 OLDEST_SCHEMA = "0020"
+# The PostgreSQL advisory lock `labelq db upgrade` holds (a constant of labelq's own).
+UPGRADE_LOCK = 0x6C6162656C71  # "labelq"
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,29 @@ def backfill(url: str, batch: int = 2000, limit: int | None = None) -> int:
     return done
 
 
+@contextmanager
+def _one_at_a_time(engine: Any) -> Iterator[None]:
+    """On PostgreSQL, one `labelq db upgrade` at a time (every API pod runs one as it starts):
+    the others wait, then find the revisions done. The lock is a session-level advisory lock
+    on a connection of its own, freed when it closes, even if this process dies. A waiter
+    polls with `pg_try_advisory_lock` and holds no transaction between tries: one waiting in
+    `pg_advisory_lock` would be a transaction that the holder's CREATE INDEX CONCURRENTLY
+    waits for, a deadlock."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    from sqlalchemy import text
+
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as lock:
+        try_lock = text("SELECT pg_try_advisory_lock(:key)")
+        while not lock.execute(try_lock, {"key": UPGRADE_LOCK}).scalar():
+            time.sleep(0.5)
+        try:
+            yield
+        finally:
+            lock.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": UPGRADE_LOCK})
+
+
 def upgrade(url: str, revision: str = "head", *, fill: bool = True, batch: int = 2000) -> int:
     """Bring the database at `url` to `revision` (the newest by default), one transaction per
     revision: a revision that fails is rolled back whole and leaves the ones before it done,
@@ -162,7 +190,7 @@ def upgrade(url: str, revision: str = "head", *, fill: bool = True, batch: int =
             conn.exec_driver_sql("BEGIN")  # ...labelq does, DDL included
 
     try:
-        with engine.connect() as connection:
+        with _one_at_a_time(engine), engine.connect() as connection:
             config = alembic_config(url)
             config.attributes["connection"] = connection
             command.upgrade(config, revision)

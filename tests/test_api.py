@@ -223,14 +223,32 @@ def test_health_ready_metrics(bare_client: Any) -> None:
     assert 'labelq_http_requests_total{method="POST",route="/v1/jobs",status="202"} 1.0' in text
 
 
-def test_readyz_reports_a_dead_broker(factory: Any) -> None:
+def test_readyz_reports_a_dead_broker_and_stays_ready(factory: Any) -> None:
+    """A broker that does not answer is reported, but the API stays ready (every pod would
+    otherwise leave its Service at once on a Redis blip) and still takes a job: the reconciler
+    sends its tasks when the broker is back. A database that does not answer is not ready."""
     from service.dispatch import CeleryDispatcher
 
     dead = CeleryDispatcher("redis://127.0.0.1:1/0")
-    app = create_app(services_of(factory, Settings(model="m"), dead))
-    with TestClient(app) as c:
+    app = create_app(services_of(factory, Settings(model="m", no_auth=True), dead))
+    with TestClient(app, base_url="http://127.0.0.1", client=("127.0.0.1", 5)) as c:
         r = c.get("/readyz")
-        assert r.status_code == 503 and r.json()["checks"]["broker"] is False
+        assert r.status_code == 200 and r.json()["checks"]["broker"] is False
+        assert r.json()["degraded"] == ["broker"]
+        c.post("/v1/classifiers", json=SPEC)
+        taken = c.post("/v1/jobs", json={"classifier": "api-test", "items": [{"text": "x"}]})
+        assert taken.status_code == 202, taken.text
+    gone = create_app(services_of(_broken_database(), Settings(model="m"), dead))
+    with TestClient(gone) as c:
+        assert c.get("/readyz").status_code == 503
+
+
+def _broken_database() -> Any:
+    from sqlalchemy.orm import sessionmaker
+
+    from tests.conftest import engine_at
+
+    return sessionmaker(engine_at("postgresql+psycopg://nobody@127.0.0.1:1/none"))
 
 
 def test_retry_resubmits_failed_and_cancelled_items(bare_client: Any) -> None:

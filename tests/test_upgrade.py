@@ -235,3 +235,29 @@ def test_this_code_runs_on_its_oldest_schema(tmp_path: Any, fake_scorer: Any) ->
             assert s.scalar(select(func.count()).select_from(ArchivedItem)) == 120
         assert c.get(f"{DASH}/reliability", params={"job": job["id"]}).json()["n"] == 120
     engine.dispose()
+
+
+@pytest.mark.slow
+def test_upgrades_started_at_once_run_one_after_the_other() -> None:
+    """Every API pod runs `labelq db upgrade` as it starts (an init container): three at once
+    on an empty PostgreSQL database all end well, the schema at the head, each revision once."""
+    import threading
+
+    from tests.test_pipelines import scratch_postgres
+
+    with scratch_postgres() as url:
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                upgrade(url)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert errors == []
+        assert require_current(url) is None

@@ -31,18 +31,22 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(response: Response, st: StateDep, call: Monitoring) -> dict[str, Any]:
-    """Ready when the database and the broker answer. Queues with unfinished jobs and no live
-    worker are listed under `unserved_queues`, and how many pipelines keep failing under
-    `failing_pipelines` (the service is still ready: it takes jobs; these need an operator)."""
+    """Ready when the database answers. A broker that does not is reported (`degraded`) but
+    keeps the process ready: jobs are still taken and stored, and the reconciler sends their
+    tasks once the broker is back, so a Redis blip must not take every API pod out of its
+    Service at once. Queues with unfinished jobs and no live worker are listed under
+    `unserved_queues`, and how many pipelines keep failing under `failing_pipelines` (the
+    service is still ready: it takes jobs; these need an operator)."""
     unserved = await call(monitoring.unserved_queues)
     broker = await call(monitoring.broker_answers)
     failing = await call(monitoring.failing_pipelines) if unserved is not None else []
     checks = {"database": unserved is not None, "broker": broker}
-    ready = all(checks.values())
+    ready = checks["database"]
     response.status_code = 200 if ready else 503
     return {
         "status": "ready" if ready else "not ready",
         "checks": checks,
+        "degraded": [name for name, ok in checks.items() if not ok],
         "unserved_queues": unserved or [],
         # a count: this probe answers anyone, the names are /metrics' and each tenant's own
         "failing_pipelines": len(failing),
