@@ -91,6 +91,67 @@ def test_env_example_and_readme_name_every_setting() -> None:
         assert f"LABELQ_{name.upper()}" in readme
 
 
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """What in a pod spec breaks the `restricted` Pod Security Standard (Kubernetes 1.31): no
+    host namespaces, ports or paths, no privileged containers or added capabilities beyond
+    NET_BIND_SERVICE, ALL dropped, no privilege escalation, non-root, a RuntimeDefault or
+    Localhost seccomp profile, only the volume types it allows."""
+    out = []
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key):
+            out.append(key)
+    allowed = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+               "persistentVolumeClaim", "projected", "secret"}  # fmt: skip
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= allowed:
+            out.append(f"volume {volume['name']}: {kinds - allowed}")
+    pod_sc = pod.get("securityContext", {})
+    for container in [*pod.get("initContainers", []), *pod["containers"]]:
+        name, sc = container["name"], container.get("securityContext", {})
+        if sc.get("privileged"):
+            out.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"{name}: allowPrivilegeEscalation is not false")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []):
+            out.append(f"{name}: capabilities do not drop ALL")
+        if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            out.append(f"{name}: adds capabilities")
+        if not sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")):
+            out.append(f"{name}: runAsNonRoot is not true")
+        if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+            out.append(f"{name}: runs as user 0")
+        seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            out.append(f"{name}: seccompProfile {seccomp}")
+        if any(p.get("hostPort") for p in container.get("ports", [])):
+            out.append(f"{name}: hostPort")
+    return out
+
+
+def test_the_restricted_check_finds_what_it_should() -> None:
+    good = {
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [
+            {
+                "name": "c",
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+            }
+        ],
+    }
+    assert restricted_violations(good) == []
+    bad = json.loads(json.dumps(good))
+    bad["containers"][0]["securityContext"]["capabilities"] = {"add": ["SYS_ADMIN"]}
+    bad["hostNetwork"] = True
+    bad["volumes"] = [{"name": "h", "hostPath": {"path": "/"}}]
+    del bad["securityContext"]["seccompProfile"]
+    assert len(restricted_violations(bad)) == 5
+
+
 def _render(overlay: str) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
@@ -125,15 +186,32 @@ def test_kustomize_overlays_render_valid_kubernetes(overlay: str) -> None:
         ("Deployment", "labelq-api"),
         ("Service", "labelq-api"),
         ("PodDisruptionBudget", "labelq-api"),
+        ("HorizontalPodAutoscaler", "labelq-api"),
         ("Deployment", "labelq-beat"),
         ("Deployment", "labelq-worker"),
-        ("Job", "labelq-migrate"),
-        ("Secret", "labelq-secrets"),
         ("ConfigMap", "labelq-config"),
+        ("ServiceAccount", "labelq"),
+        ("NetworkPolicy", "labelq-deny-ingress"),
+        ("NetworkPolicy", "labelq-api-ingress"),
     } <= set(by)
+    # Secrets come from the operator's store, never from these manifests (an apply would
+    # overwrite the real one), and no Job (immutable: the next release could not apply it).
+    assert not [d for d in docs if d["kind"] in ("Secret", "Job")]
     assert by["Deployment", "labelq-beat"]["spec"]["replicas"] == 1
-    secret = by["Secret", "labelq-secrets"]["stringData"]
-    assert {"LABELQ_DATABASE_URL", "LABELQ_BROKER_URL", "LABELQ_API_KEY"} <= set(secret)
+    example = (DEPLOY / "k8s" / "secrets.env.example").read_text()
+    for name in ("LABELQ_DATABASE_URL", "LABELQ_BROKER_URL", "LABELQ_API_KEY"):
+        assert f"{name}=" in example
+    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+        pod = deployment["spec"]["template"]
+        assert pod["metadata"]["labels"]["app.kubernetes.io/part-of"] == "labelq"  # the policy
+        assert pod["spec"]["serviceAccountName"] == "labelq"
+        assert pod["spec"]["automountServiceAccountToken"] is False
+        assert not restricted_violations(pod["spec"]), deployment["metadata"]["name"]
+        (migrate,) = pod["spec"]["initContainers"]
+        assert migrate["args"] == ["db", "upgrade", "--no-backfill"]
+        for container in [*pod["spec"]["initContainers"], *pod["spec"]["containers"]]:
+            refs = [e.get("secretRef", {}).get("name") for e in container["envFrom"]]
+            assert "labelq-secrets" in refs
     worker = by["Deployment", "labelq-worker"]["spec"]["template"]["spec"]
     container = worker["containers"][0]
     assert container["readinessProbe"]["exec"]["command"] == ["test", "-f", "/tmp/labelq-ready"]
