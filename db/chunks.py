@@ -745,6 +745,24 @@ def unfinished_queues(s: Session) -> dict[str, int]:
     }
 
 
+# What a queue's workers have to do: its chunks pending or being scored. KEDA scales workers on
+# the same count (deploy/k8s/components/keda: the query there is this one, in SQL).
+WORK_STATES = (ChunkState.pending, ChunkState.running)
+
+
+def chunks_by_queue(s: Session) -> dict[str, dict[str, int]]:
+    """Queue -> chunk state (pending, running) -> how many, over unfinished jobs."""
+    out: dict[str, dict[str, int]] = {}
+    for queue, state, n in s.execute(
+        select(Job.queue, Chunk.state, func.count())
+        .join(Job, Job.id == Chunk.job_id)
+        .where(Chunk.state.in_(WORK_STATES))
+        .group_by(Job.queue, Chunk.state)
+    ):
+        out.setdefault(queue, {})[str(state)] = int(n)
+    return out
+
+
 def requeue_after_restart(s: Session, queue: str) -> int:
     """For the embedded default, whose task queue lived in the memory of a process that is gone:
     every unfinished chunk of `queue` needs a new task, and leases held by that process are void.

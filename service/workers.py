@@ -18,6 +18,8 @@ class QueueHealth(BaseModel):
     queue: str
     live_workers: int
     unfinished_jobs: int
+    pending_chunks: int = 0  # waiting for a worker
+    running_chunks: int = 0  # being scored (under a lease)
 
 
 def beat(ctx: Ctx, name: str, queue: str, model: str) -> None:
@@ -43,8 +45,15 @@ def queues(ctx: Ctx) -> list[QueueHealth]:
     live = live_queues(ctx)
     with ctx.reads() as s:
         waiting = chunks.unfinished_queues(s)
+        work = chunks.chunks_by_queue(s)
     return [
-        QueueHealth(queue=q, live_workers=live.get(q, 0), unfinished_jobs=waiting.get(q, 0))
+        QueueHealth(
+            queue=q,
+            live_workers=live.get(q, 0),
+            unfinished_jobs=waiting.get(q, 0),
+            pending_chunks=work.get(q, {}).get("pending", 0),
+            running_chunks=work.get(q, {}).get("running", 0),
+        )
         for q in sorted(set(live) | set(waiting))
     ]
 

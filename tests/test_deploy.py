@@ -177,7 +177,11 @@ def test_kustomize_overlays_render_valid_kubernetes(overlay: str) -> None:
             kubernetes_validate.validate(doc, "1.31.0", strict=True)
         except kubernetes_validate.SchemaNotFoundError:
             skipped.append(f"{doc['apiVersion']}/{doc['kind']}")
-    expected_skips = ["keda.sh/v1alpha1/ScaledObject"] if overlay == "gpu" else []
+    expected_skips = (
+        ["keda.sh/v1alpha1/ScaledObject", "keda.sh/v1alpha1/TriggerAuthentication"]
+        if overlay == "gpu"
+        else []
+    )
     print(f"\n{overlay}: {len(docs)} objects; custom resources not validated: {skipped}")
     assert skipped == expected_skips
 
@@ -226,7 +230,11 @@ def test_kustomize_overlays_render_valid_kubernetes(overlay: str) -> None:
         assert worker["nodeSelector"] and worker["tolerations"]
         scaled = by["ScaledObject", "labelq-worker"]
         assert scaled["spec"]["scaleTargetRef"]["name"] == "labelq-worker"
-        assert scaled["spec"]["triggers"][0]["type"] == "redis"
+        (trigger,) = scaled["spec"]["triggers"]
+        assert trigger["type"] == "postgresql"
+        assert "chunks.state IN ('pending', 'running')" in trigger["metadata"]["query"]
+        auth = by["TriggerAuthentication", trigger["authenticationRef"]["name"]]
+        assert auth["spec"]["secretTargetRef"][0]["name"] == "labelq-secrets"
     else:
         assert "worker-cpu" in image
         assert "nvidia.com/gpu" not in json.dumps(worker)
@@ -258,3 +266,39 @@ def test_dockerfiles_are_multi_stage_pinned_and_unprivileged(name: str) -> None:
 def test_dockerignore_keeps_the_build_context_small() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", "tests", "bench"} <= set(ignored)
+
+
+def test_the_autoscalers_query_counts_what_metrics_calls_a_queues_work(
+    factory: Any, fake_scorer: Any
+) -> None:
+    """The KEDA component's SQL, run on labelq's own schema, gives a queue's chunks pending or
+    being scored: the count /metrics exports as labelq_queue_chunks."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from sqlalchemy import text, update
+
+    from db.models import Chunk, ChunkState
+    from tests.conftest import make_client
+
+    scaled = yaml.safe_load_all((DEPLOY / "k8s/components/keda/scaledobject.yaml").read_text())
+    query = next(d for d in scaled if d["kind"] == "ScaledObject")["spec"]["triggers"][0]
+    sql = query["metadata"]["query"]
+    c, _ = make_client(factory, None)  # no scorer: the chunks stay pending
+    with c:
+        c.post("/v1/classifiers", json={"name": "q", "template": "{{ text }}",
+                                        "labels": {"a": " a", "b": " b"}})  # fmt: skip
+        job = c.post("/v1/jobs", json={"classifier": "q", "items": [{"text": "x"}] * 10}).json()
+        with factory() as s:
+            s.execute(update(Chunk).where(Chunk.seq == 0).values(state=ChunkState.running))
+            s.commit()
+            queue = s.execute(text("SELECT queue FROM jobs WHERE id = :id"), {"id": job["id"]})
+            name = queue.scalar_one()
+            counted = s.execute(text(sql.replace(
+                "labelq.qwen2.5-1.5b-instruct.06ba8deb14", name))).scalar_one()  # fmt: skip
+        samples = {
+            s.labels["state"]: s.value
+            for f in text_string_to_metric_families(c.get("/metrics").text)
+            for s in f.samples
+            if s.name == "labelq_queue_chunks" and s.labels["queue"] == name
+        }
+    assert counted == 3 == samples["pending"] + samples["running"]  # 10 items, chunks of 4
+    assert samples["running"] == 1

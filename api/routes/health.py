@@ -162,9 +162,17 @@ class _DatabaseCollector(Collector):
             "Unfinished jobs per model queue (with no live worker they cannot progress)",
             labels=["queue", "served"],
         )
+        work = GaugeMetricFamily(
+            "labelq_queue_chunks",
+            "Chunks per model queue waiting for a worker (pending) or being scored (running): "
+            "what workers scale on",
+            labels=["queue", "state"],
+        )
         for q in self.snap.queues:
             live.add_metric([q.queue], q.live_workers)
             waiting.add_metric([q.queue, "yes" if q.live_workers else "no"], q.unfinished_jobs)
+            work.add_metric([q.queue, "pending"], q.pending_chunks)
+            work.add_metric([q.queue, "running"], q.running_chunks)
         names = ["tenant", "classifier", "version"] if self.per_classifier else []
         confidence = HistogramMetricFamily(
             "labelq_confidence", "Confidence of scored items (as stored)", labels=names
@@ -191,7 +199,7 @@ class _DatabaseCollector(Collector):
             "Enabled pipelines with LABELQ_PIPELINE_FAILING_AFTER or more failed runs in a row",
         )
         failing.add_metric([], len(self.snap.failing_pipelines))
-        yield from (jobs, live, waiting, confidence, predicted, failing)
+        yield from (jobs, live, waiting, work, confidence, predicted, failing)
         yield from self.cost()
         yield from self.drift()
         if self.per_classifier:
