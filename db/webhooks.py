@@ -283,3 +283,13 @@ def deliveries(
     if run_ids is not None:
         query = query.where(WebhookDelivery.pipeline_run_id.in_(run_ids))
     return list(s.scalars(query))
+
+
+def count_by_status(s: Session) -> dict[str, int]:
+    """Every tenant's deliveries by status (pending, delivered, failed), for /metrics."""
+    return {
+        str(status): int(n)
+        for status, n in s.execute(
+            select(WebhookDelivery.status, func.count()).group_by(WebhookDelivery.status)
+        )
+    }

@@ -14,6 +14,13 @@ if ! command -v chromium >/dev/null 2>&1; then
   (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) \
     || echo "could not install chromium: the dashboard page test will fail" >&2
 fi
+# promtool checks the alert rules and a live /metrics (Debian's prometheus package brings it;
+# its server is not started).
+if ! command -v promtool >/dev/null 2>&1; then
+  (apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
+    || (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends prometheus >/dev/null)) \
+    || echo "could not install prometheus: the promtool tests will fail" >&2
+fi
 for _ in $(seq 1 30); do
   (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && break
   sleep 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from db import chunks, counts, drift, pipelines
+from db import chunks, counts, drift, pipelines, webhooks
 from db.jobs import count_jobs_by_state
 from db.session import ping
 from service.context import Ctx
@@ -42,6 +42,7 @@ class Snapshot:
     costs: list[tuple[str, str, int, float, int, int]] = field(default_factory=list)
     # (tenant, classifier, last check's state) of every enabled drift monitor
     drift: list[tuple[str, str, dict[str, Any] | None]] = field(default_factory=list)
+    webhooks: dict[str, int] = field(default_factory=dict)  # deliveries by status
 
 
 def snapshot(ctx: Ctx) -> Snapshot:
@@ -52,6 +53,7 @@ def snapshot(ctx: Ctx) -> Snapshot:
         by_state = count_jobs_by_state(s)
         costs = chunks.cost_by_classifier(s) if ctx.services.features.has(s, "cost") else []
         monitors = drift.every_state(s) if ctx.services.features.has(s, "drift") else []
+        deliveries = webhooks.count_by_status(s)
     for tenant, name, version, predicted, bucket, count, total in by_classifier:
         r = found.setdefault((tenant, name, version), ClassifierReadings(tenant, name, version))
         for k in range(bucket, len(r.cumulative)):
@@ -65,6 +67,7 @@ def snapshot(ctx: Ctx) -> Snapshot:
         failing_pipelines(ctx),
         costs,
         monitors,
+        deliveries,
     )
 
 

@@ -302,3 +302,55 @@ def test_the_autoscalers_query_counts_what_metrics_calls_a_queues_work(
         }
     assert counted == 3 == samples["pending"] + samples["running"]  # 10 items, chunks of 4
     assert samples["running"] == 1
+
+
+def _promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        pytest.fail("promtool is needed: deploy/test.sh installs Debian's prometheus")
+    return found
+
+
+def test_the_alert_rules_pass_promtool(tmp_path: Path) -> None:
+    rule = yaml.safe_load((DEPLOY / "k8s/components/monitoring/prometheusrule.yaml").read_text())
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    checked = subprocess.run(
+        [_promtool(), "check", "rules", str(rules)], capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert {
+        "LabelqQueueWithoutWorkers",
+        "LabelqJobsExpired",
+        "LabelqWebhooksFailing",
+        "LabelqPipelinesFailing",
+        "LabelqDrift",
+    } <= alerts
+
+
+def test_every_series_the_alerts_and_the_board_read_is_served_and_passes_promtool(
+    factory: Any, fake_scorer: Any
+) -> None:
+    """A live /metrics (a scored job, per-classifier labels on) passes `promtool check
+    metrics`, and serves every series the alert rules name."""
+    from tests.conftest import make_client
+
+    c, _ = make_client(factory, fake_scorer, metrics_classifier_labels=True)
+    with c:
+        c.post("/v1/classifiers", json={"name": "q", "template": "{{ text }}",
+                                        "labels": {"a": " a", "b": " b"}})  # fmt: skip
+        c.post("/v1/jobs", json={"classifier": "q", "items": [{"text": "x"}] * 5})
+        body = c.get("/metrics").text
+    checked = subprocess.run(
+        [_promtool(), "check", "metrics"], input=body, capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    rule = yaml.safe_load((DEPLOY / "k8s/components/monitoring/prometheusrule.yaml").read_text())
+    named = {
+        m
+        for g in rule["spec"]["groups"]
+        for r in g["rules"]
+        for m in re.findall(r"labelq_[a-z_]+", r["expr"])
+    }
+    assert named and all(f"\n{m}" in body or f"# TYPE {m} " in body for m in named), named

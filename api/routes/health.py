@@ -199,7 +199,14 @@ class _DatabaseCollector(Collector):
             "Enabled pipelines with LABELQ_PIPELINE_FAILING_AFTER or more failed runs in a row",
         )
         failing.add_metric([], len(self.snap.failing_pipelines))
-        yield from (jobs, live, waiting, work, confidence, predicted, failing)
+        deliveries = GaugeMetricFamily(
+            "labelq_webhook_deliveries",
+            "Webhook deliveries by status (failed: their retry window ran out)",
+            labels=["status"],
+        )
+        for status in ("pending", "delivered", "failed"):
+            deliveries.add_metric([status], self.snap.webhooks.get(status, 0))
+        yield from (jobs, live, waiting, work, confidence, predicted, failing, deliveries)
         yield from self.cost()
         yield from self.drift()
         if self.per_classifier:
