@@ -371,10 +371,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for ep in entry_points(group="labelq.commands"):
         ep.load()(sub)
     args = parser.parse_args(argv)
-    logs.configure(args.verbose)
     try:
+        settings = Settings()
+        logs.configure(args.verbose, json_lines=settings.log_format == "json")
         handler: Handler = args.handler
-        return handler(args, Settings())
+        return handler(args, settings)
     except LabelqError as exc:
         if args.verbose:
             raise

@@ -15,10 +15,33 @@ import logging
 import os
 import tempfile
 import warnings
+from datetime import UTC, datetime
 from pathlib import Path
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-DATE_FORMAT = "%H:%M:%S"
+DATE_FORMAT = "%Y-%m-%dT%H:%M:%S%z"  # the date and the zone too: logs outlive the day
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line (LABELQ_LOG_FORMAT=json): `time` (ISO 8601, milliseconds, UTC),
+    `level`, `logger`, `message`, and `exception` when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+def _formatter(json_lines: bool) -> logging.Formatter:
+    return JsonFormatter() if json_lines else logging.Formatter(FORMAT, DATE_FORMAT)
+
+
 OWN_LOGGERS = ("labelq", "service", "worker", "api", "db")
 
 
@@ -45,7 +68,7 @@ class EngineNoise(logging.Filter):
         return not message.startswith(ENGINE_NOISE)
 
 
-def vllm_config(level: str, quiet: bool = True) -> dict[str, object]:
+def vllm_config(level: str, quiet: bool = True, json_lines: bool = False) -> dict[str, object]:
     """A `logging.config.dictConfig` for vLLM's loggers in labelq's format."""
     handler: dict[str, object] = {
         "class": "logging.StreamHandler",
@@ -57,14 +80,18 @@ def vllm_config(level: str, quiet: bool = True) -> dict[str, object]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"labelq": {"format": FORMAT, "datefmt": DATE_FORMAT}},
+        "formatters": {
+            "labelq": {"()": "labelq.logs.JsonFormatter"}
+            if json_lines
+            else {"format": FORMAT, "datefmt": DATE_FORMAT}
+        },
         "filters": {"noise": {"()": "labelq.logs.EngineNoise"}},
         "handlers": {"stderr": handler},
         "loggers": {"vllm": {"handlers": ["stderr"], "level": level, "propagate": False}},
     }
 
 
-def configure(verbose: bool = False) -> None:
+def configure(verbose: bool = False, json_lines: bool = False) -> None:
     engine_level = "INFO" if verbose else "WARNING"
     if not verbose:
         # Libraries' notices about their own future (torch, vLLM): not the user's to act on.
@@ -74,9 +101,9 @@ def configure(verbose: bool = False) -> None:
         os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
         # torch's C++ warnings there (a NUMA binding notice on every CPU engine start)
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format=FORMAT, datefmt=DATE_FORMAT
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(_formatter(json_lines))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
     for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO)
     engine = logging.getLogger("vllm")
@@ -84,6 +111,7 @@ def configure(verbose: bool = False) -> None:
     if not verbose and not any(isinstance(f, EngineNoise) for f in engine.filters):
         engine.addFilter(EngineNoise())
     if "VLLM_LOGGING_CONFIG_PATH" not in os.environ:  # a user's own config wins
-        path = Path(tempfile.gettempdir()) / f"labelq-vllm-logging-{engine_level.lower()}.json"
-        path.write_text(json.dumps(vllm_config(engine_level, quiet=not verbose)))
+        kind = f"{engine_level.lower()}{'-json' if json_lines else ''}"
+        path = Path(tempfile.gettempdir()) / f"labelq-vllm-logging-{kind}.json"
+        path.write_text(json.dumps(vllm_config(engine_level, not verbose, json_lines)))
         os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(path)

@@ -289,6 +289,11 @@ class Settings(BaseSettings):
         "model files, dtype, versions, strategy): `warn` applies it and flags the job; "
         "`refuse` stores those results uncalibrated and flags the job.",
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Log lines: `text` (date, time and zone, level, logger, message) or `json` "
+        "(one object a line: time, level, logger, message, exception), the engine's too.",
+    )
     drift_every: float = Field(
         default=900,
         gt=0,

@@ -63,7 +63,7 @@ def test_a_jobs_cost_is_its_engine_time_and_prompt_tokens(factory: Any, fake_sco
             assert cost["price"] == pytest.approx(cost["engine_seconds"] / 3600 * 2.5)
             total_seconds += cost["engine_seconds"]
             total_tokens += cost["prompt_tokens"]
-        tenant = (("tenant", "default"),)
+        tenant = ()  # one total: /metrics names no tenant without the classifier labels
         assert _series(c, "labelq_prompt_tokens_total") == {tenant: total_tokens}
         assert _series(c, "labelq_engine_seconds_total")[tenant] == pytest.approx(total_seconds)
         assert _series(c, "labelq_costed_items_total") == {tenant: 50}

@@ -17,7 +17,7 @@ from tests.conftest import TEST_MAX_MODEL_LEN, run_cli
 
 pytestmark = pytest.mark.slow
 
-OWN = re.compile(r"^\d\d:\d\d:\d\d \w+ (" + "|".join(OWN_LOGGERS) + r")[.:]")
+OWN = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\S* \w+ (" + "|".join(OWN_LOGGERS) + r")[.:]")
 SPEC = {
     "name": "quiet",
     "template": "Review: {{ text }}\nSentiment:",

@@ -116,9 +116,10 @@ class _DatabaseCollector(Collector):
             yield from (per, value)
 
     def cost(self) -> Iterable[Metric]:
-        """Engine time, prompt tokens and items scored per tenant (and per classifier version
-        with its labels), summed over the jobs that recorded them; money with a price."""
-        names = ["tenant", "classifier", "version"] if self.per_classifier else ["tenant"]
+        """Engine time, prompt tokens and items scored, summed over the jobs that recorded
+        them: per tenant and classifier version with the classifier labels, else one total
+        (/metrics names no tenant then); money with a price."""
+        names = ["tenant", "classifier", "version"] if self.per_classifier else []
         seconds = CounterMetricFamily(
             "labelq_engine_seconds", "Engine time spent scoring (fair shares)", labels=names
         )
@@ -133,9 +134,7 @@ class _DatabaseCollector(Collector):
         )
         totals: dict[tuple[str, ...], list[float]] = {}
         for tenant, name, version, spent, prompt, scored in self.snap.costs:
-            key: tuple[str, ...] = (
-                (tenant, name, str(version)) if self.per_classifier else (tenant,)
-            )
+            key: tuple[str, ...] = (tenant, name, str(version)) if self.per_classifier else ()
             row = totals.setdefault(key, [0.0, 0.0, 0.0])
             row[0] += spent
             row[1] += prompt
