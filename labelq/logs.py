@@ -10,6 +10,7 @@ in one line of its own what matters of them (the precision, the load time)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -111,7 +112,10 @@ def configure(verbose: bool = False, json_lines: bool = False) -> None:
     if not verbose and not any(isinstance(f, EngineNoise) for f in engine.filters):
         engine.addFilter(EngineNoise())
     if "VLLM_LOGGING_CONFIG_PATH" not in os.environ:  # a user's own config wins
-        kind = f"{engine_level.lower()}{'-json' if json_lines else ''}"
-        path = Path(tempfile.gettempdir()) / f"labelq-vllm-logging-{kind}.json"
-        path.write_text(json.dumps(vllm_config(engine_level, not verbose, json_lines)))
+        # Named by its content: another release's labelq on this host (whose config names
+        # other classes) never overwrites this one, nor this one that.
+        text = json.dumps(vllm_config(engine_level, not verbose, json_lines), sort_keys=True)
+        digest = hashlib.sha1(text.encode()).hexdigest()[:12]
+        path = Path(tempfile.gettempdir()) / f"labelq-vllm-logging-{digest}.json"
+        path.write_text(text)
         os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(path)

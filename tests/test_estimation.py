@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from labelq import estimation as est
 from tests.conftest import create_key, make_client
 from tests.test_dashboard import DASH, NAME, SPEC, seeded_database
+from tests.test_erase import _rounded
 
 
 def _sums(conf: np.ndarray, correct: np.ndarray | None = None) -> est.Sums:
@@ -221,7 +222,8 @@ def test_the_dashboard_splits_and_filters_by_the_engine_that_scored(
             for path in ("reliability", "estimated-performance"):
                 kept = c.get(f"{DASH}/{path}", params={"fingerprint": fingerprint}).json()
                 by_job = c.get(f"{DASH}/{path}", params={"job": job_id}).json()
-                assert kept == by_job, path
+                # two queries' float sums may differ in the last digit on PostgreSQL
+                assert _rounded(kept) == _rounded(by_job), path
             row = next(e for e in split["engines"] if e["fingerprint"] == fingerprint)
             r = c.get(f"{DASH}/reliability", params={"job": job_id}).json()
             assert row["accuracy"] == pytest.approx(r["accuracy"])

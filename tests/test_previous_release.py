@@ -89,8 +89,11 @@ def test_a_previous_release_worker_scores_a_job_of_the_new_api_after_the_upgrade
 
     redis = RedisServer(tmp_path)
     redis.start()
+    # The old release's own environment: not this process's engine logging config, which
+    # names classes of this release (a pod of the old release never sees it).
+    inherited = {k: v for k, v in os.environ.items() if k != "VLLM_LOGGING_CONFIG_PATH"}
     env = {
-        **os.environ,
+        **inherited,
         **TIMERS,
         "LABELQ_DATABASE_URL": database,
         "LABELQ_BROKER_URL": redis.url,
@@ -125,7 +128,13 @@ def test_a_previous_release_worker_scores_a_job_of_the_new_api_after_the_upgrade
         )
     )
     try:
-        _wait_for(lambda: Path(env["LABELQ_READY_FILE"]).exists(), 300, "the old worker's model")
+        ready = Path(env["LABELQ_READY_FILE"])
+        try:
+            _wait_for(ready.exists, 300, "the old worker's model")
+        except AssertionError:
+            log.flush()
+            tail = (tmp_path / "old-worker.log").read_text(errors="replace")[-3000:]
+            raise AssertionError(f"the old worker never became ready:\n{tail}") from None
         # This release's migrations run under the running worker, backfill included.
         upgrade(database)
         assert require_current(database) is None
