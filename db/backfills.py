@@ -16,6 +16,8 @@ fills the columns and counts the row in one transaction too, so `/metrics` sees 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
@@ -76,6 +78,21 @@ def _columns(
         **gold_columns(parsed or None, gold),
         "scored_at": scored_at,
     }
+
+
+def run(
+    begin: Callable[[], AbstractContextManager[Session]], batch: int, budget: int | None
+) -> int:
+    """`fill_scored_columns` batch after batch, each in its own transaction from `begin`, until
+    no row is left or `budget` rows are filled (None: no bound). Returns the rows filled."""
+    done = 0
+    while budget is None or done < budget:
+        with begin() as s:
+            n = fill_scored_columns(s, batch if budget is None else min(batch, budget - done))
+        if not n:
+            break
+        done += n
+    return done
 
 
 def unfilled_scored(s: Session) -> int:

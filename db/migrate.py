@@ -118,27 +118,18 @@ def require_current(url: str) -> str | None:
     return verdict.note
 
 
-def backfill(url: str, batch: int = 2000, limit: int | None = None) -> int:
-    """Run the data backfills (`db.backfills`) to the end, or for `limit` rows: one short
-    transaction a batch, so the service goes on meanwhile and a run cut off anywhere is
-    continued by the next one (or by the reconciler). Returns the rows filled."""
+def backfill(url: str, batch: int = 2000) -> int:
+    """Run the data backfills (`db.backfills`) to the end: one short transaction a batch, so
+    the service goes on meanwhile and a run cut off anywhere is continued by the next one (or
+    by the reconciler). Returns the rows filled."""
     from db import backfills
     from db.session import make_engine, make_sessionmaker
 
     engine = make_engine(url)
-    factory = make_sessionmaker(engine)
-    done = 0
     try:
-        while limit is None or done < limit:
-            with factory.begin() as s:
-                size = batch if limit is None else min(batch, limit - done)
-                n = backfills.fill_scored_columns(s, size)
-            if not n:
-                break
-            done += n
+        return backfills.run(make_sessionmaker(engine).begin, batch, None)
     finally:
         engine.dispose()
-    return done
 
 
 @contextmanager

@@ -10,12 +10,4 @@ from service.context import Ctx
 
 def sweep(ctx: Ctx) -> int:
     """Fill at most LABELQ_BACKFILL_PER_SWEEP rows; returns how many."""
-    budget, batch = ctx.settings.backfill_per_sweep, ctx.settings.backfill_batch
-    done = 0
-    while done < budget:
-        with ctx.tx() as s:
-            n = backfills.fill_scored_columns(s, min(batch, budget - done))
-        if not n:
-            break
-        done += n
-    return done
+    return backfills.run(ctx.tx, ctx.settings.backfill_batch, ctx.settings.backfill_per_sweep)
