@@ -18,7 +18,6 @@ from sqlalchemy import (
     case,
     cast,
     func,
-    inspect,
     literal,
     literal_column,
     or_,
@@ -108,14 +107,12 @@ def scored_by(c: Any, fingerprint: str) -> ColumnElement[bool]:
     return _chunk_of(c).where(Chunk.fingerprint == fingerprint).exists()
 
 
-def with_archive(s: Session, scope: Scope) -> Scope:
+def with_archive(s: Session, scope: Scope, *, archive: bool) -> Scope:
     """`scope` reading `items` and, when it holds rows of these versions (or this job), the
     archived numbers of item rows an erasure removed (`ArchivedItem`): the same columns, one
-    UNION ALL, so every query's figures outlive the rows. Without such rows (or before
-    migration 0023), `items` alone, as fast as ever."""
-    if scope.fingerprint is not None:  # an archived row's chunk is gone: it cannot be told
-        return scope
-    if not inspect(s.connection()).has_table(ArchivedItem.__tablename__):
+    UNION ALL, so every query's figures outlive the rows. Without such rows (or without the
+    table, `archive` false: before migration 0023), `items` alone, as fast as ever."""
+    if scope.fingerprint is not None or not archive:  # an archived row's chunk is gone
         return scope
     kept = select(ArchivedItem.id).where(ArchivedItem.classifier_id.in_(list(scope.classifier_ids)))
     if scope.job_id is not None:
@@ -434,15 +431,14 @@ def estimate_sums(s: Session, scope: Scope) -> EstimateInputs:
     the labelled items' accuracy beside it, the confidence histogram and the predicted-label
     counts its validity compares with the calibration set's."""
     c = scope.c
-    labelled = c.correct.is_not(None)
     n, conf, conf_sq, n_labelled, labelled_conf, right = s.execute(
         select(
             func.count(),
             func.sum(c.confidence),
             func.sum(c.confidence * c.confidence),
             func.count(c.correct),
-            func.sum(case((labelled, c.confidence), else_=0.0)),
-            func.sum(cast(c.correct, Integer)),
+            func.sum(case((_labelled(c), c.confidence), else_=0.0)),
+            func.sum(_correct(c)),
         ).where(*scope.where())
     ).one()
     sums = Sums(

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, insert, inspect, null, or_, select, update
+from sqlalchemy import delete, func, insert, null, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.chunks import cancel_job
@@ -88,10 +88,11 @@ def pending(s: Session, limit: int, *, tenant: str | None) -> list[tuple[str, Er
     return [(job_id, Erase(str(level))) for job_id, level in s.execute(query)]
 
 
-def step(s: Session, job_id: str, level: Erase, batch: int) -> Step:
+def step(s: Session, job_id: str, level: Erase, batch: int, *, archive: bool) -> Step:
     """One batch of a job's erasure: up to `batch` item rows scrubbed (`content`) or deleted;
     when none is left, its chunks and deliveries, then the job row's own content (or the row,
-    at `job`)."""
+    at `job`). `archive`: the schema has `items_archive` (migration 0023); without it an
+    `items` erasure waits (a `Step` of no rows, not done) rather than lose the figures."""
     items = select(JobItem.id).where(JobItem.job_id == job_id)
     if level == Erase.content:
         ids = items.where(or_(*_CONTENT)).limit(batch).scalar_subquery()
@@ -106,9 +107,9 @@ def step(s: Session, job_id: str, level: Erase, batch: int) -> Step:
     else:
         chosen = list(s.scalars(items.limit(batch)))  # the same rows archived, then deleted
         if level == Erase.items and chosen:
-            if not has_archive(s):  # this code on a schema before 0023: wait for the upgrade
+            if not archive:  # this code on a schema before 0023: wait for the upgrade
                 return Step(job_id, level, 0, done=False)
-            archive(s, chosen)
+            keep_numbers(s, chosen)
         changed = s.execute(
             delete(JobItem)
             .where(JobItem.id.in_(chosen))
@@ -138,12 +139,7 @@ def step(s: Session, job_id: str, level: Erase, batch: int) -> Step:
     return Step(job_id, level, rows, done=True)
 
 
-def has_archive(s: Session) -> bool:
-    """Whether the schema has `items_archive` (migration 0023)."""
-    return inspect(s.connection()).has_table(ArchivedItem.__tablename__)
-
-
-def archive(s: Session, item_ids: list[int]) -> None:
+def keep_numbers(s: Session, item_ids: list[int]) -> None:
     """Keep the dashboard's numbers of the scored items among `item_ids` (`ArchivedItem`)."""
     columns = [getattr(JobItem, name) for name in ARCHIVED_COLUMNS]
     s.execute(
@@ -231,7 +227,7 @@ def jobs_left(s: Session, *, tenant: str) -> int:
     return int(s.scalar(select(func.count()).select_from(Job).where(Job.tenant == tenant)) or 0)
 
 
-def tenant_rows(s: Session, *, tenant: str) -> dict[str, int]:
+def tenant_rows(s: Session, *, tenant: str, drift: bool) -> dict[str, int]:
     """What is the tenant's but no job's: pipelines (their runs, files and keys cascade),
     deliveries, its webhook secret, calibrations, counts and classifiers. Call once its jobs
     are gone (a job refers to its classifier)."""
@@ -246,7 +242,7 @@ def tenant_rows(s: Session, *, tenant: str) -> dict[str, int]:
         ("classifiers", delete(Classifier).where(Classifier.tenant == tenant)),
     ):
         removed[name] = rowcount(s.execute(statement.execution_options(synchronize_session=False)))
-    if inspect(s.connection()).has_table(DriftMonitor.__tablename__):  # migration 0025
+    if drift:  # the schema has drift monitors (migration 0025)
         removed["drift_monitors"] = rowcount(
             s.execute(delete(DriftMonitor).where(DriftMonitor.tenant == tenant))
         )

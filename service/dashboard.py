@@ -146,10 +146,12 @@ def _run(
     q: Query,
     in_sql: sums.Aggregate[T],
     in_python: Callable[[dash.Readings], T],
+    resolved: _Resolved | None = None,
 ) -> tuple[T, list[str], Basis]:
-    r = _resolve(ctx, name, q)
+    r = resolved or _resolve(ctx, name, q)
     with ctx.snapshot() as s:
-        scope = sums.with_archive(s, r.scope)  # erased rows' numbers too, where there are any
+        archive = ctx.services.features.has(s, "archive")
+        scope = sums.with_archive(s, r.scope, archive=archive)  # erased rows' numbers too
         if r.wanted is None or not sums.calibrations_other_than(s, scope, r.wanted):
             sums.tune_for_aggregates(s)
             return in_sql(s, scope), r.labels, Basis(calibration=q.calibration, computed="sql")
@@ -204,18 +206,20 @@ def timeseries(
     wanted: list[TimeMetric],
     bins: int,
 ) -> Timeseries:
+    resolved = _resolve(ctx, name, q)
     rows, _, basis = _run(
         ctx,
         name,
         q,
         partial(sums.bucket_bins, bucket=bucket, bins=bins),
         lambda r: dash.bucket_bin_sums(r, bins, bucket),
+        resolved,
     )
     keep = ["bucket", *wanted, "labelled"]
     allowance = None
     if "estimated_accuracy" in wanted:  # beside `accuracy`, where labels exist
         keep += ["estimated_low", "estimated_high"]
-        relied, _ = _relied_on(ctx, _resolve(ctx, name, q))
+        relied, _ = _relied_on(ctx, resolved)
         allowance = est.allowance((relied.metrics or {}).get("after")) if relied else None
     points = [p.model_dump(include=set(keep)) for p in dash.finish_timeseries(rows, allowance)]
     return Timeseries(bucket=bucket, metrics=list(wanted), points=points, basis=basis)
@@ -343,6 +347,7 @@ class CalibrationRelied(BaseModel):
     method: str
     fitted_on_job: str | None
     held_out: int | None = Field(description="Items its held-out report was measured on.")
+    held_out_accuracy: float | None = Field(description="Its accuracy on those items.")
 
 
 class Measured(BaseModel):
@@ -367,8 +372,9 @@ def estimated_performance(ctx: Ctx, name: str, q: Query, level: float) -> Estima
     is from that calibration's own data (`labelq.estimation`)."""
     if not 0.5 <= level < 1:
         raise InputError("level must lie in [0.5, 1)", field="level")
-    inputs, _, basis = _run(ctx, name, q, sums.estimate_sums, dash.estimate_sums)
-    relied, mixed = _relied_on(ctx, _resolve(ctx, name, q))
+    resolved = _resolve(ctx, name, q)
+    inputs, _, basis = _run(ctx, name, q, sums.estimate_sums, dash.estimate_sums, resolved)
+    relied, mixed = _relied_on(ctx, resolved)
     reference: tuple[list[float], dict[str, float], float] | None = None
     recorded = relied.fitted_on.get("reference") if relied is not None else None
     if recorded:  # what the fit recorded of its own data
@@ -400,6 +406,7 @@ def estimated_performance(ctx: Ctx, name: str, q: Query, level: float) -> Estima
             method=relied.method,
             fitted_on_job=relied.fitted_on.get("job_id"),
             held_out=(after or {}).get("n"),
+            held_out_accuracy=(after or {}).get("accuracy"),
         ),
         measured=Measured(
             labelled=s.labelled,
@@ -425,7 +432,8 @@ def _relied_on(ctx: Ctx, r: _Resolved) -> tuple[Calibration | None, str | None]:
     """The one calibration the figures are under: asked for, or the one every item in scope
     was stored under; None when uncalibrated, or with why when there are several."""
     with ctx.reads() as s:
-        scope = sums.with_archive(s, r.scope)  # erased rows' numbers too
+        archive = ctx.services.features.has(s, "archive")
+        scope = sums.with_archive(s, r.scope, archive=archive)  # erased rows' numbers too
         ids = sums.stored_calibrations(s, scope) if r.wanted is None else [*set(r.wanted.values())]
         if len(ids) > 1:
             return None, (

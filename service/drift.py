@@ -11,7 +11,6 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from db import calibrations as calibration_rows
 from db import classifiers as classifier_rows
 from db import drift as rows
 from db.session import db_now
@@ -137,11 +136,7 @@ def _check(ctx: Ctx, monitor: Any, now: Any) -> tuple[dict[str, Any], list[str],
         state = {"n": n, "signals": {}, "note": f"{n} items in the window: under min_items"}
         _, cleared = drift.moved(monitor.state, {})
         return state, [], cleared
-    held_out = None
-    if found.calibration is not None:
-        with tenant_ctx.reads() as s:
-            metrics = calibration_rows.get_calibration(s, found.calibration.id).metrics or {}
-        held_out = (metrics.get("after") or {}).get("accuracy")
+    held_out = found.calibration.held_out_accuracy if found.calibration else None
     signals = drift.evaluate(
         drift.Thresholds(**monitor.thresholds), found.model_dump(mode="json"), held_out
     )

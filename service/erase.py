@@ -57,7 +57,8 @@ def _run(ctx: Ctx, job_id: str, level: Erase, budget: int) -> tuple[int, bool]:
     batch = ctx.settings.erase_batch
     while True:
         with ctx.tx() as s:
-            step = rows.step(s, job_id, level, min(batch, max(1, budget - spent)))
+            archive = ctx.services.features.has(s, "archive")
+            step = rows.step(s, job_id, level, min(batch, max(1, budget - spent)), archive=archive)
         spent += step.rows
         if step.done or spent >= budget or not step.rows:  # no rows: waits for an upgrade
             return spent, step.done
@@ -171,7 +172,9 @@ def erase_tenant(ctx: Ctx, *, wait: float = 60.0) -> TenantErasure:
     removed: dict[str, int] = {}
     if not left:
         with ctx.tx() as s:
-            removed = rows.tenant_rows(s, tenant=tenant)
+            removed = rows.tenant_rows(
+                s, tenant=tenant, drift=ctx.services.features.has(s, "drift")
+            )
     log.warning("tenant %s erased: %d job(s), %s", tenant, erased, removed)
     return TenantErasure(
         tenant=tenant,
