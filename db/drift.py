@@ -9,7 +9,7 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from db.models import DriftMonitor, WebhookDelivery
-from db.session import rowcount, upsert
+from db.session import upsert
 from labelq.errors import NotFound
 
 
@@ -94,7 +94,3 @@ def every_state(s: Session) -> list[tuple[str, str, dict[str, Any] | None]]:
             )
         )
     ]
-
-
-def remove_tenant(s: Session, *, tenant: str) -> int:
-    return rowcount(s.execute(delete(DriftMonitor).where(DriftMonitor.tenant == tenant)))

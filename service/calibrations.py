@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field
-from scipy.special import logsumexp
+from scipy.special import softmax
 
 from db import calibrations as calibration_rows
 from db import chunks as chunk_rows
@@ -278,7 +278,7 @@ def _screen(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """The gold labels' likely errors (`labelq.labelscreen`, on the model's own probabilities),
     reported with the first few, and left out of the fit when `exclude`."""
-    probs = np.exp(z - logsumexp(z, axis=1, keepdims=True))
+    probs = softmax(z, axis=1)
     issues = labelscreen.label_issues(probs, y, spec.label_names)
     report = {
         "count": len(issues),

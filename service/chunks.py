@@ -183,8 +183,8 @@ class Watched:
         progress: Progress,
         on_hang: Callable[[], None],
         health: Health,
-        meter: EngineMeter | None = None,
-        charge: Callable[[float], None] | None = None,
+        meter: EngineMeter,
+        charge: Callable[[float], None],
     ):
         self.scorer, self.settings, self.progress = scorer, settings, progress
         self.on_hang, self.health = on_hang, health
@@ -193,7 +193,7 @@ class Watched:
     def score_batch(self, spec: ClassifierSpec, items: Sequence[Item]) -> list[ScoredItem]:
         seconds = max(self.settings.score_timeout_floor, self.settings.score_timeout * len(items))
         self.progress.begin(seconds)
-        call = self.meter.start() if self.meter is not None else None
+        call = self.meter.start()
         try:
             scored = _within(lambda: self.scorer.score_batch(spec, items), seconds)
         except _Hung:
@@ -205,8 +205,7 @@ class Watched:
             ) from None
         finally:
             self.progress.end()
-            if self.meter is not None and call is not None and self.charge is not None:
-                self.charge(self.meter.stop(call))
+            self.charge(self.meter.stop(call))
         self.health.up()
         return scored
 
