@@ -421,6 +421,22 @@ class Worker(Base):
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class WorkerLoad(Base):
+    """A worker's last attempt to load its model (revision 0026): how long a load took, or why
+    it failed. A worker that cannot load its model takes no tasks; this row is how the API
+    tells a job's submitter why its queue has no live worker."""
+
+    __tablename__ = "worker_loads"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    queue: Mapped[str] = mapped_column(String(200), index=True)
+    model: Mapped[str] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)  # None: loaded
+    load_seconds: Mapped[float | None] = mapped_column(Double)
+    attempts: Mapped[int] = mapped_column(default=1)
+    tried_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class RunState(enum.StrEnum):
     running = "running"
     succeeded = "succeeded"

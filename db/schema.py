@@ -15,6 +15,7 @@ FEATURES = {
     "archive": ("items_archive", "id"),  # 0023: erased rows' dashboard numbers
     "cost": ("jobs", "engine_seconds"),  # 0024: engine seconds and prompt tokens per job
     "drift": ("drift_monitors", "id"),  # 0025: drift alarms
+    "loads": ("worker_loads", "name"),  # 0026: workers' model loads (seconds, or why not)
 }
 
 

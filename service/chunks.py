@@ -148,10 +148,20 @@ class EngineMeter:
         self._charges: dict[int, float] = {}
         self._since = time.monotonic()
         self._next = 0
+        self._busy = 0.0
+
+    @property
+    def busy_seconds(self) -> float:
+        """Seconds the engine has been busy with at least one call, since this meter began
+        (a worker's `labelq_worker_engine_seconds_total`)."""
+        with self._lock:
+            self._advance()
+            return self._busy
 
     def _advance(self) -> None:
         now = time.monotonic()
         if self._charges:
+            self._busy += now - self._since
             share = (now - self._since) / len(self._charges)
             for key in self._charges:
                 self._charges[key] += share

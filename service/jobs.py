@@ -15,6 +15,7 @@ from db.models import ItemStatus, JobItem, JobState
 from labelq.errors import Conflict
 from labelq.scoring import Item
 from service import ingest
+from service import workers as worker_rows
 from service.context import Ctx
 
 
@@ -142,6 +143,11 @@ def status(ctx: Ctx, job_id: str) -> JobStatus:
         if not ctx.services.live_queues.of(ctx).get(queue):
             stale_after = ctx.settings.worker_stale_after
             warnings.append(no_worker_warning(queue, model, stale_after))
+            if failed := worker_rows.failed_loads(ctx).get(queue):
+                warnings.append(
+                    f"worker {failed.worker} cannot load model {model} ({failed.attempts} "
+                    f"attempt(s), still trying): {failed.error}"
+                )
     out = JobStatus.of(job, cancelled, warnings, failures, fingerprints)
     if spent is not None:
         price = ctx.settings.engine_hour_price

@@ -92,6 +92,8 @@ def sweep(ctx: Ctx) -> SweepReport:
         report.workers_forgotten = workers.forget_stale(
             s, now - timedelta(seconds=10 * settings.worker_stale_after)
         )
+        if ctx.services.features.has(s, "loads"):
+            workers.forget_stale_loads(s, now - timedelta(seconds=10 * settings.worker_stale_after))
         served = workers.live_workers(s, now - timedelta(seconds=settings.worker_stale_after))
         stalled_before = now - timedelta(seconds=settings.stall_after)
         due = chunks.chunks_to_send(s, now, stalled_before, served=served)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 from pydantic import BaseModel
@@ -31,6 +31,49 @@ def beat(ctx: Ctx, name: str, queue: str, model: str) -> None:
 def leave(ctx: Ctx, name: str) -> None:
     with ctx.tx() as s:
         workers.remove(s, name)
+        if ctx.services.features.has(s, "loads"):
+            workers.remove_load(s, name)
+
+
+# A worker that cannot load its model tries again after 5 s, then twice as long each time, up
+# to this: the model cache may be filled after the worker started (a loader still copying).
+LOAD_RETRY_MAX = 60.0
+
+
+def load_retry_delays() -> Iterator[float]:
+    delay = 5.0
+    while True:
+        yield delay
+        delay = min(2 * delay, LOAD_RETRY_MAX)
+
+
+def record_load(
+    ctx: Ctx, name: str, queue: str, model: str, error: str | None, seconds: float | None
+) -> None:
+    """Worker `name` loaded `model` in `seconds`, or could not (`error`); kept only on a
+    database at revision 0026 or later."""
+    with ctx.tx() as s:
+        if ctx.services.features.has(s, "loads"):
+            workers.record_load(s, name, queue, model, error, seconds)
+
+
+class FailedLoad(BaseModel):
+    worker: str
+    error: str
+    attempts: int
+
+
+def failed_loads(ctx: Ctx) -> dict[str, FailedLoad]:
+    """Queue -> the latest failure to load its model by a worker still trying."""
+    with ctx.reads() as s:
+        if not ctx.services.features.has(s, "loads"):
+            return {}
+        window = ctx.settings.worker_stale_after + LOAD_RETRY_MAX
+        since = db_now(s) - timedelta(seconds=window)
+        return {
+            queue: FailedLoad(worker=name, error=error, attempts=attempts)
+            for queue, (name, error, attempts) in workers.failed_loads(s, since).items()
+        }
 
 
 def live_queues(ctx: Ctx) -> dict[str, int]:

@@ -108,7 +108,7 @@ def _empty_postgres(url: str) -> None:
         conn.execute(
             text(
                 "TRUNCATE items, chunks, jobs, calibrations, classifiers, api_keys, workers, "
-                "pipeline_runs, pipeline_files, pipelines, webhook_deliveries, locks "
+                "worker_loads, pipeline_runs, pipeline_files, pipelines, webhook_deliveries, locks "
                 "RESTART IDENTITY CASCADE"
             )
         )

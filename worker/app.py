@@ -129,9 +129,12 @@ def _shaped(model: type[T], task: str, args: tuple[Any, ...], kwargs: dict[str, 
         return None
 
 
-def worker_app(runtime: WorkerRuntime, ready_file: Path | None = None) -> Celery:
+def worker_app(
+    runtime: WorkerRuntime, ready_file: Path | None = None, why: Path | None = None
+) -> Celery:
     """The Celery app whose tasks run on `runtime`; it starts the runtime when the worker is
-    ready (and touches `ready_file`) and stops it (engines included) when it shuts down."""
+    ready (touches `ready_file`, removes `why`) and stops it (engines included) when it shuts
+    down."""
     survive_broker_restarts()
     app = make_celery(runtime.settings)
     retry_db = {
@@ -171,10 +174,16 @@ def worker_app(runtime: WorkerRuntime, ready_file: Path | None = None) -> Celery
         if ready_file is not None:  # consuming now, its model loaded (`labelq worker` preloads)
             ready_file.parent.mkdir(parents=True, exist_ok=True)
             ready_file.touch()
+            if why is not None:
+                why.unlink(missing_ok=True)
+        runtime.metrics.ready.set(1)
 
     def _shutdown(**_: Any) -> None:
+        runtime.metrics.ready.set(0)
         if ready_file is not None:
             ready_file.unlink(missing_ok=True)
+            if why is not None:
+                why.write_text("not ready: shutting down\n")
         runtime.stop()
 
     worker_ready.connect(_ready, weak=False)

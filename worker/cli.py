@@ -4,11 +4,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Any
+import contextlib
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from labelq.errors import LabelqError
 from labelq.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.runtime import WorkerRuntime
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -31,19 +36,20 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     )
     wiring.require_current(settings)
     runtime = WorkerRuntime(wiring.build(settings), model)
-    if settings.ready_file:
-        settings.ready_file.unlink(missing_ok=True)  # left by an earlier run
-    ready = True
-    if (settings.preload or settings.ready_file) and args.pool != "prefork":
+    ready_file = settings.ready_file
+    why = ready_file.with_name(ready_file.name + ".why") if ready_file else None
+    if ready_file is not None and why is not None:
+        ready_file.unlink(missing_ok=True)  # left by an earlier run
+        why.write_text(f"not ready: loading {model}\n")
+    if settings.worker_metrics_port:
+        runtime.metrics.serve(settings.worker_metrics_port)
+    if (settings.preload or ready_file) and args.pool != "prefork":
+        # Nothing is consumed before the model is here: while it cannot be loaded the worker
+        # says why (its log, `why`, the job's warnings) and tries again; its queue's jobs wait
+        # for a worker that can, instead of failing on this one.
         print(f"loading {model} before taking tasks", flush=True)
-        try:
-            runtime.engines.scorer_for(model)  # the ready file follows once Celery consumes
-        except Exception as exc:
-            # Take tasks anyway: its jobs then fail with this error (after the engine-failure
-            # retries) instead of waiting for a worker that never comes. Never ready.
-            print(f"could not load {model}: {exc}; not ready", file=sys.stderr, flush=True)
-            ready = False
-    app = worker_app(runtime, ready_file=settings.ready_file if ready else None)
+        _load_or_leave(runtime, why)
+    app = worker_app(runtime, ready_file=ready_file, why=why)
     argv = [
         "worker",
         "--queues",
@@ -62,6 +68,25 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     print(f"worker {runtime.name} for model {model} on queue {runtime.queue}", flush=True)
     app.worker_main(argv)
     return 0
+
+
+def _load_or_leave(runtime: WorkerRuntime, why: Path | None) -> None:
+    """`runtime.load_model`; a SIGTERM meanwhile (a pod deleted, `compose down`) ends the
+    process at once, its load record removed (no job goes on saying it tries)."""
+    from service import workers
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        runtime.load_model(why)
+    except SystemExit:
+        with contextlib.suppress(Exception):
+            workers.leave(runtime.ctx, runtime.name)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _beat(args: argparse.Namespace, settings: Settings) -> int:

@@ -9,16 +9,39 @@ import logging
 import os
 import socket
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+from labelq.backends import reaper
 from service import calibrations, pipelines, webhooks, workers
 from service.chunks import ChunkRunner, Health
 from service.context import Ctx, Services
 from service.dispatch import queue_for
 from service.reconcile import SweepReport, sweep_if_leader
 from worker.engine import Engines
+from worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
+
+
+def _one_line(exc: BaseException, limit: int = 500) -> str:
+    """An exception as one line a job's warning can carry: its type, and the last line of
+    its message (vLLM's start-up errors end with the cause), at most `limit` characters."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _say(path: Path | None, text: str) -> None:
+    """Write `text` to `path` whole (a probe reading it never sees half a line)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text + "\n")
+    partial.replace(path)
 
 
 def worker_name() -> str:
@@ -189,9 +212,62 @@ class WorkerRuntime:
         )
         self.sweeper = Sweeper(self, self.settings.reconcile_interval)
         self.deliverer = Deliverer(self.ctx, self.name, self.settings.reconcile_interval)
+        self.metrics = WorkerMetrics(self.queue, lambda: self.runner.meter.busy_seconds)
 
     def score_chunk(self, job_id: str, seq: int) -> bool:
-        return self.runner.run(job_id, seq)
+        with self.metrics.chunk() as seen:
+            scored = self.runner.run(job_id, seq)
+            seen["outcome"] = "scored" if scored else "skipped"
+        return scored
+
+    def load_model(
+        self, why: Path | None = None, sleep: Callable[[float], None] = time.sleep
+    ) -> float:
+        """Load this worker's model before it takes any task, trying again (5 s, then twice as
+        long each time, up to a minute) while it cannot: a model cache still being filled, a
+        path mistyped and then fixed. Each failure is logged, recorded for the API (a job
+        waiting on this queue says why) and written to `why` (the readiness probe prints it);
+        nothing is consumed meanwhile. The seconds the load took."""
+        delays = workers.load_retry_delays()
+        attempt = 0
+        while True:
+            attempt += 1
+            before = reaper.children_now()
+            started = time.monotonic()
+            try:
+                self.engines.scorer_for(self.model)
+            except BaseException as exc:
+                # An engine that died starting may leave its processes: none outlives a try
+                # (nor a SIGTERM that stops the worker mid-load).
+                reaper.kill_tree(reaper.new_children(before))
+                if not isinstance(exc, Exception):
+                    raise
+                error = _one_line(exc)
+                delay = next(delays)
+                log.error(
+                    "could not load %s (attempt %d): %s; not ready, taking no tasks; trying "
+                    "again in %g s",
+                    self.model,
+                    attempt,
+                    error,
+                    delay,
+                )
+                self.metrics.load_failures.inc()
+                _say(why, f"not ready: could not load {self.model} (attempt {attempt}): {error}")
+                self._record_load(error, None)
+                sleep(delay)
+                continue
+            seconds = time.monotonic() - started
+            self.metrics.load_seconds.set(seconds)
+            self._record_load(None, seconds)
+            _say(why, f"loaded {self.model} in {seconds:.1f} s; ready once tasks are consumed")
+            return seconds
+
+    def _record_load(self, error: str | None, seconds: float | None) -> None:
+        try:
+            workers.record_load(self.ctx, self.name, self.queue, self.model, error, seconds)
+        except Exception as exc:  # the database may be what is down: the log says it all
+            log.warning("could not record the model load in the database: %s", exc)
 
     def fit_calibration(self, calibration_id: int) -> None:
         calibrations.fit(self.ctx, self.engines.scorer_for, calibration_id)
