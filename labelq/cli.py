@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -350,10 +351,52 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[
     _add_client_options(p)
     p.set_defaults(handler=_cmd_calibrate_activate)
 
+    models = sub.add_parser("model", help="the model cache workers read")
+    model_sub = models.add_subparsers(dest="action", required=True)
+    p = model_sub.add_parser(
+        "fetch",
+        help="put a model (a hub id, or a folder) into a folder of the cache, recording its "
+        "revision (a worker's init container, the compose file's `models` service)",
+    )
+    p.add_argument(
+        "source", nargs="?", help="a hub id (org/name) or a folder (default: LABELQ_MODEL_SOURCE)"
+    )
+    p.add_argument(
+        "--into", type=Path, help="the folder, e.g. /models/NAME (default: LABELQ_MODEL)"
+    )
+    p.add_argument(
+        "--revision",
+        help="a hub branch, tag or commit (default: LABELQ_MODEL_REVISION, else main); a "
+        "folder's sha256:",
+    )
+    p.set_defaults(handler=_cmd_model_fetch)
+
     p = sub.add_parser("settings", help="every LABELQ_ setting with its default")
     p.add_argument("--format", choices=["env", "markdown"], default="env")
     p.set_defaults(handler=_cmd_settings)
     return parser, sub
+
+
+def _cmd_model_fetch(args: argparse.Namespace, settings: Settings) -> int:
+    from labelq.models import fetch
+
+    started = time.monotonic()
+    source = args.source or settings.model_source
+    if not source:
+        raise LabelqError("no model source: pass SOURCE or set LABELQ_MODEL_SOURCE", field="source")
+    into = args.into or (Path(settings.model) if settings.model else None)
+    if into is None:
+        raise LabelqError("no folder to fill: pass --into or set LABELQ_MODEL", field="into")
+    args.into = into
+    manifest, fetched = fetch(source, into, args.revision or settings.model_revision or None)
+    size = sum(manifest.files.values()) / 1e6
+    print(
+        f"{args.into}: {manifest.source} at {manifest.revision}, {len(manifest.files)} files, "
+        f"{size:.1f} MB"
+        + (f", fetched in {time.monotonic() - started:.1f} s" if fetched else ", already here"),
+        flush=True,
+    )
+    return 0
 
 
 def _cmd_settings(args: argparse.Namespace, settings: Settings) -> int:

@@ -54,6 +54,16 @@ class Settings(BaseSettings):
 
     # The model and its engine.
     model: str | None = Field(default=None, description="Default model path or hub id.")
+    model_source: str | None = Field(
+        default=None,
+        description="Where `labelq model fetch` gets `model` from (a hub id, or a folder): "
+        "`model` is then the folder it fills, e.g. /models/NAME.",
+    )
+    model_revision: str | None = Field(
+        default=None,
+        description="The hub branch, tag or commit `labelq model fetch` takes (unset: main); a "
+        "commit pins the weights every worker loads.",
+    )
     models: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Models the service serves: paths or hub ids, each optionally `alias=path`, "
@@ -162,7 +172,16 @@ class Settings(BaseSettings):
     ready_file: Path | None = Field(
         default=None,
         description="`labelq worker` touches this file once its model is loaded and it takes "
-        "tasks (a readiness probe: `test -f`); implies preload.",
+        "tasks (a readiness probe: `test -f`); implies preload. Until then, and while it "
+        "cannot load its model (it takes no tasks and tries again), the file's name with "
+        "`.why` added says why.",
+    )
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="`labelq worker` serves its Prometheus metrics (chunk seconds, engine "
+        "seconds, model load seconds and failures, ready) on this port; unset: not served.",
     )
     worker_stale_after: float = Field(
         default=60, gt=0, description="A worker unseen for this long is taken as gone."

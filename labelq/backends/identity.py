@@ -1,10 +1,11 @@
 """An engine's identity: what makes two workers' scores of the same prompt the same number.
 
-`fingerprint` hashes the model id, its config, its tokenizer files and its weight files'
-names and sizes (not their bytes: a multi-GB hash at every start would cost minutes), the
-dtype the engine runs in, the engine and labelq versions and the scoring strategy. Two workers
-with one fingerprint compute the same scores (up to the hardware's arithmetic); a calibration
-fitted on one fingerprint's scores is known to fit only those.
+`fingerprint` hashes the model id (with the revision `labelq model fetch` recorded), its
+config, its tokenizer files and its weight files' names and sizes (not their bytes: a multi-GB
+hash at every start would cost minutes), the dtype the engine runs in, the engine and labelq
+versions and the scoring strategy. Two workers with one fingerprint compute the same scores (up
+to the hardware's arithmetic); a calibration fitted on one fingerprint's scores is known to fit
+only those.
 """
 
 from __future__ import annotations
@@ -42,7 +43,13 @@ def describe(model: str, **engine: Any) -> dict[str, Any]:
         for entry in sorted(folder.iterdir()):
             if entry.suffix in WEIGHT_SUFFIXES or entry.name.endswith(".index.json"):
                 files[entry.name] = entry.stat().st_size
-    return {"model": model.rstrip("/"), "files": files, **engine}
+    described: dict[str, Any] = {"model": model.rstrip("/"), "files": files, **engine}
+    if folder.is_dir():  # fetched by `labelq model fetch`: the exact revision it recorded
+        from labelq.models import read_manifest
+
+        if (manifest := read_manifest(folder)) is not None:
+            described["revision"] = f"{manifest.source}@{manifest.revision}"
+    return described
 
 
 def fingerprint(description: dict[str, Any]) -> str:
