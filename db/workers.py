@@ -83,3 +83,13 @@ def failed_loads(s: Session, tried_since: datetime) -> dict[str, tuple[str, str,
 def forget_stale_loads(s: Session, tried_before: datetime) -> int:
     """Drop load records not renewed since `tried_before` (their worker is gone)."""
     return rowcount(s.execute(delete(WorkerLoad).where(WorkerLoad.tried_at < tried_before)))
+
+
+def failed_load_counts(s: Session, tried_since: datetime) -> dict[str, int]:
+    """Queue -> workers whose latest attempt to load its model, since `tried_since`, failed."""
+    rows = s.execute(
+        select(WorkerLoad.queue, func.count())
+        .where(WorkerLoad.error.is_not(None), WorkerLoad.tried_at >= tried_since)
+        .group_by(WorkerLoad.queue)
+    )
+    return {queue: n for queue, n in rows}

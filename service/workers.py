@@ -20,6 +20,7 @@ class QueueHealth(BaseModel):
     unfinished_jobs: int
     pending_chunks: int = 0  # waiting for a worker
     running_chunks: int = 0  # being scored (under a lease)
+    failing_to_load: int = 0  # workers that cannot load the queue's model (taking no tasks)
 
 
 def beat(ctx: Ctx, name: str, queue: str, model: str) -> None:
@@ -84,11 +85,15 @@ def live_queues(ctx: Ctx) -> dict[str, int]:
 
 
 def queues(ctx: Ctx) -> list[QueueHealth]:
-    """Every queue that has a live worker or unfinished jobs."""
+    """Every queue that has a live worker, unfinished jobs or a worker failing to load."""
     live = live_queues(ctx)
     with ctx.reads() as s:
         waiting = chunks.unfinished_queues(s)
         work = chunks.chunks_by_queue(s)
+        failing: dict[str, int] = {}
+        if ctx.services.features.has(s, "loads"):
+            window = ctx.settings.worker_stale_after + LOAD_RETRY_MAX
+            failing = workers.failed_load_counts(s, db_now(s) - timedelta(seconds=window))
     return [
         QueueHealth(
             queue=q,
@@ -96,8 +101,9 @@ def queues(ctx: Ctx) -> list[QueueHealth]:
             unfinished_jobs=waiting.get(q, 0),
             pending_chunks=work.get(q, {}).get("pending", 0),
             running_chunks=work.get(q, {}).get("running", 0),
+            failing_to_load=failing.get(q, 0),
         )
-        for q in sorted(set(live) | set(waiting))
+        for q in sorted(set(live) | set(waiting) | set(failing))
     ]
 
 

@@ -41,7 +41,8 @@ def test_a_worker_that_cannot_load_its_model_says_why_and_tries_again(
         with client:
             job = client.post("/v1/jobs", json={"classifier": "c", "items": [{"text": "x"}]})
             status = client.get(f"/v1/jobs/{job.json()['id']}").json()
-        seen.append({"delay": seconds, "why": why.read_text(), **status})
+            metrics = client.get("/metrics").text
+        seen.append({"delay": seconds, "why": why.read_text(), "metrics": metrics, **status})
 
     with client:
         assert client.post("/v1/classifiers", json=SPEC).status_code == 201
@@ -60,10 +61,15 @@ def test_a_worker_that_cannot_load_its_model_says_why_and_tries_again(
         "OSError: no config.json in /models/tiny-model"
     ]
     assert any("2 attempt(s)" in w for w in seen[1]["warnings"])
+    failing = f'labelq_queue_workers_failing_to_load{{queue="{runtime.queue}"}} 1.0'
+    assert all(failing in s["metrics"] for s in seen)
     assert [(s["state"], s["succeeded"], s["failed"]) for s in seen] == [("queued", 0, 0)] * 2
     assert why.read_text().startswith("loaded tiny-model in ")
     # Loaded: no job warns of it any more; the worker's metrics say what happened.
     assert workers.failed_loads(runtime.ctx) == {}
+    with client:
+        served = client.get("/metrics").text
+    assert f'labelq_queue_workers_failing_to_load{{queue="{runtime.queue}"}} 0.0' in served
     metrics = generate_latest(runtime.metrics.registry).decode()
     assert f'labelq_worker_model_load_failures_total{{queue="{runtime.queue}"}} 2.0' in metrics
     assert f'labelq_worker_model_load_seconds{{queue="{runtime.queue}"}}' in metrics

@@ -167,8 +167,15 @@ class _DatabaseCollector(Collector):
             "what workers scale on",
             labels=["queue", "state"],
         )
+        cannot_load = GaugeMetricFamily(
+            "labelq_queue_workers_failing_to_load",
+            "Workers of a model queue that cannot load its model (they take no tasks and try "
+            "again; a job waiting there says why)",
+            labels=["queue"],
+        )
         for q in self.snap.queues:
             live.add_metric([q.queue], q.live_workers)
+            cannot_load.add_metric([q.queue], q.failing_to_load)
             waiting.add_metric([q.queue, "yes" if q.live_workers else "no"], q.unfinished_jobs)
             work.add_metric([q.queue, "pending"], q.pending_chunks)
             work.add_metric([q.queue, "running"], q.running_chunks)
@@ -205,7 +212,17 @@ class _DatabaseCollector(Collector):
         )
         for status in ("pending", "delivered", "failed"):
             deliveries.add_metric([status], self.snap.webhooks.get(status, 0))
-        yield from (jobs, live, waiting, work, confidence, predicted, failing, deliveries)
+        yield from (
+            jobs,
+            live,
+            waiting,
+            work,
+            cannot_load,
+            confidence,
+            predicted,
+            failing,
+            deliveries,
+        )
         yield from self.cost()
         yield from self.drift()
         if self.per_classifier:
