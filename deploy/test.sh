@@ -21,6 +21,14 @@ if ! command -v promtool >/dev/null 2>&1; then
     || (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends prometheus >/dev/null)) \
     || echo "could not install prometheus: the promtool tests will fail" >&2
 fi
+# deploy/smoke.sh builds and runs the images with podman (runc: these machines' cgroups) and
+# makes their Debian base with debootstrap when no registry answers.
+if ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1 \
+  || ! command -v debootstrap >/dev/null 2>&1; then
+  (apt-get install -y -q podman runc debootstrap >/dev/null 2>&1 \
+    || (apt-get update -q >/dev/null && apt-get install -y -q podman runc debootstrap >/dev/null)) \
+    || echo "could not install podman: the smoke test will fail" >&2
+fi
 for _ in $(seq 1 30); do
   (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && break
   sleep 1

@@ -308,6 +308,17 @@ def test_dockerfiles_are_multi_stage_pinned_and_unprivileged(name: str) -> None:
         assert "HF_HUB_OFFLINE=1" in text and 'VOLUME ["/models"]' in text
 
 
+@pytest.mark.parametrize(("image", "extras"), [("api", []), ("worker-cpu", ["cpu"])])
+def test_the_images_requirement_files_are_pyprojects(image: str, extras: list[str]) -> None:
+    """The images install these (their dependency layer does not rebuild for another part of
+    pyproject); `bash deploy/docker/lock.sh` writes them again."""
+    done = subprocess.run(
+        ["python3", "deploy/docker/requirements.py", *extras],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert (DEPLOY / "docker" / f"requirements-{image}.txt").read_text() == done.stdout
+
+
 def _pins(text: str) -> dict[str, str]:
     return {
         m[1].lower().replace("_", "-"): m[2]

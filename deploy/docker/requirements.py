@@ -1,6 +1,8 @@
 """Print labelq's requirements from pyproject.toml (with the extras named as arguments), one a
-line: the images install them in a layer of their own, before the source is copied, so a change
-to the code rebuilds only the last small layer."""
+line. deploy/docker/lock.sh writes them to requirements-api.txt and requirements-worker-cpu.txt,
+which the images install in a layer of their own before the source is copied: a change to the
+code, or to pyproject's other parts, rebuilds only the last small layer (tests/test_deploy.py
+checks the files against pyproject)."""
 
 import sys
 import tomllib
