@@ -42,6 +42,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# 0. What an earlier run killed outright (no trap ran) left behind: its containers, network
+#    and volumes, named after its process, which is gone.
+for c in $(podman ps -a --format '{{.Names}}' | grep -E '^labelq-smoke-[0-9]+_' || true); do
+  pid=${c#labelq-smoke-}; pid=${pid%%_*}
+  if ! kill -0 "$pid" 2>/dev/null; then podman rm -f "$c" >/dev/null; fi
+done
+for v in $(podman volume ls -q | grep -E '^labelq-smoke-[0-9]+_' || true); do
+  pid=${v#labelq-smoke-}; pid=${pid%%_*}
+  if ! kill -0 "$pid" 2>/dev/null; then podman volume rm -f "$v" >/dev/null; fi
+done
+for n in $(podman network ls --format '{{.Name}}' | grep -E '^labelq-smoke-[0-9]+_' || true); do
+  pid=${n#labelq-smoke-}; pid=${pid%%_*}
+  if ! kill -0 "$pid" 2>/dev/null; then podman network rm -f "$n" >/dev/null; fi
+done
+
 # 1. Images. The base and the dependency layers are cached by podman between runs.
 bash deploy/build-images.sh smoke
 base=${LABELQ_IMAGE_BASE:-localhost/labelq-base:bookworm}
@@ -99,6 +114,7 @@ EOF
 healthy() {  # CONTAINER SECONDS
   local deadline=$((SECONDS + $2)) said=""
   until out=$(podman healthcheck run "$1" 2>&1); do
+    if why=$(podman exec "$1" cat /tmp/labelq-ready.why 2>/dev/null); then out="$out: $why"; fi
     [ "$out" != "$said" ] && [ -n "$out" ] && say "$1 not yet healthy: $out" && said=$out
     [ $SECONDS -lt $deadline ] || { say "$1 not healthy after $2 s"; return 1; }
     sleep 2
@@ -109,13 +125,21 @@ exited_ok() {  # CONTAINER: waits for it to end, fails unless it exited 0
   rc=$(podman wait "$1")
   [ "$rc" = 0 ] || { say "$1 exited $rc"; podman logs --tail 20 "$1"; return 1; }
 }
-up() {  # one `up`, as an operator runs it; `labelq db upgrade` waits for PostgreSQL
-  "${compose[@]}" up -d >>"$work/compose.log" 2>&1 || { tail -20 "$work/compose.log"; return 1; }
-  healthy "$(container postgres)" 120
-  healthy "$(container redis)" 60
-  exited_ok "$(container migrate)"
-  exited_ok "$(container models)"
-  podman logs "$(container models)" | tail -1
+up() {
+  # The compose file's order, step by step: podman 4.3 cannot start a container whose
+  # dependency has exited (`--requires` on the finished migrate or models service: "not found
+  # in input list"), so each step is started without its links, once the previous one is done.
+  local step
+  for step in "postgres redis models" "migrate" "api beat worker-cpu"; do
+    # shellcheck disable=SC2086
+    "${compose[@]}" up -d --no-deps $step >>"$work/compose.log" 2>&1 \
+      || { tail -20 "$work/compose.log"; return 1; }
+    case $step in
+      postgres*) healthy "$(container postgres)" 120; healthy "$(container redis)" 60
+                 exited_ok "$(container models)"; podman logs "$(container models)" | tail -1 ;;
+      migrate) exited_ok "$(container migrate)" ;;
+    esac
+  done
   healthy "$(container api)" 120
   healthy "$(container worker-cpu)" 600
 }

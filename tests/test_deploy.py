@@ -102,6 +102,7 @@ def test_compose_wires_the_stack(compose: dict[str, Any]) -> None:
             "service_completed_successfully"
         )
         assert services[name]["environment"]["LABELQ_WORKER_METRICS_PORT"] == "9101"
+        assert services[name]["shm_size"] == "2gb"  # vLLM's engine processes share memory
         assert services[name]["volumes"] == ["models:/models"]
     assert set(compose["volumes"]) == {"pgdata", "redisdata", "models"}
 
