@@ -103,3 +103,64 @@ def test_the_engine_fingerprint_carries_the_recorded_revision(source: Path, tmp_
     assert fingerprint(describe(str(into), dtype="float32")) != fingerprint(described)
     # A folder without a manifest is described as before (existing fingerprints unchanged).
     assert "revision" not in describe(str(source), dtype="float32")
+
+
+def test_a_hub_model_is_fetched_at_its_commit_and_again_only_when_the_commit_moves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub path, with the hub's two calls stood in for (no network here): the branch is
+    resolved to its commit, the snapshot is taken at that commit, and the hub's own
+    bookkeeping is left out."""
+    import huggingface_hub
+
+    commits = {"main": "a" * 40}
+    downloads: list[tuple[str, str]] = []
+
+    class Info:
+        def __init__(self, sha: str) -> None:
+            self.sha = sha
+
+    def model_info(self: object, repo: str, revision: str | None = None) -> Info:
+        return Info(commits.get(revision or "main", revision or ""))
+
+    def snapshot_download(
+        repo_id: str, revision: str, local_dir: Path, ignore_patterns: list[str]
+    ) -> str:
+        downloads.append((repo_id, revision))
+        assert "original/*" in ignore_patterns
+        (local_dir / ".cache" / "huggingface").mkdir(parents=True)
+        (local_dir / "config.json").write_text(json.dumps({"commit": revision}))
+        return str(local_dir)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    into = tmp_path / "models" / "qwen"
+    manifest, fetched = fetch("org/model", into)
+    assert fetched and manifest.revision == "a" * 40 and manifest.source == "org/model"
+    assert downloads == [("org/model", "a" * 40)]  # the commit, never the moving branch
+    size = len(json.dumps({"commit": "a" * 40}))
+    assert not (into / ".cache").exists() and manifest.files == {"config.json": size}
+    assert fetch("org/model", into) == (manifest, False)  # main has not moved
+    commits["main"] = "b" * 40
+    moved, fetched = fetch("org/model", into)
+    assert fetched and moved.revision == "b" * 40 and len(downloads) == 2
+    pinned, fetched = fetch("org/model", into, revision="c" * 40)  # a commit asked for
+    assert fetched and pinned.revision == "c" * 40
+
+
+def test_the_command_takes_its_defaults_from_the_settings(
+    source: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An init container or a compose service runs `labelq model fetch` with no arguments."""
+    into = tmp_path / "models" / "m"
+    monkeypatch.setenv("LABELQ_MODEL", str(into))
+    monkeypatch.delenv("LABELQ_MODEL_SOURCE", raising=False)
+    assert main(["model", "fetch"]) != 0  # no source: refused, the field named
+    assert "LABELQ_MODEL_SOURCE" in capsys.readouterr().err
+    monkeypatch.setenv("LABELQ_MODEL_SOURCE", str(source))
+    monkeypatch.setenv("LABELQ_MODEL_REVISION", "")  # empty, as a compose file passes it
+    assert main(["model", "fetch"]) == 0
+    assert read_manifest(into) is not None and "fetched in" in capsys.readouterr().out
