@@ -40,6 +40,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     why = ready_file.with_name(ready_file.name + ".why") if ready_file else None
     if ready_file is not None and why is not None:
         ready_file.unlink(missing_ok=True)  # left by an earlier run
+        why.parent.mkdir(parents=True, exist_ok=True)
         why.write_text(f"not ready: loading {model}\n")
     if settings.worker_metrics_port:
         runtime.metrics.serve(settings.worker_metrics_port)
