@@ -20,7 +20,7 @@ from service.dispatch import (
     TASK_RUN_PIPELINE,
     TASK_SCORE_CHUNK,
 )
-from worker.runtime import WorkerRuntime
+from worker.runtime import WorkerRuntime, say_why
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +182,7 @@ def worker_app(
         runtime.metrics.ready.set(0)
         if ready_file is not None:
             ready_file.unlink(missing_ok=True)
-            if why is not None:
-                why.write_text("not ready: shutting down\n")
+            say_why(why, "not ready: shutting down")
         runtime.stop()
 
     worker_ready.connect(_ready, weak=False)

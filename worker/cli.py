@@ -20,7 +20,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from service import wiring
     from service.dispatch import CONTROL_QUEUE
     from worker.app import worker_app
-    from worker.runtime import WorkerRuntime
+    from worker.runtime import WorkerRuntime, say_why
 
     model = args.model or settings.model
     if not model:
@@ -38,10 +38,9 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     runtime = WorkerRuntime(wiring.build(settings), model)
     ready_file = settings.ready_file
     why = ready_file.with_name(ready_file.name + ".why") if ready_file else None
-    if ready_file is not None and why is not None:
+    if ready_file is not None:
         ready_file.unlink(missing_ok=True)  # left by an earlier run
-        why.parent.mkdir(parents=True, exist_ok=True)
-        why.write_text(f"not ready: loading {model}\n")
+        say_why(why, f"not ready: loading {model}")
     if settings.worker_metrics_port:
         runtime.metrics.serve(settings.worker_metrics_port)
     if (settings.preload or ready_file) and args.pool != "prefork":

@@ -34,8 +34,9 @@ def _one_line(exc: BaseException, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _say(path: Path | None, text: str) -> None:
-    """Write `text` to `path` whole (a probe reading it never sees half a line)."""
+def say_why(path: Path | None, text: str) -> None:
+    """Write `text` to `path` whole (a probe reading it never sees half a line): why a
+    worker is not ready (its ready file's `.why`)."""
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -253,14 +254,14 @@ class WorkerRuntime:
                     delay,
                 )
                 self.metrics.load_failures.inc()
-                _say(why, f"not ready: could not load {self.model} (attempt {attempt}): {error}")
+                say_why(why, f"not ready: could not load {self.model} (attempt {attempt}): {error}")
                 self._record_load(error, None)
                 sleep(delay)
                 continue
             seconds = time.monotonic() - started
             self.metrics.load_seconds.set(seconds)
             self._record_load(None, seconds)
-            _say(why, f"loaded {self.model} in {seconds:.1f} s; ready once tasks are consumed")
+            say_why(why, f"loaded {self.model} in {seconds:.1f} s; ready once tasks are consumed")
             return seconds
 
     def _record_load(self, error: str | None, seconds: float | None) -> None:
