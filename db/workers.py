@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.orm import Session
 
 from db.models import Worker, WorkerLoad
@@ -69,12 +69,17 @@ def remove_load(s: Session, name: str) -> None:
     s.execute(delete(WorkerLoad).where(WorkerLoad.name == name))
 
 
+def _failing(tried_since: datetime) -> tuple[ColumnElement[bool], ...]:
+    """Load records whose latest attempt, since `tried_since`, failed."""
+    return WorkerLoad.error.is_not(None), WorkerLoad.tried_at >= tried_since
+
+
 def failed_loads(s: Session, tried_since: datetime) -> dict[str, tuple[str, str, int]]:
     """Queue -> (worker, error, attempts) of the worker that most recently failed to load
     that queue's model since `tried_since`."""
     rows = s.execute(
         select(WorkerLoad.queue, WorkerLoad.name, WorkerLoad.error, WorkerLoad.attempts)
-        .where(WorkerLoad.error.is_not(None), WorkerLoad.tried_at >= tried_since)
+        .where(*_failing(tried_since))
         .order_by(WorkerLoad.tried_at)
     )
     return {queue: (name, error or "", attempts) for queue, name, error, attempts in rows}
@@ -89,7 +94,7 @@ def failed_load_counts(s: Session, tried_since: datetime) -> dict[str, int]:
     """Queue -> workers whose latest attempt to load its model, since `tried_since`, failed."""
     rows = s.execute(
         select(WorkerLoad.queue, func.count())
-        .where(WorkerLoad.error.is_not(None), WorkerLoad.tried_at >= tried_since)
+        .where(*_failing(tried_since))
         .group_by(WorkerLoad.queue)
     )
     return {queue: n for queue, n in rows}

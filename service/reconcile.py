@@ -89,11 +89,10 @@ def sweep(ctx: Ctx) -> SweepReport:
         report.jobs_expired = chunks.expire_jobs(s, now)
         report.jobs_ended = chunks.finish_done_jobs(s) + chunks.cancel_abandoned(s, now)
         report.runs_expired = pipeline_rows.expire_runs(s, now, settings.pipeline_run_lease)
-        report.workers_forgotten = workers.forget_stale(
-            s, now - timedelta(seconds=10 * settings.worker_stale_after)
-        )
+        gone_before = now - timedelta(seconds=10 * settings.worker_stale_after)
+        report.workers_forgotten = workers.forget_stale(s, gone_before)
         if ctx.services.features.has(s, "loads"):
-            workers.forget_stale_loads(s, now - timedelta(seconds=10 * settings.worker_stale_after))
+            workers.forget_stale_loads(s, gone_before)
         served = workers.live_workers(s, now - timedelta(seconds=settings.worker_stale_after))
         stalled_before = now - timedelta(seconds=settings.stall_after)
         due = chunks.chunks_to_send(s, now, stalled_before, served=served)

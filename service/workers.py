@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from pydantic import BaseModel
 
@@ -58,6 +58,12 @@ def record_load(
             workers.record_load(s, name, queue, model, error, seconds)
 
 
+def _still_trying_since(ctx: Ctx, now: datetime) -> datetime:
+    """A failed load recorded since then is a worker still trying: it records each attempt,
+    at most LOAD_RETRY_MAX apart, until it is gone (LABELQ_WORKER_STALE_AFTER)."""
+    return now - timedelta(seconds=ctx.settings.worker_stale_after + LOAD_RETRY_MAX)
+
+
 class FailedLoad(BaseModel):
     worker: str
     error: str
@@ -69,8 +75,7 @@ def failed_loads(ctx: Ctx) -> dict[str, FailedLoad]:
     with ctx.reads() as s:
         if not ctx.services.features.has(s, "loads"):
             return {}
-        window = ctx.settings.worker_stale_after + LOAD_RETRY_MAX
-        since = db_now(s) - timedelta(seconds=window)
+        since = _still_trying_since(ctx, db_now(s))
         return {
             queue: FailedLoad(worker=name, error=error, attempts=attempts)
             for queue, (name, error, attempts) in workers.failed_loads(s, since).items()
@@ -92,8 +97,7 @@ def queues(ctx: Ctx) -> list[QueueHealth]:
         work = chunks.chunks_by_queue(s)
         failing: dict[str, int] = {}
         if ctx.services.features.has(s, "loads"):
-            window = ctx.settings.worker_stale_after + LOAD_RETRY_MAX
-            failing = workers.failed_load_counts(s, db_now(s) - timedelta(seconds=window))
+            failing = workers.failed_load_counts(s, _still_trying_since(ctx, db_now(s)))
     return [
         QueueHealth(
             queue=q,
