@@ -387,11 +387,10 @@ def _cmd_model_fetch(args: argparse.Namespace, settings: Settings) -> int:
     into = args.into or (Path(settings.model) if settings.model else None)
     if into is None:
         raise LabelqError("no folder to fill: pass --into or set LABELQ_MODEL", field="into")
-    args.into = into
     manifest, fetched = fetch(source, into, args.revision or settings.model_revision or None)
     size = sum(manifest.files.values()) / 1e6
     print(
-        f"{args.into}: {manifest.source} at {manifest.revision}, {len(manifest.files)} files, "
+        f"{into}: {manifest.source} at {manifest.revision}, {len(manifest.files)} files, "
         f"{size:.1f} MB"
         + (f", fetched in {time.monotonic() - started:.1f} s" if fetched else ", already here"),
         flush=True,

@@ -44,13 +44,16 @@ def read_manifest(folder: Path) -> ModelManifest | None:
         return None
 
 
+def _members(folder: Path) -> list[tuple[str, Path]]:
+    """A model folder's files, by their path in it, in order; its manifest aside."""
+    found = sorted((p.relative_to(folder).as_posix(), p) for p in folder.rglob("*") if p.is_file())
+    return [(name, path) for name, path in found if name != MANIFEST]
+
+
 def folder_revision(folder: Path) -> str:
     """A local folder's revision: a hash of its files' paths and bytes (the manifest aside)."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        name = path.relative_to(folder).as_posix()
-        if name == MANIFEST:
-            continue
+    for name, path in _members(folder):
         digest.update(name.encode() + b"\0")
         with path.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
@@ -60,11 +63,7 @@ def folder_revision(folder: Path) -> str:
 
 
 def _files(folder: Path) -> dict[str, int]:
-    return {
-        p.relative_to(folder).as_posix(): p.stat().st_size
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
-    }
+    return {name: path.stat().st_size for name, path in _members(folder)}
 
 
 def _leftovers(into: Path) -> list[Path]:
@@ -104,7 +103,10 @@ def _fetch(source: str, into: Path, revision: str | None) -> tuple[ModelManifest
         return held, False
     partial = into.parent / f".{into.name}.partial-{socket.gethostname()}-{os.getpid()}"
     if local.is_dir():
-        shutil.copytree(local, partial, ignore=shutil.ignore_patterns(MANIFEST))
+        # Every file its revision hashed: a manifest only at the top is the source's own.
+        shutil.copytree(
+            local, partial, ignore=lambda at, _: [MANIFEST] if Path(at) == local else []
+        )
     else:
         _hub_download(source, found, partial)
     manifest = ModelManifest(

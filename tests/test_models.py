@@ -164,3 +164,13 @@ def test_the_command_takes_its_defaults_from_the_settings(
     monkeypatch.setenv("LABELQ_MODEL_REVISION", "")  # empty, as a compose file passes it
     assert main(["model", "fetch"]) == 0
     assert read_manifest(into) is not None and "fetched in" in capsys.readouterr().out
+
+
+def test_what_the_revision_hashes_is_what_is_copied(source: Path, tmp_path: Path) -> None:
+    """Only the top-level manifest is labelq's: a file of that name deeper in the source is
+    the model's, hashed, copied and listed."""
+    (source / "sub" / MANIFEST).write_text("the model's own")
+    manifest, _ = fetch(str(source), tmp_path / "models" / "m")
+    assert (tmp_path / "models" / "m" / "sub" / MANIFEST).read_text() == "the model's own"
+    assert f"sub/{MANIFEST}" in manifest.files and MANIFEST not in manifest.files
+    assert folder_revision(tmp_path / "models" / "m") == manifest.revision
