@@ -33,16 +33,20 @@ def _wait_for(url: str, where: str, seconds: float) -> None:
     rather than failing the release."""
     from sqlalchemy import text
     from sqlalchemy.exc import OperationalError
-    from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
+    from tenacity import (
+        RetryCallState,
+        retry,
+        retry_if_exception_type,
+        stop_after_delay,
+        wait_fixed,
+    )
 
     from db.session import make_engine
 
     engine = make_engine(url)
-    said: list[str] = []
 
-    def note(_state: object) -> None:
-        if not said:
-            said.append(where)
+    def note(state: RetryCallState) -> None:
+        if state.attempt_number == 1:  # said once, at the first failure
             print(f"waiting up to {seconds:g} s for the database at {where}", flush=True)
 
     @retry(
