@@ -44,18 +44,17 @@ trap cleanup EXIT
 
 # 0. What an earlier run killed outright (no trap ran) left behind: its containers, network
 #    and volumes, named after its process, which is gone.
-for c in $(podman ps -a --format '{{.Names}}' | grep -E '^labelq-smoke-[0-9]+_' || true); do
-  pid=${c#labelq-smoke-}; pid=${pid%%_*}
-  if ! kill -0 "$pid" 2>/dev/null; then podman rm -f "$c" >/dev/null; fi
-done
-for v in $(podman volume ls -q | grep -E '^labelq-smoke-[0-9]+_' || true); do
-  pid=${v#labelq-smoke-}; pid=${pid%%_*}
-  if ! kill -0 "$pid" 2>/dev/null; then podman volume rm -f "$v" >/dev/null; fi
-done
-for n in $(podman network ls --format '{{.Name}}' | grep -E '^labelq-smoke-[0-9]+_' || true); do
-  pid=${n#labelq-smoke-}; pid=${pid%%_*}
-  if ! kill -0 "$pid" 2>/dev/null; then podman network rm -f "$n" >/dev/null; fi
-done
+orphans() {  # KIND, then its `ls` arguments
+  local kind=$1 name pid
+  shift
+  for name in $(podman "$kind" ls "$@" | grep -E '^labelq-smoke-[0-9]+_' || true); do
+    pid=${name#labelq-smoke-}; pid=${pid%%_*}
+    kill -0 "$pid" 2>/dev/null || podman "$kind" rm -f "$name" >/dev/null
+  done
+}
+orphans container -a --format '{{.Names}}'
+orphans volume --format '{{.Name}}'
+orphans network --format '{{.Name}}'
 
 # 1. Images. The base and the dependency layers are cached by podman between runs.
 bash deploy/build-images.sh smoke
